@@ -1,0 +1,22 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""latentspace: one shared latent space for embeddings from many models.
+
+Each model registers with its own input width and learns a linear projection
+into the space and a reconstruction back out; then anything one model produces
+can be compared with, retrieved by, or translated into another model's
+representation.
+"""
+
+from ._config import ProjectionConfig, TrainingResult
+from ._exceptions import InvalidParameterError, TrainingDivergedError, UnknownModelError
+from ._space import LatentSpace
+
+__all__ = [
+    "InvalidParameterError",
+    "LatentSpace",
+    "ProjectionConfig",
+    "TrainingDivergedError",
+    "TrainingResult",
+    "UnknownModelError",
+]
+__version__ = "0.1.0"

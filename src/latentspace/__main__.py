@@ -1,0 +1,1 @@
+from ._demo import main; main()

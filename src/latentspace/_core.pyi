@@ -1,0 +1,31 @@
+# SPDX-License-Identifier: BSD-3-Clause
+from typing import Any
+
+from numpy.typing import NDArray
+
+def affine(
+    X: NDArray[Any], W: NDArray[Any], shift: NDArray[Any], out: NDArray[Any]
+) -> bool: ...
+def sgd_prime(
+    X: NDArray[Any],
+    widths: NDArray[Any],
+    P: NDArray[Any],
+    R: NDArray[Any],
+    Z: NDArray[Any],
+    E: NDArray[Any],
+    V: NDArray[Any],
+) -> None: ...
+def sgd_epoch(
+    X: NDArray[Any],
+    widths: NDArray[Any],
+    P: NDArray[Any],
+    R: NDArray[Any],
+    Z: NDArray[Any],
+    E: NDArray[Any],
+    V: NDArray[Any],
+    A: NDArray[Any],
+    g: NDArray[Any],
+    learning_rate: float,
+    alignment_weight: float,
+    check_every: int,
+) -> int: ...

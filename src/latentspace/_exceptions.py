@@ -1,0 +1,20 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Exceptions raised by latentspace."""
+
+__all__ = ["InvalidParameterError", "TrainingDivergedError", "UnknownModelError"]
+
+
+class InvalidParameterError(ValueError, TypeError):
+    """A parameter has a wrong type or a value out of range."""
+
+
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not registered in the space."""
+
+    def __str__(self) -> str:
+        # KeyError would show the message with quotes around it.
+        return str(self.args[0]) if self.args else ""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training produced a non-finite loss or weights; the space was left as it was."""

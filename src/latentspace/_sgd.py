@@ -1,0 +1,92 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The reference optimiser of SPEC.md (per-sample SGD) around the compiled epoch."""
+
+import math
+
+import numpy as np
+
+from . import _core
+from ._exceptions import TrainingDivergedError
+from ._objective import mean_loss
+
+__all__ = ["train_sgd"]
+
+# Work (sum of d_m * k) between two checks for Ctrl-C inside an epoch: a few
+# milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
+_WORK_PER_SIGNAL_CHECK = 2**23
+_DECAY = 0.999
+
+
+def _split(flat, widths, k, transpose):
+    """Per-model matrices (views) of a flat concatenation of weights."""
+    bounds = np.cumsum([0, *widths]) * k
+    shapes = [(k, d) if transpose else (d, k) for d in widths]
+    return [flat[a:b].reshape(s) for a, b, s in zip(bounds, bounds[1:], shapes)]
+
+
+def _diverged(epoch, loss, config, blocks):
+    scale = max(float(np.abs(X).max()) for X in blocks)
+    return TrainingDivergedError(
+        f"training diverged in epoch {epoch} (mean loss {loss}); the space keeps "
+        f"its previous weights. Try a smaller learning_rate (it was "
+        f"{config.learning_rate}) or scale the features (largest |value| is "
+        f"{scale:.3g})"
+    )
+
+
+def train_sgd(blocks, projections, reconstructions, config):
+    """Train copies of the weights with SPEC.md's per-sample SGD.
+
+    Parameters
+    ----------
+    blocks : list of (n, d_m) ndarray
+        Aligned, validated, C-contiguous samples, one block per model.
+    projections, reconstructions : list of ndarray
+        Starting ``P_m`` (d_m, k) and ``R_m`` (k, d_m); not modified.
+    config : ProjectionConfig
+
+    Returns
+    -------
+    projections, reconstructions : list of ndarray
+        The trained weights (new arrays).
+    initial_loss : float
+    loss_history : list of float
+        Mean per-sample loss after each epoch.
+
+    Raises
+    ------
+    TrainingDivergedError
+        If the loss or the weights stop being finite.
+    KeyboardInterrupt
+        If interrupted; nothing is returned then.
+    """
+    dtype = blocks[0].dtype
+    widths = np.array([X.shape[1] for X in blocks], dtype=np.intp)
+    n, n_models, k = len(blocks[0]), len(blocks), projections[0].shape[1]
+    X = np.concatenate(blocks, axis=1)
+    P = np.concatenate([p.ravel() for p in projections])
+    R = np.concatenate([r.ravel() for r in reconstructions])
+    Ps, Rs = _split(P, widths, k, False), _split(R, widths, k, True)
+    Z = np.empty((n_models, k), dtype)
+    A = np.empty((n_models, k), dtype)
+    E = np.empty((2, X.shape[1]), dtype)
+    V = np.empty((2, n_models, k), dtype)
+    g = np.empty(k, dtype)
+    check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
+    w = config.alignment_weight
+
+    initial_loss = mean_loss(blocks, Ps, Rs, w)
+    _core.sgd_prime(X, widths, P, R, Z, E, V)
+    learning_rate = config.learning_rate
+    history = []
+    for epoch in range(1, config.n_epochs + 1):
+        done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, learning_rate, w,
+                               check_every)
+        loss = mean_loss(blocks, Ps, Rs, w) if done == n else math.nan
+        if not math.isfinite(loss):
+            raise _diverged(epoch, loss, config, blocks)
+        history.append(loss)
+        learning_rate *= _DECAY
+    if not (np.isfinite(P).all() and np.isfinite(R).all()):
+        raise _diverged(config.n_epochs, "finite, weights not", config, blocks)
+    return Ps, Rs, initial_loss, history

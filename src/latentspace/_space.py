@@ -1,0 +1,385 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""`LatentSpace`: the registry of models and their weights."""
+
+import copy
+import threading
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _core
+from ._config import TrainingResult, resolve_config
+from ._objective import mean_loss
+from ._sgd import train_sgd
+from ._validation import (
+    as_rows,
+    check_alignment_weight,
+    check_dim,
+    check_dtype,
+    check_name,
+    check_training_data,
+    unknown_model,
+)
+
+__all__ = ["LatentSpace"]
+
+_EMPTY = {np.dtype(t): np.empty(0, t) for t in (np.float64, np.float32)}
+
+
+class _Model(NamedTuple):
+    """One model's weights; the arrays are read-only and never change."""
+
+    input_dim: int
+    projection: np.ndarray  # P, (d, k)
+    reconstruction: np.ndarray  # R, (k, d)
+    offset: np.ndarray | None  # mu, (d,)
+    project_shift: np.ndarray  # -mu @ P, (k,), or empty without offset
+    retrieve_shift: np.ndarray  # mu, or empty without offset
+
+
+def _frozen(array):
+    array.flags.writeable = False
+    return array
+
+
+def _make_model(projection, reconstruction, offset=None):
+    dtype = projection.dtype
+    if offset is None:
+        shifts = (_EMPTY[dtype], _EMPTY[dtype])
+    else:
+        shifts = (_frozen(-(offset @ projection)), _frozen(offset))
+    return _Model(
+        len(projection), _frozen(projection), _frozen(reconstruction), offset, *shifts
+    )
+
+
+def _xavier(rng, input_dim, dim, dtype):
+    """P then R, each entry from U(-l, l) with l = sqrt(6 / (input_dim + dim))."""
+    limit = np.sqrt(6.0 / (input_dim + dim))
+    projection = rng.uniform(-limit, limit, (input_dim, dim)).astype(dtype, copy=False)
+    reconstruction = rng.uniform(-limit, limit, (dim, input_dim))
+    return _make_model(projection, reconstruction.astype(dtype, copy=False))
+
+
+def _lookup(models, name):
+    try:
+        return models[name]
+    except (KeyError, TypeError):
+        raise unknown_model(name, models) from None
+
+
+class _Snapshot(NamedTuple):
+    """What readers see: replaced as a whole, never modified."""
+
+    dim: int
+    models: dict  # name -> _Model, in registration order
+
+
+class LatentSpace:
+    """A shared latent space into which registered models project.
+
+    Each model ``m`` of input width ``d_m`` has a projection ``P_m`` (``d_m x
+    dim``) into the space and a reconstruction ``R_m`` (``dim x d_m``) out of it.
+
+    Parameters
+    ----------
+    dim : int
+        The latent dimension ``k``.
+    dtype : {"float64", "float32"}, default="float64"
+        Precision of the weights and of every output.
+    seed : int or None, default=42
+        Seed of the generator that initialises weights at registration: the
+        same seed and the same registrations give bit-identical weights.
+
+    Notes
+    -----
+    `project`, `retrieve`, `translate`, `weights` and the properties may be
+    called from any number of threads, also while a model trains: they read
+    an immutable snapshot of the weights, which training replaces at once
+    when it succeeds. Writers (`register`, `train_projections`) are
+    serialised by a lock held only while the registry changes.
+    """
+
+    def __init__(self, dim, *, dtype="float64", seed=42):
+        self._dtype = check_dtype(dtype)
+        self._snapshot = _Snapshot(check_dim("dim", dim), {})
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        snapshot = self._snapshot
+        models = ", ".join(f"{n!r}: {m.input_dim}" for n, m in snapshot.models.items())
+        return (
+            f"LatentSpace(dim={snapshot.dim}, dtype={self._dtype.name!r}, "
+            f"models={{{models}}})"
+        )
+
+    @property
+    def dim(self) -> int:
+        """The latent dimension."""
+        return self._snapshot.dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of weights and outputs."""
+        return self._dtype
+
+    @property
+    def models(self) -> dict:
+        """Registered models, name to input width, in registration order."""
+        return {name: m.input_dim for name, m in self._snapshot.models.items()}
+
+    def _model(self, name):
+        return _lookup(self._snapshot.models, name)
+
+    def register(self, name, input_dim, *, replace=False):
+        """Add a model with Xavier-initialised weights.
+
+        Parameters
+        ----------
+        name : str
+            The model's name.
+        input_dim : int
+            Width ``d`` of the model's feature vectors.
+        replace : bool, default=False
+            Allow replacing a registered model (its weights are lost).
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is registered and ``replace`` is false, or a value is
+            out of range.
+        """
+        check_name(name)
+        input_dim = check_dim("input_dim", input_dim)
+        with self._lock:
+            snapshot = self._snapshot
+            old = snapshot.models.get(name)
+            if old is not None and not replace:
+                raise ValueError(
+                    f"model {name!r} is already registered (input_dim="
+                    f"{old.input_dim}); pass replace=True to overwrite its weights"
+                )
+            model = _xavier(self._rng, input_dim, snapshot.dim, self._dtype)
+            self._snapshot = snapshot._replace(models={**snapshot.models, name: model})
+
+    def _apply(self, values, matrix, shift, name, what):
+        """``values @ matrix + shift`` for one vector or a batch of rows."""
+        x = values
+        if not (
+            type(x) is np.ndarray
+            and x.dtype == self._dtype
+            and x.flags.c_contiguous
+            and x.ndim in (1, 2)
+            and x.shape[-1] == len(matrix)
+        ):
+            x = as_rows(values, len(matrix), self._dtype, f"{what} for model {name!r}")
+        if x.ndim == 1:
+            out = np.empty(matrix.shape[1], self._dtype)
+            finite = _core.affine(x[np.newaxis], matrix, shift, out[np.newaxis])
+        else:
+            out = np.empty((len(x), matrix.shape[1]), self._dtype)
+            finite = len(x) == 0 or _core.affine(x, matrix, shift, out)
+        if not finite:
+            bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
+            where = (
+                f"row {int(np.flatnonzero(bad)[0])} of the {what} contains NaN or Inf"
+                if bad.any()
+                else "the result overflowed"
+            )
+            raise ValueError(f"{what} for model {name!r}: {where}")
+        return out
+
+    def project(self, name, features):
+        """Map features of model ``name`` into the space: ``(x - mu) @ P``.
+
+        Parameters
+        ----------
+        name : str
+        features : array-like of shape (d,) or (n, d)
+
+        Returns
+        -------
+        ndarray of shape (k,) or (n, k), in the space's dtype
+
+        Raises
+        ------
+        KeyError
+            If ``name`` is not registered.
+        ValueError
+            If the shape is wrong or the input holds NaN or Inf.
+        TypeError
+            If the input is not numeric.
+        """
+        model = self._model(name)
+        return self._apply(
+            features, model.projection, model.project_shift, name, "features"
+        )
+
+    def retrieve(self, name, latent):
+        """Map latent vectors back into model ``name``'s space: ``z @ R + mu``.
+
+        Parameters
+        ----------
+        name : str
+        latent : array-like of shape (k,) or (n, k)
+
+        Returns
+        -------
+        ndarray of shape (d,) or (n, d), in the space's dtype
+
+        Raises
+        ------
+        KeyError, ValueError, TypeError
+            As for `project`.
+        """
+        model = self._model(name)
+        return self._apply(
+            latent, model.reconstruction, model.retrieve_shift, name, "latent"
+        )
+
+    def translate(self, source, target, features):
+        """``retrieve(target, project(source, features))``, from one snapshot.
+
+        Parameters
+        ----------
+        source, target : str
+        features : array-like of shape (d_source,) or (n, d_source)
+
+        Returns
+        -------
+        ndarray of shape (d_target,) or (n, d_target)
+        """
+        models = self._snapshot.models
+        src, dst = _lookup(models, source), _lookup(models, target)
+        latent = self._apply(
+            features, src.projection, src.project_shift, source, "features"
+        )
+        return self._apply(
+            latent, dst.reconstruction, dst.retrieve_shift, target, "latent"
+        )
+
+    def weights(self, name):
+        """``(P, R)`` of model ``name``, read-only, shapes (d, k) and (k, d)."""
+        model = self._model(name)
+        return model.projection, model.reconstruction
+
+    def offset(self, name):
+        """The input offset ``mu`` of model ``name`` (read-only), or None."""
+        return self._model(name).offset
+
+    def _blocks(self, data, models, min_models):
+        names, blocks = check_training_data(data, models, self._dtype, min_models)
+        for i, name in enumerate(names):
+            if models[name].offset is not None:
+                blocks[i] = blocks[i] - models[name].offset
+        return names, blocks
+
+    def loss(self, data, alignment_weight=1.0):
+        """SPEC.md's mean per-sample loss ``L / n`` on aligned data.
+
+        Parameters
+        ----------
+        data : mapping of str to array-like of shape (n, d_m)
+            Aligned samples of one or more registered models.
+        alignment_weight : float, default=1.0
+
+        Returns
+        -------
+        float
+        """
+        w = check_alignment_weight(alignment_weight)
+        models = self._snapshot.models
+        names, blocks = self._blocks(data, models, min_models=1)
+        return mean_loss(
+            blocks,
+            [models[n].projection for n in names],
+            [models[n].reconstruction for n in names],
+            w,
+        )
+
+    def train_projections(self, data, config=None, **overrides):
+        """Learn the projections and reconstructions of the models in ``data``.
+
+        Runs SPEC.md's reference optimiser (per-sample SGD) on copies of the
+        weights and publishes them all at once if it succeeds; on any error,
+        divergence or interrupt the space is left exactly as it was.
+
+        Parameters
+        ----------
+        data : mapping of str to array-like of shape (n, d_m)
+            Aligned samples (row ``i`` of every array is the same item) of at
+            least two registered models.
+        config : ProjectionConfig, optional
+            Defaults to ``ProjectionConfig()``.
+        **overrides
+            `ProjectionConfig` fields that replace those of ``config``.
+
+        Returns
+        -------
+        TrainingResult
+
+        Raises
+        ------
+        KeyError
+            If a model is not registered.
+        ValueError, TypeError
+            If the data or the configuration is invalid (nothing changes).
+        TrainingDivergedError
+            If the loss or the weights became non-finite (nothing changes).
+        RuntimeError
+            If another writer replaced a trained model meanwhile (nothing changes).
+        """
+        started = time.perf_counter()
+        config = resolve_config(config, overrides)
+        with self._lock:
+            snapshot = self._snapshot
+            rng = self._rng
+            dim = snapshot.dim if config.latent_dim is None else config.latent_dim
+            start = snapshot.models
+            if dim != snapshot.dim:
+                rng = copy.deepcopy(rng)
+                start = {
+                    name: _xavier(rng, m.input_dim, dim, self._dtype)
+                    for name, m in start.items()
+                }
+        names, blocks = self._blocks(data, start, min_models=2)
+        try:
+            projections, reconstructions, initial_loss, history = train_sgd(
+                blocks,
+                [start[n].projection for n in names],
+                [start[n].reconstruction for n in names],
+                config,
+            )
+        except KeyboardInterrupt as exc:
+            exc.add_note("latentspace: training interrupted; the space is unchanged")
+            raise
+        trained = {
+            name: _make_model(p.copy(), r.copy(), start[name].offset)
+            for name, p, r in zip(names, projections, reconstructions)
+        }
+        with self._lock:
+            self._publish(snapshot, dim, start, trained, rng)
+        return TrainingResult(
+            n_epochs=len(history),
+            initial_loss=initial_loss,
+            loss_history=tuple(history),
+            seconds=time.perf_counter() - started,
+            config=config,
+        )
+
+    def _publish(self, snapshot, dim, start, trained, rng):
+        """Install trained models; the caller holds the lock."""
+        current = self._snapshot
+        if current is not snapshot:
+            moved = [n for n in trained if current.models.get(n) is not start.get(n)]
+            if dim != snapshot.dim or current.dim != snapshot.dim or moved:
+                raise RuntimeError(
+                    "the space changed while training (models re-registered or "
+                    f"trained concurrently: {', '.join(map(repr, moved)) or 'all'}); "
+                    "the new weights were discarded"
+                )
+            start = current.models
+        self._snapshot = _Snapshot(dim, {**start, **trained})
+        self._rng = rng

@@ -1,0 +1,191 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Checks that turn user input into the arrays the kernels expect."""
+
+import math
+import numbers
+import operator
+from collections.abc import Mapping
+
+import numpy as np
+
+from ._exceptions import InvalidParameterError, UnknownModelError
+
+__all__ = [
+    "BLAS_INT_MAX",
+    "as_rows",
+    "check_alignment_weight",
+    "check_finite",
+    "check_float",
+    "check_int",
+    "check_dim",
+    "check_dtype",
+    "check_name",
+    "check_training_data",
+    "unknown_model",
+]
+
+# scipy.linalg.cython_blas takes 32-bit integers for sizes.
+BLAS_INT_MAX = 2**31 - 1
+_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def check_int(name, value, low):
+    """An integer >= ``low`` (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InvalidParameterError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+        )
+    value = operator.index(value)
+    if value < low:
+        raise InvalidParameterError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def check_float(name, value, *, positive):
+    """A finite real number, > 0 if ``positive`` else >= 0 (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidParameterError(
+            f"{name} must be a real number, got {value!r} ({type(value).__name__})"
+        )
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        allowed = "finite and > 0" if positive else "finite and >= 0"
+        raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_dtype(dtype):
+    """The space's dtype, float64 or float32."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in _DTYPES:
+        raise InvalidParameterError("dtype must be 'float64' or 'float32'")
+    return dtype
+
+
+def check_dim(name, value):
+    """A positive dimension that fits a BLAS integer."""
+    value = check_int(name, value, 1)
+    if value > BLAS_INT_MAX:
+        raise InvalidParameterError(f"{name} must be <= {BLAS_INT_MAX}, got {value}")
+    return value
+
+
+def check_name(name):
+    """A model name: a non-empty string."""
+    if not isinstance(name, str):
+        raise InvalidParameterError(
+            f"a model name must be a str, got {name!r} ({type(name).__name__})"
+        )
+    if not name:
+        raise InvalidParameterError("a model name must not be empty")
+    return name
+
+
+def check_alignment_weight(value):
+    """A finite alignment weight >= 0."""
+    return check_float("alignment_weight", value, positive=False)
+
+
+def unknown_model(name, models):
+    """The error for a name that is not registered."""
+    known = ", ".join(map(repr, models)) or "none"
+    return UnknownModelError(f"model {name!r} is not registered (registered: {known})")
+
+
+def _as_numeric(value, what):
+    """``value`` as an ndarray of a real numeric dtype."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidParameterError(f"{what} is not a numeric array: {exc}") from None
+    if array.dtype.kind not in "iuf":
+        raise InvalidParameterError(
+            f"{what} must hold real numbers, got dtype {array.dtype}"
+        )
+    return array
+
+
+def as_rows(value, width, dtype, what):
+    """``value``, a vector or a matrix of rows of length ``width``, as C-contiguous
+    ``dtype``; finiteness is not checked."""
+    array = _as_numeric(value, what)
+    if array.ndim not in (1, 2) or array.shape[-1] != width:
+        expected = f"({width},) or (n, {width})"
+        raise InvalidParameterError(
+            f"{what} must have shape {expected}, got shape {array.shape}"
+        )
+    if array.ndim == 2 and array.shape[0] > BLAS_INT_MAX:
+        raise InvalidParameterError(
+            f"{what} has {array.shape[0]} rows; at most {BLAS_INT_MAX} per call"
+        )
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _first_nonfinite_row(array):
+    return int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
+
+
+def check_finite(array, what):
+    """Raise if a 2-D ``array`` holds NaN or Inf, naming the first bad row."""
+    if not np.isfinite(array).all():
+        row = _first_nonfinite_row(array)
+        raise InvalidParameterError(f"{what} contains NaN or Inf (first in row {row})")
+
+
+def check_training_data(data, models, dtype, min_models):
+    """Validate aligned training data against the registered ``models``.
+
+    Checks, in this order: a mapping of at least ``min_models`` models; every
+    model registered; equal sample counts; at least one sample; numeric
+    matrices of each model's width; finite values.
+
+    Returns
+    -------
+    names : list of str
+        The models of ``data`` in registration order.
+    blocks : list of ndarray
+        Their C-contiguous ``(n, d_m)`` matrices in ``dtype``.
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidParameterError(
+            f"data must be a mapping of model name to array, got {type(data).__name__}"
+        )
+    if len(data) < min_models:
+        needed = "two models" if min_models == 2 else "one model"
+        raise InvalidParameterError(
+            f"data must hold at least {needed}, got {len(data)}"
+            + (f" ({', '.join(map(repr, data))})" if data else "")
+        )
+    for name in data:
+        if name not in models:
+            raise unknown_model(name, models)
+    names = [name for name in models if name in data]
+    arrays = [_as_numeric(data[name], f"data for model {name!r}") for name in names]
+    counts = {name: (len(a) if a.ndim else 0) for name, a in zip(names, arrays)}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+        raise InvalidParameterError(
+            f"models must have the same number of samples (aligned by index), "
+            f"got {listed}"
+        )
+    if next(iter(counts.values())) == 0:
+        raise InvalidParameterError("data holds zero samples")
+    blocks = []
+    for name, array in zip(names, arrays):
+        width = models[name].input_dim
+        if array.ndim != 2 or array.shape[1] != width:
+            raise InvalidParameterError(
+                f"data for model {name!r} must have shape (n, {width}), "
+                f"got shape {array.shape}"
+            )
+        if len(array) > BLAS_INT_MAX:
+            raise InvalidParameterError(
+                f"data has {len(array)} samples; at most {BLAS_INT_MAX}"
+            )
+        block = np.ascontiguousarray(array, dtype=dtype)
+        check_finite(block, f"data for model {name!r}")
+        blocks.append(block)
+    return names, blocks
