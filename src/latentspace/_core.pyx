@@ -11,13 +11,21 @@ width ``d_m`` owns ``d_m * k`` consecutive entries of ``P`` (its ``d_m x k``
 projection, row-major) and of ``R`` (its ``k x d_m`` reconstruction), and
 columns ``col_m : col_m + d_m`` of the sample matrix ``X``.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cpython.exc cimport PyErr_CheckSignals
-from scipy.linalg.cython_blas cimport daxpy, ddot, dgemm, saxpy, sdot, sgemm
+from scipy.linalg.cython_blas cimport ddot, dgemm, dgemv, dger, sdot, sgemm, sgemv, sger
+
+cnp.import_array()
 
 cdef enum:
-    # Below this length a plain loop is faster than the overhead of a BLAS call.
-    SHORT = 32
+    # Below this many entries a plain loop is faster than a BLAS call.
+    SMALL = 64
+    # Entries of a block of rows streamed by one level-2 BLAS call: small enough
+    # to stay in L1/L2 for the next call on the same rows, and below OpenBLAS's
+    # threshold for threading level-2 calls (its threads make one-vector calls
+    # several times slower), however many threads OpenBLAS is set to use.
+    BLOCK = 8192
 
 
 cdef inline bint _finite(floating x) noexcept nogil:
@@ -25,42 +33,81 @@ cdef inline bint _finite(floating x) noexcept nogil:
     return x - x == 0
 
 
-cdef inline void _axpy(int n, floating alpha, const floating* x,
-                       floating* y) noexcept nogil:
-    """y += alpha * x"""
-    cdef int i, one = 1
-    if n < SHORT:
-        for i in range(n):
-            y[i] += alpha * x[i]
-    elif floating is double:
-        daxpy(&n, &alpha, <double*> x, &one, y, &one)
-    else:
-        saxpy(&n, &alpha, <float*> x, &one, y, &one)
-
-
 cdef inline floating _dot(int n, const floating* x, const floating* y) noexcept nogil:
     """x @ y"""
     cdef int i, one = 1
     cdef floating s = 0
-    if n < SHORT:
+    if n < SMALL:
         for i in range(n):
             s += x[i] * y[i]
-        return s
-    if floating is double:
+    elif floating is double:
         s = ddot(&n, <double*> x, &one, <double*> y, &one)
     else:
         s = sdot(&n, <float*> x, &one, <float*> y, &one)
     return s
 
 
+cdef inline void _ger(int m, int n, floating alpha, const floating* x,
+                      const floating* y, floating* A) noexcept nogil:
+    """A += alpha * outer(x, y), for row-major A (m, n)"""
+    cdef int i, j, one = 1
+    if m * n < SMALL:
+        for i in range(m):
+            for j in range(n):
+                A[i * n + j] += alpha * x[i] * y[j]
+    # Row-major A is column-major A.T, and A.T += alpha * outer(y, x).
+    elif floating is double:
+        dger(&n, &m, &alpha, <double*> y, &one, <double*> x, &one, A, &n)
+    else:
+        sger(&n, &m, &alpha, <float*> y, &one, <float*> x, &one, A, &n)
+
+
+cdef inline void _gemv(int m, int n, const floating* A, const floating* x,
+                       floating* y) noexcept nogil:
+    """y += A @ x, for row-major A (m, n)"""
+    cdef int i, j, one = 1
+    cdef char t = b'T'
+    cdef floating s, alpha = 1
+    if m * n < SMALL:
+        for i in range(m):
+            s = 0
+            for j in range(n):
+                s += A[i * n + j] * x[j]
+            y[i] += s
+    elif floating is double:
+        dgemv(&t, &n, &m, &alpha, <double*> A, &n, <double*> x, &one, &alpha, y, &one)
+    else:
+        sgemv(&t, &n, &m, &alpha, <float*> A, &n, <float*> x, &one, &alpha, y, &one)
+
+
+cdef inline void _gevm(int m, int n, const floating* x, const floating* A,
+                       floating* y) noexcept nogil:
+    """y += x @ A, for row-major A (m, n)"""
+    cdef int i, j, one = 1
+    cdef char no = b'N'
+    cdef floating alpha = 1
+    if m * n < SMALL:
+        for i in range(m):
+            for j in range(n):
+                y[j] += x[i] * A[i * n + j]
+    elif floating is double:
+        dgemv(&no, &n, &m, &alpha, <double*> A, &n, <double*> x, &one, &alpha, y, &one)
+    else:
+        sgemv(&no, &n, &m, &alpha, <float*> A, &n, <float*> x, &one, &alpha, y, &one)
+
+
+cdef inline int _block_rows(int n) noexcept nogil:
+    """Rows of length n in one block."""
+    return max(1, BLOCK // n)
+
+
 cdef inline void _vecmat(int p, int q, const floating* x, const floating* W,
                          floating* out) noexcept nogil:
     """out += x @ W, for W of shape (p, q)"""
-    # Row by row with level-1 BLAS: one pass over W, and OpenBLAS stays on one
-    # thread (its threaded gemv is several times slower for one vector).
-    cdef int r
-    for r in range(p):
-        _axpy(q, x[r], W + <Py_ssize_t> r * q, out)
+    cdef int r = 0, step = _block_rows(q)
+    while r < p:
+        _gevm(min(step, p - r), q, x + r, W + <Py_ssize_t> r * q, out)
+        r += step
 
 
 cdef inline void _gemm(int m, int n, int p, const floating* A, const floating* B,
@@ -77,40 +124,93 @@ cdef inline void _gemm(int m, int n, int p, const floating* A, const floating* B
               &zero, C, &n)
 
 
-def affine(const floating[:, ::1] X, const floating[:, ::1] W,
-           const floating[::1] shift, floating[:, ::1] out):
-    """out = X @ W + shift; return whether every entry of ``out`` is finite.
+cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
+                  const floating* shift, floating* out) noexcept nogil:
+    """out = X @ W + shift (no shift if NULL); return np.isfinite(out).all()"""
+    cdef Py_ssize_t i, size = n * q
+    if n == 1:
+        for i in range(q):
+            out[i] = shift[i] if shift != NULL else 0
+        # out += x @ W
+        _vecmat(p, q, X, W, out)
+    else:
+        # out = X @ W
+        _gemm(n, q, p, X, W, out)
+        if shift != NULL:
+            for i in range(size):
+                out[i] += shift[i % q]
+    for i in range(size):
+        if not _finite(out[i]):
+            return False
+    return True
+
+
+cdef class AffineMap:
+    """The map ``x -> x @ W + shift`` for one vector or a batch of rows.
 
     Parameters
     ----------
-    X : (n, p) array
-    W : (p, q) array
-    shift : (q,) or (0,) array
-        Added to every row of the product; an empty array adds nothing.
-    out : (n, q) array
-        Overwritten with the result.
+    W : (p, q) ndarray
+        C-contiguous float64 or float32 weights, referenced (not copied): they
+        must not change while the map is in use.
+    shift : (q,) ndarray of W's dtype, optional
+        Added to every output row.
     """
-    cdef Py_ssize_t n = X.shape[0], size = X.shape[0] * W.shape[1], i
-    cdef int p = X.shape[1], q = W.shape[1]
-    cdef bint has_shift = shift.shape[0] > 0, finite = True
-    cdef floating* o = &out[0, 0]
-    with nogil:
-        if n == 1:
-            for i in range(q):
-                o[i] = shift[i] if has_shift else 0
-            # out = shift + x @ W
-            _vecmat(p, q, &X[0, 0], &W[0, 0], o)
-        else:
-            # out = X @ W
-            _gemm(n, q, p, &X[0, 0], &W[0, 0], o)
-            if has_shift:
-                for i in range(size):
-                    o[i] += shift[i % q]
-        for i in range(size):
-            if not _finite(o[i]):
-                finite = False
-                break
-    return finite
+    cdef readonly cnp.ndarray W
+    cdef readonly object shift
+    cdef int typenum
+    cdef const void* w
+    cdef const void* b
+    cdef int p, q
+
+    def __cinit__(self, cnp.ndarray W not None, cnp.ndarray shift=None):
+        self.W = W
+        self.shift = shift
+        self.typenum = cnp.PyArray_TYPE(W)
+        self.p = W.shape[0]
+        self.q = W.shape[1]
+        self.w = cnp.PyArray_DATA(W)
+        self.b = NULL if shift is None else cnp.PyArray_DATA(shift)
+
+    def __call__(self, x):
+        """``x @ W + shift`` as a new array.
+
+        Returns None instead if ``x`` is not a C-contiguous native-endian
+        ``(p,)`` or ``(n, p)`` ndarray of W's dtype, or if the result is not
+        finite: the caller then validates and explains.
+        """
+        if not cnp.PyArray_Check(x):
+            return None
+        cdef cnp.ndarray a = <cnp.ndarray> x
+        cdef int ndim = cnp.PyArray_NDIM(a)
+        if (
+            cnp.PyArray_TYPE(a) != self.typenum
+            or not cnp.PyArray_ISCARRAY_RO(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)
+            or ndim < 1 or ndim > 2
+            or cnp.PyArray_DIM(a, ndim - 1) != self.p
+        ):
+            return None
+        cdef cnp.npy_intp dims[2]
+        cdef Py_ssize_t n = cnp.PyArray_DIM(a, 0) if ndim == 2 else 1
+        dims[0] = n
+        dims[ndim - 1] = self.q
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
+        cdef const void* X = cnp.PyArray_DATA(a)
+        cdef void* o = cnp.PyArray_DATA(out)
+        cdef bint finite = True
+        if n == 0:
+            return out
+        with nogil:
+            if self.typenum == cnp.NPY_DOUBLE:
+                finite = _affine(n, self.p, self.q, <const double*> X,
+                                 <const double*> self.w, <const double*> self.b,
+                                 <double*> o)
+            else:
+                finite = _affine(n, self.p, self.q, <const float*> X,
+                                 <const float*> self.w, <const float*> self.b,
+                                 <float*> o)
+        return out if finite else None
 
 
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
@@ -189,13 +289,15 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     """
     cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
     cdef Py_ssize_t i, m, j, r, col, off, cur = 0, nxt, status = n
-    cdef int k = Z.shape[1], d
-    cdef floating lr = learning_rate, w = alignment_weight, c, zbar, gg
+    cdef int k = Z.shape[1], d, j0, rows, rstep, pstep
+    cdef floating lr = learning_rate, w = alignment_weight, c, zbar
     cdef const floating* x
     cdef const floating* x1
     cdef const floating* x2
     cdef floating* Pm
     cdef floating* Rm
+    cdef floating* Pb
+    cdef floating* Rb
     cdef floating* e
     cdef floating* e1
     cdef floating* v1
@@ -228,28 +330,39 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 v2 = &V[nxt, m, 0]
                 # z' = x' @ P_new = v1 - c * g, with x' the next sample
                 c = lr * _dot(d, x1 + col, x + col)
+                rstep = _block_rows(d)
                 for r in range(d):
                     e1[r] = -x1[col + r]
-                gg = 0
-                for j in range(k):
-                    # R[j] -= lr * z[j] * e
-                    _axpy(d, -lr * z[j], e, Rm + j * d)
-                    # g[j] = R[j] @ e + w * a[j]
-                    g[j] = _dot(d, Rm + j * d, e) + w * A[m, j]
-                    gg = gg + g[j] * g[j]
-                    z[j] = v1[j] - c * g[j]
-                    # e' += z'[j] * R[j]
-                    _axpy(d, z[j], Rm + j * d, e1)
-                if not _finite(gg):
+                j0 = 0
+                while j0 < k:
+                    rows = min(rstep, k - j0)
+                    Rb = Rm + j0 * d
+                    # R[b] -= lr * outer(z[b], e), b = the block's rows
+                    _ger(rows, d, -lr, z + j0, e, Rb)
+                    # g[b] = R[b] @ e + w * a[b]; z'[b] = v1[b] - c * g[b]
+                    for j in range(j0, j0 + rows):
+                        g[j] = w * A[m, j]
+                    _gemv(rows, d, Rb, e, &g[j0])
+                    for j in range(j0, j0 + rows):
+                        z[j] = v1[j] - c * g[j]
+                    # e' += z'[b] @ R[b]
+                    _gevm(rows, d, z + j0, Rb, e1)
+                    j0 += rows
+                if not _finite(_dot(k, &g[0], &g[0])):
                     status = i
                     break
                 for j in range(k):
                     v2[j] = 0
-                for r in range(d):
-                    # P[r] -= lr * x[r] * g
-                    _axpy(k, -lr * x[col + r], &g[0], Pm + r * k)
-                    # v'' += x''[r] * P[r], with x'' the sample after next
-                    _axpy(k, x2[col + r], Pm + r * k, v2)
+                pstep = _block_rows(k)
+                r = 0
+                while r < d:
+                    rows = min(pstep, d - r)
+                    Pb = Pm + r * k
+                    # P[b] -= lr * outer(x[b], g)
+                    _ger(rows, k, -lr, x + col + r, &g[0], Pb)
+                    # v'' += x''[b] @ P[b], with x'' the sample after next
+                    _gevm(rows, k, x2 + col + r, Pb, v2)
+                    r += rows
                 col += d
                 off += d * k
             if status < n:

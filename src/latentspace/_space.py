@@ -24,18 +24,21 @@ from ._validation import (
 
 __all__ = ["LatentSpace"]
 
-_EMPTY = {np.dtype(t): np.empty(0, t) for t in (np.float64, np.float32)}
-
-
 class _Model(NamedTuple):
     """One model's weights; the arrays are read-only and never change."""
 
     input_dim: int
-    projection: np.ndarray  # P, (d, k)
-    reconstruction: np.ndarray  # R, (k, d)
     offset: np.ndarray | None  # mu, (d,)
-    project_shift: np.ndarray  # -mu @ P, (k,), or empty without offset
-    retrieve_shift: np.ndarray  # mu, or empty without offset
+    project: _core.AffineMap  # x -> x @ P - mu @ P
+    retrieve: _core.AffineMap  # z -> z @ R + mu
+
+    @property
+    def projection(self):
+        return self.project.W
+
+    @property
+    def reconstruction(self):
+        return self.retrieve.W
 
 
 def _frozen(array):
@@ -44,13 +47,13 @@ def _frozen(array):
 
 
 def _make_model(projection, reconstruction, offset=None):
-    dtype = projection.dtype
-    if offset is None:
-        shifts = (_EMPTY[dtype], _EMPTY[dtype])
-    else:
-        shifts = (_frozen(-(offset @ projection)), _frozen(offset))
+    projection, reconstruction = _frozen(projection), _frozen(reconstruction)
+    project_shift = None if offset is None else _frozen(-(offset @ projection))
     return _Model(
-        len(projection), _frozen(projection), _frozen(reconstruction), offset, *shifts
+        len(projection),
+        offset,
+        _core.AffineMap(projection, project_shift),
+        _core.AffineMap(reconstruction, offset),
     )
 
 
@@ -164,24 +167,12 @@ class LatentSpace:
             model = _xavier(self._rng, input_dim, snapshot.dim, self._dtype)
             self._snapshot = snapshot._replace(models={**snapshot.models, name: model})
 
-    def _apply(self, values, matrix, shift, name, what):
-        """``values @ matrix + shift`` for one vector or a batch of rows."""
-        x = values
-        if not (
-            type(x) is np.ndarray
-            and x.dtype == self._dtype
-            and x.flags.c_contiguous
-            and x.ndim in (1, 2)
-            and x.shape[-1] == len(matrix)
-        ):
-            x = as_rows(values, len(matrix), self._dtype, f"{what} for model {name!r}")
-        if x.ndim == 1:
-            out = np.empty(matrix.shape[1], self._dtype)
-            finite = _core.affine(x[np.newaxis], matrix, shift, out[np.newaxis])
-        else:
-            out = np.empty((len(x), matrix.shape[1]), self._dtype)
-            finite = len(x) == 0 or _core.affine(x, matrix, shift, out)
-        if not finite:
+    def _apply(self, affine_map, values, name, what):
+        """``affine_map(values)``, converting ``values`` or explaining why not."""
+        matrix = affine_map.W
+        x = as_rows(values, len(matrix), self._dtype, f"{what} for model {name!r}")
+        out = affine_map(x)
+        if out is None:
             bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
             where = (
                 f"row {int(np.flatnonzero(bad)[0])} of the {what} contains NaN or Inf"
@@ -212,10 +203,9 @@ class LatentSpace:
         TypeError
             If the input is not numeric.
         """
-        model = self._model(name)
-        return self._apply(
-            features, model.projection, model.project_shift, name, "features"
-        )
+        affine_map = self._model(name).project
+        out = affine_map(features)  # None unless a valid array of our dtype
+        return self._apply(affine_map, features, name, "features") if out is None else out
 
     def retrieve(self, name, latent):
         """Map latent vectors back into model ``name``'s space: ``z @ R + mu``.
@@ -234,10 +224,9 @@ class LatentSpace:
         KeyError, ValueError, TypeError
             As for `project`.
         """
-        model = self._model(name)
-        return self._apply(
-            latent, model.reconstruction, model.retrieve_shift, name, "latent"
-        )
+        affine_map = self._model(name).retrieve
+        out = affine_map(latent)
+        return self._apply(affine_map, latent, name, "latent") if out is None else out
 
     def translate(self, source, target, features):
         """``retrieve(target, project(source, features))``, from one snapshot.
@@ -253,12 +242,11 @@ class LatentSpace:
         """
         models = self._snapshot.models
         src, dst = _lookup(models, source), _lookup(models, target)
-        latent = self._apply(
-            features, src.projection, src.project_shift, source, "features"
-        )
-        return self._apply(
-            latent, dst.reconstruction, dst.retrieve_shift, target, "latent"
-        )
+        latent = src.project(features)
+        if latent is None:
+            latent = self._apply(src.project, features, source, "features")
+        out = dst.retrieve(latent)
+        return self._apply(dst.retrieve, latent, target, "latent") if out is None else out
 
     def weights(self, name):
         """``(P, R)`` of model ``name``, read-only, shapes (d, k) and (k, d)."""
