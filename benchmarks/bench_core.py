@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Benchmarks of the compiled core against NumPy, measured in one run.
+
+    python benchmarks/bench_core.py            # full run (about 2 minutes)
+    python benchmarks/bench_core.py --quick    # fewer repeats
+
+Prints two tables of medians and ratios:
+
+1. The reference optimiser (per-sample SGD of SPEC.md): seconds per epoch of
+   `LatentSpace.train_projections` (loss evaluation after every epoch
+   included) against the fastest NumPy transcription we could write (in-place
+   BLAS ``ger``/``gemv`` through SciPy on Fortran-ordered weights, BLAS on
+   one thread), and against the floor set by the bytes an epoch must move:
+   every sample reads and writes every model's ``P`` and ``R`` once, at the
+   read+write bandwidth measured here on an array of the same size.
+2. `LatentSpace.project` of one vector against NumPy's ``x @ P``, with
+   NumPy's BLAS on its default threads and on one thread.
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+from scipy.linalg import blas
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import latentspace
+
+
+def _median_seconds(fn, repeats, number=1):
+    """Median over ``repeats`` of the mean time of ``number`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - start) / number)
+    return statistics.median(times)
+
+
+def numpy_sgd_epoch(Xs, Ps, Rs, learning_rate, alignment_weight):
+    """One epoch of SPEC.md's reference loop with in-place BLAS, on F-ordered
+    ``Ps`` (d, k) and ``Rs`` (k, d), updated in place."""
+    dtype = Xs[0].dtype
+    ger, gemv = (
+        (blas.dger, blas.dgemv) if dtype == np.float64 else (blas.sger, blas.sgemv)
+    )
+    lr, w = learning_rate, alignment_weight
+    for i in range(len(Xs[0])):
+        xs = [X[i] for X in Xs]
+        # z = x @ P
+        zs = [gemv(1.0, P, x, trans=1) for x, P in zip(xs, Ps)]
+        zbar = sum(zs) / len(zs)
+        for x, z, P, R in zip(xs, zs, Ps, Rs):
+            # e = z @ R - x
+            e = gemv(1.0, R, z, beta=-1.0, y=x, trans=1)
+            # R -= lr * outer(z, e)
+            ger(-lr, z, e, a=R, overwrite_a=True)
+            # g = R @ e + w * (z - zbar)
+            g = gemv(1.0, R, e, beta=w, y=z - zbar, overwrite_y=True)
+            # P -= lr * outer(x, g)
+            ger(-lr, x, g, a=P, overwrite_a=True)
+
+
+def _rw_bandwidth(n_bytes, dtype, repeats):
+    """Read+write bandwidth (bytes/s) of an in-place update of ``n_bytes``."""
+    a = np.ones(n_bytes // np.dtype(dtype).itemsize, dtype)
+    seconds = _median_seconds(lambda: np.add(a, 1, out=a), repeats, number=20)
+    return 2 * a.nbytes / seconds
+
+
+def bench_sgd(repeats):
+    rows = []
+    cases = [((3, 5), 4, 200, 200), ((384, 768), 128, 2000, 2)]
+    for dtype in (np.float64, np.float32):
+        for widths, k, n, epochs in cases:
+            rng = np.random.default_rng(0)
+            Xs = [(rng.standard_normal((n, d)) * 0.1).astype(dtype) for d in widths]
+            space = latentspace.LatentSpace(k, dtype=dtype)
+            for m, d in enumerate(widths):
+                space.register(f"m{m}", d)
+            data = {f"m{m}": X for m, X in enumerate(Xs)}
+            ours = _median_seconds(
+                lambda: space.train_projections(data, n_epochs=epochs), repeats
+            ) / epochs
+            Ps = [np.asfortranarray(space.weights(f"m{m}")[0]) for m in range(2)]
+            Rs = [np.asfortranarray(space.weights(f"m{m}")[1]) for m in range(2)]
+            numpy_epochs = max(1, epochs // 20)
+            with threadpool_limits(1, user_api="blas"):
+                ref = _median_seconds(
+                    lambda: [
+                        numpy_sgd_epoch(Xs, Ps, Rs, 0.01, 1.0)
+                        for _ in range(numpy_epochs)
+                    ],
+                    repeats,
+                ) / numpy_epochs
+            weight_bytes = 2 * sum(widths) * k * np.dtype(dtype).itemsize
+            floor = n * 2 * weight_bytes / _rw_bandwidth(weight_bytes, dtype, repeats)
+            rows.append(
+                (
+                    np.dtype(dtype).name,
+                    f"{widths[0]}+{widths[1]}->{k}",
+                    n,
+                    ours * 1e3,
+                    ref * 1e3,
+                    ref / ours,
+                    floor * 1e3,
+                    floor / ours,
+                )
+            )
+    print("\nReference SGD: milliseconds per epoch (median of", repeats, "runs)")
+    header = ("dtype", "widths->k", "n", "latentspace", "numpy+blas", "speed-up",
+              "mem floor", "of floor")
+    print("{:<8} {:<14} {:>5} {:>12} {:>11} {:>9} {:>10} {:>9}".format(*header))
+    for r in rows:
+        print("{:<8} {:<14} {:>5} {:>12.3f} {:>11.3f} {:>8.1f}x {:>10.3f} {:>8.0%}"
+              .format(*r))
+
+
+def bench_project(repeats):
+    rows = []
+    for dtype in (np.float64, np.float32):
+        for d, k in [(384, 64), (768, 256), (4096, 1024)]:
+            space = latentspace.LatentSpace(k, dtype=dtype)
+            space.register("m", d)
+            P = space.weights("m")[0]
+            x = np.random.default_rng(0).standard_normal(d).astype(dtype)
+            number = max(10, 200_000 // (d * k // 64))
+            ours = _median_seconds(lambda: space.project("m", x), repeats, number)
+            ref = _median_seconds(lambda: x @ P, repeats, number)
+            with threadpool_limits(1, user_api="blas"):
+                ref1 = _median_seconds(lambda: x @ P, repeats, number)
+            rows.append((np.dtype(dtype).name, f"({d}, {k})", ours * 1e6, ref * 1e6,
+                         ours / ref, ref1 * 1e6, ours / ref1))
+    print("\nproject() of one vector: microseconds per call (median of", repeats,
+          "runs)")
+    header = ("dtype", "shape of P", "latentspace", "x @ P", "ratio",
+              "x @ P (1 thr)", "ratio")
+    print("{:<8} {:<13} {:>12} {:>9} {:>7} {:>14} {:>7}".format(*header))
+    for r in rows:
+        print("{:<8} {:<13} {:>12.2f} {:>9.2f} {:>6.2f}x {:>14.2f} {:>6.2f}x"
+              .format(*r))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 7
+    print(f"latentspace {latentspace.__version__}, numpy {np.__version__}, "
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs")
+    for lib in threadpool_info():
+        print(f"  {lib['internal_api']} {lib.get('version')} "
+              f"({lib.get('architecture')}, {lib['num_threads']} threads): "
+              f"{os.path.basename(lib['filepath'])}")
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if var in os.environ:
+            print(f"  {var}={os.environ[var]}")
+    bench_sgd(repeats)
+    bench_project(repeats)
+
+
+if __name__ == "__main__":
+    main()
