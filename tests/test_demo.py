@@ -1,0 +1,118 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The demo (`latentspace._demo`) and its command line (``python -m latentspace``)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from latentspace import _demo  # noqa: E402
+from latentspace.__main__ import main  # noqa: E402
+
+# Small and fast (about a second): 10 epochs in a 16-dim space, a briefly
+# trained MLP. Measured over seeds 0-3, every ordered pair of models then finds
+# a same-digit top hit for at least 66% of the test items (untrained: at most
+# 16%, chance about 10%), so the margins below are wide.
+SMALL = dict(dim=16, n_epochs=10, mlp_max_iter=30, latency_calls=20)
+
+
+@pytest.fixture(scope="module")
+def numbers():
+    return _demo.run(seed=0, **SMALL)
+
+
+def _pairs(retrieval):
+    return [(a, b) for a in retrieval for b in retrieval[a]]
+
+
+def test_run_reports_every_ordered_pair(numbers):
+    names = list(_demo.MODELS)
+    expected = sorted((a, b) for a in names for b in names if a != b)
+    for stage in ("untrained", "trained"):
+        assert sorted(_pairs(numbers["retrieval"][stage])) == expected
+        for a, b in expected:
+            scores = numbers["retrieval"][stage][a][b]
+            assert set(scores) == {"top1", "top10", "class_top1"}
+            assert all(0.0 <= v <= 1.0 for v in scores.values())
+            assert scores["top1"] <= scores["top10"]
+    data = numbers["data"]
+    assert data["n_train"] + data["n_test"] == 1797
+    assert numbers["chance"]["top1"] == pytest.approx(1 / data["n_test"])
+    assert {n: m["input_dim"] for n, m in numbers["models"].items()} == {
+        "pca": 32,
+        "kernel": 100,
+        "mlp": 64,
+    }
+    json.dumps(numbers)  # plain numbers only: `--json` can print them
+
+
+def test_training_beats_untrained_space(numbers):
+    training = numbers["training"]
+    assert training["n_epochs"] == SMALL["n_epochs"]
+    assert training["final_loss"] < training["initial_loss"]
+    assert training["test_loss"]["trained"] < training["test_loss"]["untrained"]
+    chance = numbers["chance"]["class_top1"]
+    for a, b in _pairs(numbers["retrieval"]["trained"]):
+        trained = numbers["retrieval"]["trained"][a][b]
+        untrained = numbers["retrieval"]["untrained"][a][b]
+        assert trained["class_top1"] > untrained["class_top1"] + 0.3, (a, b)
+        assert trained["class_top1"] > 3 * chance, (a, b)
+        assert trained["top1"] > untrained["top1"], (a, b)
+
+
+def test_timings_are_reported(numbers):
+    assert numbers["training"]["seconds"] > 0
+    for info in numbers["models"].values():
+        assert 0 < info["project_seconds"] < 0.01
+        assert info["latent_norm"]["trained"] > 0
+
+
+def test_report_shows_the_table(numbers):
+    text = _demo.format_report(numbers)
+    assert "pca    -> kernel" in text
+    assert "chance" in text and "untrained" in text
+    assert f"{SMALL['n_epochs']} epochs" in text
+    assert all(np.isfinite(v) for v in numbers["chance"].values())
+
+
+def test_cli_help_exits_zero():
+    done = subprocess.run(
+        [sys.executable, "-m", "latentspace", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--seed" in done.stdout and "--epochs" in done.stdout
+    assert "--dim" in done.stdout
+
+
+def test_cli_without_scikit_learn(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # import fails
+    assert main(["demo"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1
+    assert 'pip install "latentspace[demo]"' in captured.err
+
+
+@pytest.mark.parametrize(
+    "argv", [["demo", "--epochs", "0"], ["demo", "--learning-rate", "-1"], []]
+)
+def test_cli_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_cli_reports_divergence(capsys):
+    argv = ["demo", "--learning-rate", "1", "--epochs", "2", "--latency-calls", "1"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "diverged" in captured.err and captured.err.count("\n") == 1
