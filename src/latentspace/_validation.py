@@ -12,6 +12,7 @@ from ._exceptions import InvalidParameterError, UnknownModelError
 
 __all__ = [
     "BLAS_INT_MAX",
+    "as_kernel_array",
     "as_rows",
     "check_alignment_weight",
     "check_finite",
@@ -57,12 +58,15 @@ def check_float(name, value, *, positive):
 def check_dtype(dtype):
     """The space's dtype, float64 or float32."""
     try:
-        dtype = np.dtype(dtype)
+        resolved = np.dtype(dtype)
     except TypeError:
-        dtype = None
-    if dtype not in _DTYPES:
-        raise InvalidParameterError("dtype must be 'float64' or 'float32'")
-    return dtype
+        resolved = None
+    # Identity, not ==: np.dtype(None) == float64, and '>f8' == '<f8'.
+    if not any(resolved is allowed for allowed in _DTYPES):
+        raise InvalidParameterError(
+            f"dtype must be 'float64' or 'float32', got {dtype!r}"
+        )
+    return resolved
 
 
 def check_dim(name, value):
@@ -121,7 +125,13 @@ def as_rows(value, width, dtype, what):
         raise InvalidParameterError(
             f"{what} has {array.shape[0]} rows; at most {BLAS_INT_MAX} per call"
         )
-    return np.ascontiguousarray(array, dtype=dtype)
+    return as_kernel_array(array, dtype)
+
+
+def as_kernel_array(array, dtype):
+    """``array`` as an aligned, native-endian, C-contiguous ``dtype`` array,
+    copied only if needed."""
+    return np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _first_nonfinite_row(array):
@@ -185,7 +195,7 @@ def check_training_data(data, models, dtype, min_models):
             raise InvalidParameterError(
                 f"data has {len(array)} samples; at most {BLAS_INT_MAX}"
             )
-        block = np.ascontiguousarray(array, dtype=dtype)
+        block = as_kernel_array(array, dtype)
         check_finite(block, f"data for model {name!r}")
         blocks.append(block)
     return names, blocks
