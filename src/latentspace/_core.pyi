@@ -3,9 +3,14 @@ from typing import Any
 
 from numpy.typing import NDArray
 
-def affine(
-    X: NDArray[Any], W: NDArray[Any], shift: NDArray[Any], out: NDArray[Any]
-) -> bool: ...
+class AffineMap:
+    W: NDArray[Any]
+    shift: NDArray[Any] | None
+    def __init__(self, W: NDArray[Any], shift: NDArray[Any] | None = ...) -> None: ...
+    def __call__(
+        self, x: object, out: NDArray[Any] | None = ...
+    ) -> NDArray[Any] | None: ...
+
 def sgd_prime(
     X: NDArray[Any],
     widths: NDArray[Any],

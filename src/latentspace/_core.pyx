@@ -172,35 +172,41 @@ cdef class AffineMap:
         self.w = cnp.PyArray_DATA(W)
         self.b = NULL if shift is None else cnp.PyArray_DATA(shift)
 
-    def __call__(self, x):
-        """``x @ W + shift`` as a new array.
+    def __call__(self, x, out=None):
+        """``x @ W + shift``, in ``out`` if given, else in a new array.
 
-        Returns None instead if ``x`` is not a C-contiguous native-endian
-        ``(p,)`` or ``(n, p)`` ndarray of W's dtype, or if the result is not
-        finite: the caller then validates and explains.
+        Returns None instead if ``x`` is not a C-contiguous, aligned,
+        native-endian ``(p,)`` or ``(n, p)`` ndarray of W's dtype, if ``out``
+        is not such a writeable array of the result's shape, or if the result
+        is not finite: the caller then validates and explains.
         """
-        if not cnp.PyArray_Check(x):
+        if not _is_kernel_array(x, self.typenum, False):
             return None
         cdef cnp.ndarray a = <cnp.ndarray> x
         cdef int ndim = cnp.PyArray_NDIM(a)
-        if (
-            cnp.PyArray_TYPE(a) != self.typenum
-            or not cnp.PyArray_ISCARRAY_RO(a)
-            or not cnp.PyArray_ISNOTSWAPPED(a)
-            or ndim < 1 or ndim > 2
-            or cnp.PyArray_DIM(a, ndim - 1) != self.p
-        ):
+        if ndim < 1 or ndim > 2 or cnp.PyArray_DIM(a, ndim - 1) != self.p:
             return None
         cdef cnp.npy_intp dims[2]
         cdef Py_ssize_t n = cnp.PyArray_DIM(a, 0) if ndim == 2 else 1
         dims[0] = n
         dims[ndim - 1] = self.q
-        cdef cnp.ndarray out = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
+        cdef cnp.ndarray result
+        if out is None:
+            result = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
+        elif (
+            _is_kernel_array(out, self.typenum, True)
+            and cnp.PyArray_NDIM(<cnp.ndarray> out) == ndim
+            and cnp.PyArray_DIM(<cnp.ndarray> out, 0) == dims[0]
+            and cnp.PyArray_DIM(<cnp.ndarray> out, ndim - 1) == self.q
+        ):
+            result = <cnp.ndarray> out
+        else:
+            return None
         cdef const void* X = cnp.PyArray_DATA(a)
-        cdef void* o = cnp.PyArray_DATA(out)
+        cdef void* o = cnp.PyArray_DATA(result)
         cdef bint finite = True
         if n == 0:
-            return out
+            return result
         with nogil:
             if self.typenum == cnp.NPY_DOUBLE:
                 finite = _affine(n, self.p, self.q, <const double*> X,
@@ -210,7 +216,20 @@ cdef class AffineMap:
                 finite = _affine(n, self.p, self.q, <const float*> X,
                                  <const float*> self.w, <const float*> self.b,
                                  <float*> o)
-        return out if finite else None
+        return result if finite else None
+
+
+cdef inline bint _is_kernel_array(object x, int typenum, bint writeable):
+    """Whether x is a C-contiguous, aligned, native-endian ndarray of typenum."""
+    if not cnp.PyArray_Check(x):
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray> x
+    return (
+        cnp.PyArray_TYPE(a) == typenum
+        and cnp.PyArray_ISCARRAY_RO(a)
+        and cnp.PyArray_ISNOTSWAPPED(a)
+        and (not writeable or cnp.PyArray_ISWRITEABLE(a))
+    )
 
 
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,

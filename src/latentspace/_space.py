@@ -14,6 +14,7 @@ from ._objective import mean_loss
 from ._sgd import train_sgd
 from ._validation import (
     as_rows,
+    check_out,
     check_alignment_weight,
     check_dim,
     check_dtype,
@@ -167,12 +168,14 @@ class LatentSpace:
             model = _xavier(self._rng, input_dim, snapshot.dim, self._dtype)
             self._snapshot = snapshot._replace(models={**snapshot.models, name: model})
 
-    def _apply(self, affine_map, values, name, what):
-        """``affine_map(values)``, converting ``values`` or explaining why not."""
-        matrix = affine_map.W
-        x = as_rows(values, len(matrix), self._dtype, f"{what} for model {name!r}")
-        out = affine_map(x)
-        if out is None:
+    def _apply(self, affine_map, values, name, what, out=None):
+        """``affine_map(values, out)``, converting ``values`` or explaining why not."""
+        W = affine_map.W
+        x = as_rows(values, len(W), self._dtype, f"{what} for model {name!r}")
+        if out is not None:
+            check_out(out, x.shape[:-1] + W.shape[1:], self._dtype)
+        result = affine_map(x, out)
+        if result is None:
             bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
             where = (
                 f"row {int(np.flatnonzero(bad)[0])} of the {what} contains NaN or Inf"
@@ -180,15 +183,18 @@ class LatentSpace:
                 else "the result overflowed"
             )
             raise ValueError(f"{what} for model {name!r}: {where}")
-        return out
+        return result
 
-    def project(self, name, features):
+    def project(self, name, features, *, out=None):
         """Map features of model ``name`` into the space: ``(x - mu) @ P``.
 
         Parameters
         ----------
         name : str
         features : array-like of shape (d,) or (n, d)
+        out : ndarray of shape (k,) or (n, k), optional
+            C-contiguous, writeable array of the space's dtype that receives
+            the result (its content is unspecified if an error is raised).
 
         Returns
         -------
@@ -204,16 +210,20 @@ class LatentSpace:
             If the input is not numeric.
         """
         affine_map = self._model(name).project
-        out = affine_map(features)  # None unless a valid array of our dtype
-        return self._apply(affine_map, features, name, "features") if out is None else out
+        result = affine_map(features, out)  # None unless valid arrays of our dtype
+        if result is None:
+            return self._apply(affine_map, features, name, "features", out)
+        return result
 
-    def retrieve(self, name, latent):
+    def retrieve(self, name, latent, *, out=None):
         """Map latent vectors back into model ``name``'s space: ``z @ R + mu``.
 
         Parameters
         ----------
         name : str
         latent : array-like of shape (k,) or (n, k)
+        out : ndarray of shape (d,) or (n, d), optional
+            As for `project`.
 
         Returns
         -------
@@ -225,16 +235,20 @@ class LatentSpace:
             As for `project`.
         """
         affine_map = self._model(name).retrieve
-        out = affine_map(latent)
-        return self._apply(affine_map, latent, name, "latent") if out is None else out
+        result = affine_map(latent, out)
+        if result is None:
+            return self._apply(affine_map, latent, name, "latent", out)
+        return result
 
-    def translate(self, source, target, features):
+    def translate(self, source, target, features, *, out=None):
         """``retrieve(target, project(source, features))``, from one snapshot.
 
         Parameters
         ----------
         source, target : str
         features : array-like of shape (d_source,) or (n, d_source)
+        out : ndarray of shape (d_target,) or (n, d_target), optional
+            As for `project`.
 
         Returns
         -------
@@ -245,8 +259,10 @@ class LatentSpace:
         latent = src.project(features)
         if latent is None:
             latent = self._apply(src.project, features, source, "features")
-        out = dst.retrieve(latent)
-        return self._apply(dst.retrieve, latent, target, "latent") if out is None else out
+        result = dst.retrieve(latent, out)
+        if result is None:
+            return self._apply(dst.retrieve, latent, target, "latent", out)
+        return result
 
     def weights(self, name):
         """``(P, R)`` of model ``name``, read-only, shapes (d, k) and (k, d)."""

@@ -21,6 +21,7 @@ __all__ = [
     "check_dim",
     "check_dtype",
     "check_name",
+    "check_out",
     "check_training_data",
     "unknown_model",
 ]
@@ -126,6 +127,20 @@ def as_rows(value, width, dtype, what):
             f"{what} has {array.shape[0]} rows; at most {BLAS_INT_MAX} per call"
         )
     return as_kernel_array(array, dtype)
+
+
+def check_out(out, shape, dtype):
+    """Raise unless ``out`` can receive a result of ``shape`` and ``dtype``."""
+    if not isinstance(out, np.ndarray):
+        raise InvalidParameterError(f"out must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype or out.shape != shape:
+        raise InvalidParameterError(
+            f"out must have shape {shape} and dtype {dtype}, "
+            f"got shape {out.shape} and dtype {out.dtype}"
+        )
+    if not (out.flags.c_contiguous and out.flags.aligned and out.flags.writeable
+            and out.dtype.isnative):
+        raise InvalidParameterError("out must be C-contiguous, aligned and writeable")
 
 
 def as_kernel_array(array, dtype):
