@@ -1,0 +1,289 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Training never corrupts the space: divergence, Ctrl-C, and concurrent readers."""
+
+import _thread
+import re
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from support import assert_unchanged, dtype_params, make_space, random_data, snapshot
+
+import latentspace
+from latentspace import TrainingDivergedError
+
+# ------------------------------------------------------------------ divergence
+
+
+def _trained_space(dtype, widths=(3, 5), k=4):
+    space, names = make_space(k, widths, dtype=dtype)
+    space.train_projections(dict(zip(names, random_data(widths, 10, seed=1))),
+                            n_epochs=2)
+    return space, names
+
+
+@dtype_params
+@pytest.mark.parametrize("latent_dim", [None, 6])
+def test_divergence_raises_and_keeps_weights(dtype, latent_dim):
+    space, names = _trained_space(dtype)
+    before = snapshot(space)
+    data = dict(zip(names, random_data((3, 5), 20, seed=2, scale=10.0)))
+    with pytest.raises(TrainingDivergedError) as info:
+        space.train_projections(data, learning_rate=1e3, n_epochs=5,
+                                latent_dim=latent_dim)
+    message = str(info.value)
+    assert "diverged" in message
+    assert "smaller learning_rate" in message and "1000.0" in message
+    assert isinstance(info.value, FloatingPointError)
+    assert_unchanged(space, before)
+    # The space still trains normally afterwards.
+    space.train_projections(dict(zip(names, random_data((3, 5), 5, seed=3))),
+                            n_epochs=1)
+    assert space.dim == 4
+
+
+@dtype_params
+@pytest.mark.parametrize(
+    "lr, n_epochs, later_epoch",
+    [(0.3, 1, False), (0.2, 300, False), (0.15, 300, False), (0.14, 300, True),
+     (0.13, 300, True)],
+)
+def test_divergence_is_reported_as_such(dtype, lr, n_epochs, later_epoch):
+    """Each way a run can diverge (a non-finite step inside an epoch, an
+    overflowing loss, after good epochs) raises TrainingDivergedError, even with
+    warnings turned into errors, and publishes nothing."""
+    space, names = make_space(4, (3, 5), dtype=dtype)
+    data = dict(zip(names, random_data((3, 5), 20, seed=4)))
+    if later_epoch:
+        # The first epoch alone is finite: intermediate weights existed.
+        twin, _ = make_space(4, (3, 5), dtype=dtype)
+        result = twin.train_projections(data, learning_rate=lr, n_epochs=1)
+        assert np.isfinite(result.final_loss)
+    before = snapshot(space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(
+            TrainingDivergedError, match="smaller learning_rate"
+        ) as info:
+            space.train_projections(data, learning_rate=lr, n_epochs=n_epochs)
+    if later_epoch:
+        epoch = int(re.search(r"diverged in epoch (\d+)", str(info.value)).group(1))
+        assert epoch >= 2
+    assert_unchanged(space, before)
+
+
+# ---------------------------------------------------------------- interruption
+
+
+def _interrupt_main_after(seconds):
+    def fire():
+        time.sleep(seconds)
+        _thread.interrupt_main()
+
+    thread = threading.Thread(target=fire, daemon=True)
+    thread.start()
+    return thread
+
+
+def _drain(thread):
+    """Wait for the interrupter; swallow its interrupt if nothing caught it."""
+    try:
+        thread.join()
+        for _ in range(50):
+            time.sleep(0.001)
+    except KeyboardInterrupt:
+        pytest.fail("the interrupt arrived after training had ended")
+
+
+@pytest.mark.parametrize("latent_dim", [None, 32])
+def test_keyboard_interrupt_stops_training_and_keeps_weights(latent_dim):
+    widths, k, n = (256, 256), 64, 2000
+    space, names = make_space(k, widths)
+    twin, _ = make_space(k, widths)
+    data = dict(zip(names, random_data(widths, n, seed=5)))
+    before = snapshot(space)
+    started = time.monotonic()
+    thread = _interrupt_main_after(0.05)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            # Minutes of work if not interrupted.
+            space.train_projections(data, n_epochs=1000, learning_rate=1e-4,
+                                    latent_dim=latent_dim)
+        elapsed = time.monotonic() - started
+    finally:
+        _drain(thread)
+    assert elapsed < 30, f"training went on for {elapsed:.1f} s after Ctrl-C"
+    assert_unchanged(space, before)
+    # The generator is untouched and the lock was released: the space keeps
+    # working exactly like one that was never interrupted.
+    space.register("probe", 3)
+    twin.register("probe", 3)
+    for got, expected in zip(space.weights("probe"), twin.weights("probe")):
+        assert got.tobytes() == expected.tobytes()
+    small = {name: X[:20] for name, X in data.items()}
+    space.train_projections(small, n_epochs=1, learning_rate=1e-4)
+    twin.train_projections(small, n_epochs=1, learning_rate=1e-4)
+    for name in names:
+        for got, expected in zip(space.weights(name), twin.weights(name)):
+            assert got.tobytes() == expected.tobytes()
+
+
+# ------------------------------------------------------------------- threads
+
+K = 8
+WIDTHS = {"a": 6, "b": 10}
+
+
+def _reader_inputs():
+    rng = np.random.default_rng(6)
+    xa = rng.standard_normal((5, WIDTHS["a"]))
+    xb = rng.standard_normal((3, WIDTHS["b"]))
+    z = rng.standard_normal((4, K))
+    return [
+        ("project", "a", xa),
+        ("project", "a", xa[0]),
+        ("project", "b", xb.astype(np.float32)),  # converted on the way
+        ("retrieve", "b", z),
+        ("retrieve", "a", z[1]),
+        ("translate", "a", "b", xa),
+        ("translate", "b", "a", xb),
+        ("translate", "a", "b", xa[2].tolist()),
+    ]
+
+
+def _call(space, op):
+    method, *args = op
+    return getattr(space, method)(*args)
+
+
+def _new_space():
+    space = latentspace.LatentSpace(K, seed=9)
+    for name, width in WIDTHS.items():
+        space.register(name, width)
+    return space
+
+
+TRAININGS = [
+    {"n_epochs": 8, "learning_rate": 0.01},
+    {"n_epochs": 5, "learning_rate": 0.02, "alignment_weight": 2.0},
+    {"n_epochs": 10, "learning_rate": 0.005},
+    {"n_epochs": 6, "learning_rate": 0.01, "alignment_weight": 0.5},
+    {"n_epochs": 8, "learning_rate": 0.01},
+]
+
+
+def test_readers_see_only_published_weights_while_training():
+    ops = _reader_inputs()
+    data = dict(zip(WIDTHS, random_data(tuple(WIDTHS.values()), 300, seed=7)))
+
+    # Single-threaded: every version of the weights and every answer under it.
+    replica = _new_space()
+    replica_weights = [{n: tuple(np.array(w) for w in replica.weights(n))
+                        for n in WIDTHS}]
+    expected = [[_call(replica, op) for op in ops]]
+    for config in TRAININGS:
+        replica.train_projections(data, **config)
+        replica_weights.append({n: tuple(np.array(w) for w in replica.weights(n))
+                                for n in WIDTHS})
+        expected.append([_call(replica, op) for op in ops])
+    n_versions = len(expected)
+    for i, op in enumerate(ops):  # every version answers differently
+        for v in range(n_versions):
+            for u in range(v):
+                assert not np.array_equal(expected[v][i], expected[u][i]), (op, u, v)
+
+    space = _new_space()
+    stop = threading.Event()
+    n_readers = 4
+    iterations = [0] * n_readers
+    seen = [[] for _ in range(n_readers)]  # versions seen, in order
+    problems = []
+
+    def reader(r):
+        try:
+            while not stop.is_set():
+                for i, op in enumerate(ops):
+                    result = _call(space, op)
+                    match = [v for v in range(n_versions)
+                             if result.dtype == expected[v][i].dtype
+                             and np.array_equal(result, expected[v][i])]
+                    if len(match) != 1:
+                        problems.append(f"reader {r}: {op[:3]} matches {match}")
+                        return
+                    seen[r].append(match[0])
+                iterations[r] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            problems.append(f"reader {r}: {exc!r}")
+
+    def wait_for_fresh_iterations():
+        """Each reader completes a whole pass begun after this call."""
+        marks = list(iterations)
+        deadline = time.monotonic() + 30
+        while any(iterations[r] < marks[r] + 2 for r in range(n_readers)):
+            assert not problems, problems
+            assert time.monotonic() < deadline, "readers made no progress"
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=reader, args=(r,)) for r in range(n_readers)]
+    for thread in threads:
+        thread.start()
+    versions = []
+    try:
+        wait_for_fresh_iterations()
+        for config in TRAININGS:
+            versions.append({n: space.weights(n) for n in WIDTHS})
+            space.train_projections(data, **config)
+            versions.append({n: space.weights(n) for n in WIDTHS})
+            wait_for_fresh_iterations()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not problems, problems[:5]
+
+    # The weights published by the threaded run are the single-threaded ones.
+    published = [versions[0]] + versions[1::2]
+    for v, weights in enumerate(published):
+        for name in WIDTHS:
+            for got, ref in zip(weights[name], replica_weights[v][name]):
+                assert got.tobytes() == ref.tobytes(), (v, name)
+    for before, after in zip(versions[2::2], versions[1::2]):
+        for name in WIDTHS:  # nothing changed between two trainings
+            for w0, w1 in zip(before[name], after[name]):
+                assert w0 is w1 or w0.tobytes() == w1.tobytes()
+    # Every reader saw every version, in publication order.
+    for r in range(n_readers):
+        assert seen[r] == sorted(seen[r]), f"reader {r} went back to older weights"
+        assert set(seen[r]) == set(range(n_versions)), r
+
+
+@dtype_params
+def test_many_threads_give_single_threaded_results(dtype):
+    # Sizes large enough that the maps call BLAS (gemm / gemv) concurrently.
+    widths = {"a": 300, "b": 40, "c": 1}
+    space = latentspace.LatentSpace(64, dtype=dtype, seed=10)
+    for name, width in widths.items():
+        space.register(name, width)
+    rng = np.random.default_rng(11)
+    ops = []
+    for source in widths:
+        for target in widths:
+            for n in (None, 1, 50):
+                shape = (widths[source],) if n is None else (n, widths[source])
+                x = rng.standard_normal(shape)
+                ops.append(("translate", source, target, x))
+            ops.append(("project", source, rng.standard_normal((20, widths[source]))))
+            ops.append(("project", source, rng.standard_normal(widths[source])))
+            ops.append(("retrieve", source, rng.standard_normal((20, 64))))
+            ops.append(("retrieve", source, rng.standard_normal(64)))
+    expected = [_call(space, op) for op in ops]
+    tasks = [i % len(ops) for i in range(4 * len(ops))]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda i: (i, _call(space, ops[i])), tasks))
+    assert len(results) == len(tasks)
+    for i, result in results:
+        assert result.dtype == dtype
+        assert np.array_equal(result, expected[i]), ops[i][:3]

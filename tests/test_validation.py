@@ -1,0 +1,538 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Every validation error of SPEC.md, its message, and that it changes nothing."""
+
+import re
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from reference import reference_sgd, xavier
+from support import WEIGHT_TOL, assert_unchanged, dtype_params, snapshot
+
+import latentspace
+from latentspace import (
+    InvalidParameterError,
+    ProjectionConfig,
+    TrainingDivergedError,
+    UnknownModelError,
+)
+
+N = 10
+_RNG = np.random.default_rng(20)
+XA = _RNG.standard_normal((N, 3))
+XB = _RNG.standard_normal((N, 5))
+XC = _RNG.standard_normal((N, 2))
+
+
+def build(dtype="float64"):
+    """The space every failing call starts from: a(3), b(5), c(2), k=4, trained."""
+    space = latentspace.LatentSpace(4, dtype=dtype, seed=42)
+    space.register("a", 3)
+    space.register("b", 5)
+    space.register("c", 2)
+    space.train_projections({"a": XA, "b": XB}, n_epochs=2)
+    return space
+
+
+def assert_fails_cleanly(call, exc, match, dtype="float64"):
+    """``call(space)`` raises ``exc`` matching ``match`` and changes nothing:
+    the weights, models and dim stay bit-identical, and the space's generator
+    was not consumed (a later registration draws what it would have drawn)."""
+    space = build(dtype)
+    before = snapshot(space)
+    with pytest.raises(exc, match=match) as info:
+        call(space)
+    assert_unchanged(space, before)
+    twin = build(dtype)
+    space.register("probe", 6)
+    twin.register("probe", 6)
+    for got, expected in zip(space.weights("probe"), twin.weights("probe")):
+        assert got.tobytes() == expected.tobytes()
+    return info.value
+
+
+def train(**overrides):
+    return lambda space: space.train_projections({"a": XA, "b": XB}, **overrides)
+
+
+def train_data(data, **overrides):
+    return lambda space: space.train_projections(data, **overrides)
+
+
+def with_value(array, row, col, value):
+    array = np.array(array, dtype=np.float64, copy=True)
+    array[row, col] = value
+    return array
+
+
+# id, call, exception class, message pattern
+CONFIG_FAILURES = [
+    ("lr-zero", train(learning_rate=0), ValueError,
+     r"learning_rate must be finite and > 0, got 0\.0"),
+    ("lr-negative", train(learning_rate=-0.5), ValueError,
+     r"learning_rate must be finite and > 0, got -0\.5"),
+    ("lr-nan", train(learning_rate=float("nan")), ValueError,
+     r"learning_rate must be finite and > 0, got nan"),
+    ("lr-inf", train(learning_rate=float("inf")), ValueError,
+     r"learning_rate must be finite and > 0, got inf"),
+    ("lr-bool", train(learning_rate=True), TypeError,
+     r"learning_rate must be a real number, got True"),
+    ("lr-str", train(learning_rate="0.1"), TypeError,
+     r"learning_rate must be a real number, got '0\.1'"),
+    ("lr-none", train(learning_rate=None), TypeError,
+     r"learning_rate must be a real number, got None"),
+    ("epochs-zero", train(n_epochs=0), ValueError, r"n_epochs must be >= 1, got 0"),
+    ("epochs-negative", train(n_epochs=-3), ValueError,
+     r"n_epochs must be >= 1, got -3"),
+    ("epochs-float", train(n_epochs=2.0), TypeError,
+     r"n_epochs must be an integer, got 2\.0"),
+    ("epochs-bool", train(n_epochs=True), TypeError,
+     r"n_epochs must be an integer, got True"),
+    ("weight-negative", train(alignment_weight=-1), ValueError,
+     r"alignment_weight must be finite and >= 0, got -1\.0"),
+    ("weight-nan", train(alignment_weight=float("nan")), ValueError,
+     r"alignment_weight must be finite and >= 0, got nan"),
+    ("weight-inf", train(alignment_weight=float("inf")), ValueError,
+     r"alignment_weight must be finite and >= 0, got inf"),
+    ("weight-bool", train(alignment_weight=False), TypeError,
+     r"alignment_weight must be a real number, got False"),
+    ("latent-zero", train(latent_dim=0), ValueError, r"latent_dim must be >= 1, got 0"),
+    ("latent-negative", train(latent_dim=-2), ValueError,
+     r"latent_dim must be >= 1, got -2"),
+    ("latent-float", train(latent_dim=2.5), TypeError,
+     r"latent_dim must be an integer, got 2\.5"),
+    ("latent-bool", train(latent_dim=True), TypeError,
+     r"latent_dim must be an integer, got True"),
+    ("unknown-option", train(learn_rate=0.1), TypeError,
+     r"unknown training option\(s\) 'learn_rate'.*learning_rate"),
+    ("config-dict",
+     lambda space: space.train_projections({"a": XA, "b": XB}, {"n_epochs": 3}),
+     TypeError, r"config must be a ProjectionConfig or None, got dict"),
+]
+
+DATA_FAILURES = [
+    ("width-a", train_data({"a": np.ones((N, 4)), "b": XB}), ValueError,
+     r"data for model 'a' must have shape \(n, 3\), got shape \(10, 4\)"),
+    ("width-b", train_data({"a": XA, "b": np.ones((N, 3))}), ValueError,
+     r"data for model 'b' must have shape \(n, 5\), got shape \(10, 3\)"),
+    ("one-dim", train_data({"a": np.ones(N), "b": XB}), ValueError,
+     r"data for model 'a' must have shape \(n, 3\), got shape \(10,\)"),
+    ("three-dim", train_data({"a": XA, "b": np.ones((N, 5, 1))}), ValueError,
+     r"data for model 'b' must have shape \(n, 5\), got shape \(10, 5, 1\)"),
+    ("nan", train_data({"a": with_value(XA, 3, 1, np.nan), "b": XB}), ValueError,
+     r"data for model 'a' contains NaN or Inf \(first in row 3\)"),
+    ("inf", train_data({"a": XA, "b": with_value(XB, 7, 4, np.inf)}), ValueError,
+     r"data for model 'b' contains NaN or Inf \(first in row 7\)"),
+    ("minus-inf", train_data({"a": with_value(XA, 0, 0, -np.inf), "b": XB}),
+     ValueError, r"data for model 'a' contains NaN or Inf \(first in row 0\)"),
+    ("first-bad-row",
+     train_data({"a": with_value(with_value(XA, 8, 0, np.nan), 2, 2, np.inf),
+                 "b": XB}),
+     ValueError, r"data for model 'a' contains NaN or Inf \(first in row 2\)"),
+    ("strings", train_data({"a": np.full((N, 3), "x"), "b": XB}), TypeError,
+     r"data for model 'a' must hold real numbers, got dtype <U1"),
+    ("object", train_data({"a": XA.astype(object), "b": XB}), TypeError,
+     r"data for model 'a' must hold real numbers, got dtype object"),
+    ("complex", train_data({"a": XA, "b": XB.astype(complex)}), TypeError,
+     r"data for model 'b' must hold real numbers, got dtype complex128"),
+    ("bool", train_data({"a": XA > 0, "b": XB}), TypeError,
+     r"data for model 'a' must hold real numbers, got dtype bool"),
+    ("ragged", train_data({"a": [[1.0, 2.0, 3.0], [1.0]] * 5, "b": XB}), TypeError,
+     r"data for model 'a' is not a numeric array"),
+    ("list-of-arrays", train_data([XA, XB]), TypeError,
+     r"data must be a mapping of model name to array, got list"),
+    ("pairs", train_data((("a", XA), ("b", XB))), TypeError,
+     r"data must be a mapping of model name to array, got tuple"),
+    ("none", train_data(None), TypeError,
+     r"data must be a mapping of model name to array, got NoneType"),
+]
+
+# The Go package's checks, in SPEC.md's order. A case that breaks several rules
+# must be reported by the earliest check.
+ORDER_FAILURES = [
+    ("no-models", train_data({}), ValueError, r"at least two models, got 0"),
+    ("one-model", train_data({"a": XA}), ValueError,
+     r"at least two models, got 1 \('a'\)"),
+    ("one-unregistered-model", train_data({"zzz": XA[:0]}), ValueError,
+     r"at least two models, got 1 \('zzz'\)"),
+    ("unregistered-before-counts", train_data({"a": XA, "zzz": XB[:3]}),
+     UnknownModelError, r"model 'zzz' is not registered \(registered: 'a', 'b', 'c'\)"),
+    ("unregistered-before-zero", train_data({"a": XA[:0], "zzz": XB[:0]}),
+     UnknownModelError, r"model 'zzz' is not registered"),
+    ("unregistered-non-str", train_data({"a": XA, 7: XB}), UnknownModelError,
+     r"model 7 is not registered"),
+    ("counts-before-zero", train_data({"a": XA[:0], "b": XB}), ValueError,
+     r"same number of samples \(aligned by index\), got 'a': 0, 'b': 10"),
+    ("counts", train_data({"a": XA, "b": XB[:7], "c": XC}), ValueError,
+     r"same number of samples.*'a': 10, 'b': 7, 'c': 10"),
+    ("zero-samples", train_data({"a": XA[:0], "b": XB[:0]}), ValueError,
+     r"data holds zero samples"),
+]
+
+LOSS_FAILURES = [
+    ("loss-no-models", lambda s: s.loss({}), ValueError, r"at least one model, got 0"),
+    ("loss-unknown", lambda s: s.loss({"a": XA, "zzz": XB}), UnknownModelError,
+     r"model 'zzz' is not registered"),
+    ("loss-nan", lambda s: s.loss({"a": XA, "c": with_value(XC, 4, 1, np.nan)}),
+     ValueError, r"data for model 'c' contains NaN or Inf \(first in row 4\)"),
+    ("loss-width", lambda s: s.loss({"b": XA}), ValueError,
+     r"data for model 'b' must have shape \(n, 5\), got shape \(10, 3\)"),
+    ("loss-weight-negative", lambda s: s.loss({"a": XA}, alignment_weight=-0.5),
+     ValueError, r"alignment_weight must be finite and >= 0, got -0\.5"),
+    ("loss-weight-nan", lambda s: s.loss({"a": XA}, alignment_weight=float("nan")),
+     ValueError, r"alignment_weight must be finite and >= 0, got nan"),
+]
+
+UNKNOWN_NAME_FAILURES = [
+    ("project", lambda s: s.project("zzz", np.ones(3)), "'zzz'"),
+    ("retrieve", lambda s: s.retrieve("zzz", np.ones(4)), "'zzz'"),
+    ("translate-source", lambda s: s.translate("zzz", "a", np.ones(3)), "'zzz'"),
+    ("translate-target", lambda s: s.translate("a", "zzz", np.ones(3)), "'zzz'"),
+    ("weights", lambda s: s.weights("zzz"), "'zzz'"),
+    ("case-sensitive", lambda s: s.project("A", np.ones(3)), "'A'"),
+    ("none", lambda s: s.project(None, np.ones(3)), "None"),
+    ("unhashable", lambda s: s.weights(["a"]), r"\['a'\]"),
+]
+
+MAP_FAILURES = [
+    ("project-length", lambda s: s.project("a", np.ones(4)), ValueError,
+     r"features for model 'a' must have shape \(3,\) or \(n, 3\), got shape \(4,\)"),
+    ("project-batch-width", lambda s: s.project("a", np.ones((2, 5))), ValueError,
+     r"features for model 'a' must have shape \(3,\) or \(n, 3\), got shape \(2, 5\)"),
+    ("project-3d", lambda s: s.project("a", np.ones((2, 3, 1))), ValueError,
+     r"features for model 'a' must have shape .*, got shape \(2, 3, 1\)"),
+    ("project-scalar", lambda s: s.project("a", 1.0), ValueError,
+     r"features for model 'a' must have shape .*, got shape \(\)"),
+    ("project-empty-vector", lambda s: s.project("a", []), ValueError,
+     r"features for model 'a' must have shape .*, got shape \(0,\)"),
+    ("retrieve-length", lambda s: s.retrieve("b", np.ones(5)), ValueError,
+     r"latent for model 'b' must have shape \(4,\) or \(n, 4\), got shape \(5,\)"),
+    ("retrieve-batch-width", lambda s: s.retrieve("b", np.ones((3, 3))), ValueError,
+     r"latent for model 'b' must have shape .*, got shape \(3, 3\)"),
+    ("translate-length", lambda s: s.translate("a", "b", np.ones(5)), ValueError,
+     r"features for model 'a' must have shape \(3,\) or \(n, 3\), got shape \(5,\)"),
+    ("project-strings", lambda s: s.project("a", ["x", "y", "z"]), TypeError,
+     r"features for model 'a' must hold real numbers, got dtype <U1"),
+    ("project-complex", lambda s: s.project("a", np.ones(3, complex)), TypeError,
+     r"features for model 'a' must hold real numbers, got dtype complex128"),
+    ("project-bool", lambda s: s.project("a", np.ones(3, bool)), TypeError,
+     r"features for model 'a' must hold real numbers, got dtype bool"),
+    ("retrieve-object", lambda s: s.retrieve("c", np.ones(4, object)), TypeError,
+     r"latent for model 'c' must hold real numbers, got dtype object"),
+    ("project-nan-row", lambda s: s.project("a", with_value(np.ones((5, 3)), 2, 1,
+                                                            np.nan)),
+     ValueError, r"features for model 'a': row 2 of the features contains NaN or Inf"),
+    ("project-inf-vector",
+     lambda s: s.project("a", np.array([1.0, np.inf, 0.0])), ValueError,
+     r"features for model 'a': row 0 of the features contains NaN or Inf"),
+    ("retrieve-nan-row", lambda s: s.retrieve("b", with_value(np.ones((3, 4)), 1, 3,
+                                                              np.nan)),
+     ValueError, r"latent for model 'b': row 1 of the latent contains NaN or Inf"),
+    ("translate-nan-row",
+     lambda s: s.translate("a", "c", with_value(np.ones((4, 3)), 3, 0, -np.inf)),
+     ValueError, r"features for model 'a': row 3 of the features contains NaN or Inf"),
+]
+
+REGISTER_FAILURES = [
+    ("duplicate", lambda s: s.register("a", 3), ValueError,
+     r"model 'a' is already registered \(input_dim=3\); pass replace=True"),
+    ("duplicate-other-width", lambda s: s.register("b", 7), ValueError,
+     r"model 'b' is already registered \(input_dim=5\)"),
+    ("duplicate-replace-false", lambda s: s.register("c", 2, replace=False),
+     ValueError, r"model 'c' is already registered"),
+    ("dim-zero", lambda s: s.register("d", 0), ValueError,
+     r"input_dim must be >= 1, got 0"),
+    ("dim-negative", lambda s: s.register("d", -1), ValueError,
+     r"input_dim must be >= 1, got -1"),
+    ("dim-float", lambda s: s.register("d", 2.5), TypeError,
+     r"input_dim must be an integer, got 2\.5"),
+    ("dim-bool", lambda s: s.register("d", True), TypeError,
+     r"input_dim must be an integer, got True"),
+    ("dim-str", lambda s: s.register("d", "3"), TypeError,
+     r"input_dim must be an integer, got '3'"),
+    ("dim-none", lambda s: s.register("d", None), TypeError,
+     r"input_dim must be an integer, got None"),
+    ("replace-bad-dim", lambda s: s.register("a", 0, replace=True), ValueError,
+     r"input_dim must be >= 1, got 0"),
+    ("name-int", lambda s: s.register(3, 3), TypeError,
+     r"a model name must be a str, got 3 \(int\)"),
+    ("name-none", lambda s: s.register(None, 3), TypeError,
+     r"a model name must be a str, got None \(NoneType\)"),
+    ("name-bytes", lambda s: s.register(b"d", 3), TypeError,
+     r"a model name must be a str, got b'd' \(bytes\)"),
+    ("name-empty", lambda s: s.register("", 3), ValueError,
+     r"a model name must not be empty"),
+]
+
+
+def _cases(table):
+    return pytest.mark.parametrize(
+        "call, exc, match", [case[1:] for case in table], ids=[c[0] for c in table]
+    )
+
+
+@dtype_params
+@_cases(CONFIG_FAILURES)
+def test_config_out_of_range(dtype, call, exc, match):
+    error = assert_fails_cleanly(call, exc, match, dtype)
+    assert isinstance(error, InvalidParameterError)
+
+
+@pytest.mark.parametrize(
+    "field, value, exc, match",
+    [
+        ("learning_rate", 0.0, ValueError, "learning_rate must be finite and > 0"),
+        ("learning_rate", float("nan"), ValueError, "learning_rate must be finite"),
+        ("learning_rate", True, TypeError, "learning_rate must be a real number"),
+        ("n_epochs", 0, ValueError, "n_epochs must be >= 1"),
+        ("n_epochs", 1.5, TypeError, "n_epochs must be an integer"),
+        ("alignment_weight", -1e-9, ValueError, "alignment_weight must be finite"),
+        ("alignment_weight", float("-inf"), ValueError, "alignment_weight must be"),
+        ("latent_dim", 0, ValueError, "latent_dim must be >= 1"),
+        ("latent_dim", "4", TypeError, "latent_dim must be an integer"),
+    ],
+)
+def test_projection_config_validates_on_construction(field, value, exc, match):
+    with pytest.raises(exc, match=match):
+        ProjectionConfig(**{field: value})
+
+
+def test_projection_config_accepts_numpy_scalars_and_zero_weight():
+    config = ProjectionConfig(
+        latent_dim=np.int64(3), learning_rate=np.float32(0.5), n_epochs=np.int32(2),
+        alignment_weight=0,
+    )
+    assert config.latent_dim == 3 and type(config.latent_dim) is int
+    assert config.n_epochs == 2 and type(config.n_epochs) is int
+    assert config.learning_rate == 0.5 and config.alignment_weight == 0.0
+
+
+@dtype_params
+@_cases(DATA_FAILURES)
+def test_bad_training_data(dtype, call, exc, match):
+    assert_fails_cleanly(call, exc, match, dtype)
+
+
+@_cases(ORDER_FAILURES)
+def test_go_checks_in_spec_order(call, exc, match):
+    assert_fails_cleanly(call, exc, match)
+
+
+def test_unregistered_model_error_is_a_key_error():
+    error = assert_fails_cleanly(
+        train_data({"a": XA, "zzz": XB}), KeyError, "model 'zzz' is not registered"
+    )
+    assert isinstance(error, UnknownModelError)
+    # str() is the plain message, without the quotes KeyError adds.
+    assert str(error).startswith("model 'zzz'")
+
+
+@_cases(LOSS_FAILURES)
+def test_bad_loss_arguments(call, exc, match):
+    assert_fails_cleanly(call, exc, match)
+
+
+@pytest.mark.parametrize(
+    "call, name", [c[1:] for c in UNKNOWN_NAME_FAILURES],
+    ids=[c[0] for c in UNKNOWN_NAME_FAILURES],
+)
+def test_unknown_model_names(call, name):
+    pattern = rf"model {name} is not registered \(registered: 'a', 'b', 'c'\)"
+    error = assert_fails_cleanly(call, UnknownModelError, pattern)
+    assert isinstance(error, KeyError)
+
+
+def test_unknown_model_in_an_empty_space():
+    space = latentspace.LatentSpace(3)
+    pattern = r"model 'a' is not registered \(registered: none\)"
+    with pytest.raises(KeyError, match=pattern):
+        space.project("a", np.ones(3))
+
+
+@dtype_params
+@_cases(MAP_FAILURES)
+def test_bad_map_inputs(dtype, call, exc, match):
+    assert_fails_cleanly(call, exc, match, dtype)
+
+
+@dtype_params
+def test_project_overflow_is_reported(dtype):
+    space = build(dtype)
+    P = np.asarray(space.weights("a")[0], dtype=np.float64)
+    # Every feature at the largest finite value, signed so that column j adds up
+    # to more than that value.
+    j = int(np.argmax(np.abs(P).sum(axis=0)))
+    assert np.abs(P[:, j]).sum() > 1.01  # so x @ P[:, j] overflows
+    x = (np.sign(P[:, j]) * np.finfo(dtype).max).astype(dtype)
+    before = snapshot(space)
+    pattern = r"features for model 'a': the result overflowed"
+    with pytest.raises(ValueError, match=pattern):
+        space.project("a", x)
+    assert_unchanged(space, before)
+
+
+@_cases(REGISTER_FAILURES)
+def test_bad_registrations(call, exc, match):
+    assert_fails_cleanly(call, exc, match)
+
+
+@dtype_params
+def test_register_replace(dtype):
+    space = build(dtype)
+    before = snapshot(space)
+    # The draws a twin space would make next.
+    rng = np.random.default_rng(42)
+    for d in (3, 5, 2):
+        xavier(rng, d, 4, dtype)
+    space.register("b", 7, replace=True)
+    P, R = xavier(rng, 7, 4, dtype)
+    assert space.models == {"a": 3, "b": 7, "c": 2}
+    assert space.weights("b")[0].tobytes() == P.tobytes()
+    assert space.weights("b")[1].tobytes() == R.tobytes()
+    assert space.project("b", np.ones(7)).shape == (4,)
+    assert space.retrieve("b", np.ones(4)).shape == (7,)
+    for name in ("a", "c"):
+        for got, old in zip(space.weights(name), before["weights"][name]):
+            assert got.tobytes() == old.tobytes()
+    # Replacing with the same width draws fresh weights, too.
+    space.register("a", 3, replace=True)
+    P, R = xavier(rng, 3, 4, dtype)
+    assert space.weights("a")[0].tobytes() == P.tobytes()
+    assert space.weights("a")[1].tobytes() == R.tobytes()
+    # replace=True on a new name simply registers it.
+    space.register("new", 2, replace=True)
+    assert space.models["new"] == 2
+
+
+def test_register_accepts_numpy_integers():
+    space = latentspace.LatentSpace(np.int64(3))
+    space.register("a", np.int32(4))
+    assert space.dim == 3 and type(space.dim) is int
+    assert space.models == {"a": 4} and type(space.models["a"]) is int
+
+
+@pytest.mark.parametrize(
+    "dim, exc, match",
+    [
+        (0, ValueError, r"dim must be >= 1, got 0"),
+        (-1, ValueError, r"dim must be >= 1, got -1"),
+        (2.5, TypeError, r"dim must be an integer, got 2\.5"),
+        (True, TypeError, r"dim must be an integer, got True"),
+        ("4", TypeError, r"dim must be an integer, got '4'"),
+        (None, TypeError, r"dim must be an integer, got None"),
+    ],
+)
+def test_bad_space_dim(dim, exc, match):
+    with pytest.raises(exc, match=match):
+        latentspace.LatentSpace(dim)
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float16", "int32", np.int64, np.complex128, "bogus", object, "f2"]
+)
+def test_bad_space_dtype(dtype):
+    with pytest.raises((ValueError, TypeError), match=re.escape(
+        "dtype must be 'float64' or 'float32'"
+    )) as info:
+        latentspace.LatentSpace(3, dtype=dtype)
+    assert isinstance(info.value, InvalidParameterError)
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [("float64", np.float64), (np.float32, np.float32), ("f4", np.float32),
+     (np.dtype("float64"), np.float64)],
+)
+def test_space_dtype_spellings(dtype, expected):
+    space = latentspace.LatentSpace(3, dtype=dtype)
+    assert space.dtype == np.dtype(expected)
+    space.register("a", 2)
+    assert space.weights("a")[0].dtype == expected
+    assert space.project("a", [1, 2]).dtype == expected
+
+
+# -------------------------------------------------------------------- latent_dim
+
+
+@dtype_params
+def test_latent_dim_redimensions_every_model(dtype):
+    space = build(dtype)
+    # The generator after build(): three registrations at k=4; training at the
+    # space's size drew nothing.
+    rng = np.random.default_rng(42)
+    for d in (3, 5, 2):
+        xavier(rng, d, 4, dtype)
+    fresh = {
+        name: xavier(rng, d, 6, dtype) for name, d in (("a", 3), ("b", 5), ("c", 2))
+    }
+
+    result = space.train_projections(
+        {"a": XA, "c": XC}, latent_dim=6, n_epochs=3, learning_rate=0.02
+    )
+    assert result.config.latent_dim == 6
+    assert space.dim == 6
+    assert space.models == {"a": 3, "b": 5, "c": 2}
+    # b was not trained: freshly initialised at the new size.
+    assert space.weights("b")[0].tobytes() == fresh["b"][0].tobytes()
+    assert space.weights("b")[1].tobytes() == fresh["b"][1].tobytes()
+    # a and c were trained from their fresh weights.
+    Xs = [XA.astype(dtype).astype(float), XC.astype(dtype).astype(float)]
+    Ps, Rs = reference_sgd(
+        Xs,
+        [fresh[n][0].astype(float) for n in ("a", "c")],
+        [fresh[n][1].astype(float) for n in ("a", "c")],
+        0.02, 3, 1.0,
+    )
+    for name, P, R in zip(("a", "c"), Ps, Rs):
+        assert space.weights(name)[0].shape == (space.models[name], 6)
+        assert_allclose(space.weights(name)[0], P, **WEIGHT_TOL[np.dtype(dtype)])
+        assert_allclose(space.weights(name)[1], R, **WEIGHT_TOL[np.dtype(dtype)])
+    assert space.project("a", XA).shape == (N, 6)
+    assert space.translate("a", "b", XA[0]).shape == (5,)
+    # Later registrations continue the generator after the re-dimensioning.
+    space.register("d", 4)
+    P, R = xavier(rng, 4, 6, dtype)
+    assert space.weights("d")[0].tobytes() == P.tobytes()
+    assert space.weights("d")[1].tobytes() == R.tobytes()
+    # And training without latent_dim now stays at the new size.
+    space.train_projections({"a": XA, "b": XB}, n_epochs=1)
+    assert space.dim == 6
+
+
+def test_latent_dim_equal_to_dim_is_a_plain_training():
+    space, twin = build(), build()
+    space.train_projections({"a": XA, "b": XB}, latent_dim=4, n_epochs=3)
+    twin.train_projections({"a": XA, "b": XB}, n_epochs=3)
+    for name in ("a", "b", "c"):
+        for got, expected in zip(space.weights(name), twin.weights(name)):
+            assert got.tobytes() == expected.tobytes()
+    space.register("d", 3)
+    twin.register("d", 3)
+    assert space.weights("d")[0].tobytes() == twin.weights("d")[0].tobytes()
+
+
+@dtype_params
+def test_failed_redimensioning_training_changes_nothing(dtype):
+    """Divergence after re-initialising at a new size: the old size and weights
+    stay, and the generator is as if the training never happened."""
+    error = assert_fails_cleanly(
+        train_data({"a": 10 * XA, "b": 10 * XB}, latent_dim=6, learning_rate=1e3),
+        TrainingDivergedError, r"diverged.*smaller learning_rate", dtype,
+    )
+    assert isinstance(error, FloatingPointError)
+
+
+@pytest.mark.parametrize(
+    "data, exc, match",
+    [
+        ({"a": with_value(XA, 1, 1, np.nan), "b": XB}, ValueError,
+         r"data for model 'a' contains NaN or Inf \(first in row 1\)"),
+        ({"a": XA, "b": XB[:5]}, ValueError, r"same number of samples"),
+        ({"a": XA, "b": np.ones((N, 4))}, ValueError,
+         r"data for model 'b' must have shape \(n, 5\)"),
+        ({"a": XA, "zzz": XB}, KeyError, r"model 'zzz' is not registered"),
+    ],
+    ids=["nan", "counts", "width", "unregistered"],
+)
+def test_failed_redimensioning_validation_changes_nothing(data, exc, match):
+    assert_fails_cleanly(train_data(data, latent_dim=7), exc, match)
