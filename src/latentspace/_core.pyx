@@ -22,10 +22,13 @@ cdef enum:
     # Below this many entries a plain loop is faster than a BLAS call.
     SMALL = 64
     # Entries of a block of rows streamed by one level-2 BLAS call: small enough
-    # to stay in L1/L2 for the next call on the same rows, and below OpenBLAS's
-    # threshold for threading level-2 calls (its threads make one-vector calls
-    # several times slower), however many threads OpenBLAS is set to use.
+    # to stay in L2 for the next call on the same rows, and below OpenBLAS's
+    # threshold (m * n < 9216) for threading level-2 calls (its threads make
+    # one-vector calls several times slower when the other core is busy).
     BLOCK = 8192
+    # Multiply-adds of one GEMM call, at most OpenBLAS's threshold (m * n * k
+    # <= 262144) for threading GEMM, for the same reason.
+    GEMM_BLOCK = 262144
 
 
 cdef inline bint _finite(floating x) noexcept nogil:
@@ -47,53 +50,43 @@ cdef inline floating _dot(int n, const floating* x, const floating* y) noexcept 
     return s
 
 
-cdef inline void _ger(int m, int n, floating alpha, const floating* x,
-                      const floating* y, floating* A) noexcept nogil:
-    """A += alpha * outer(x, y), for row-major A (m, n)"""
-    cdef int i, j, one = 1
-    if m * n < SMALL:
-        for i in range(m):
-            for j in range(n):
-                A[i * n + j] += alpha * x[i] * y[j]
-    # Row-major A is column-major A.T, and A.T += alpha * outer(y, x).
-    elif floating is double:
-        dger(&n, &m, &alpha, <double*> y, &one, <double*> x, &one, A, &n)
-    else:
-        sger(&n, &m, &alpha, <float*> y, &one, <float*> x, &one, A, &n)
-
-
-cdef inline void _gemv(int m, int n, const floating* A, const floating* x,
-                       floating* y) noexcept nogil:
-    """y += A @ x, for row-major A (m, n)"""
+cdef inline void _gemv(int m, int n, floating alpha, const floating* A, int lda,
+                       const floating* x, floating* y) noexcept nogil:
+    """y += alpha * A @ x, for row-major A (m, n) with row stride lda"""
     cdef int i, j, one = 1
     cdef char t = b'T'
-    cdef floating s, alpha = 1
+    cdef floating s, beta = 1
     if m * n < SMALL:
         for i in range(m):
             s = 0
             for j in range(n):
-                s += A[i * n + j] * x[j]
-            y[i] += s
+                s += A[i * lda + j] * x[j]
+            y[i] += alpha * s
+    # Row-major A is column-major A.T: y += alpha * (A.T).T @ x.
     elif floating is double:
-        dgemv(&t, &n, &m, &alpha, <double*> A, &n, <double*> x, &one, &alpha, y, &one)
+        dgemv(&t, &n, &m, &alpha, <double*> A, &lda, <double*> x, &one, &beta, y,
+              &one)
     else:
-        sgemv(&t, &n, &m, &alpha, <float*> A, &n, <float*> x, &one, &alpha, y, &one)
+        sgemv(&t, &n, &m, &alpha, <float*> A, &lda, <float*> x, &one, &beta, y,
+              &one)
 
 
-cdef inline void _gevm(int m, int n, const floating* x, const floating* A,
-                       floating* y) noexcept nogil:
-    """y += x @ A, for row-major A (m, n)"""
+cdef inline void _gevm(int m, int n, floating alpha, const floating* x,
+                       const floating* A, int lda, floating* y) noexcept nogil:
+    """y += alpha * x @ A, for row-major A (m, n) with row stride lda"""
     cdef int i, j, one = 1
     cdef char no = b'N'
-    cdef floating alpha = 1
+    cdef floating beta = 1
     if m * n < SMALL:
         for i in range(m):
             for j in range(n):
-                y[j] += x[i] * A[i * n + j]
+                y[j] += alpha * x[i] * A[i * lda + j]
     elif floating is double:
-        dgemv(&no, &n, &m, &alpha, <double*> A, &n, <double*> x, &one, &alpha, y, &one)
+        dgemv(&no, &n, &m, &alpha, <double*> A, &lda, <double*> x, &one, &beta, y,
+              &one)
     else:
-        sgemv(&no, &n, &m, &alpha, <float*> A, &n, <float*> x, &one, &alpha, y, &one)
+        sgemv(&no, &n, &m, &alpha, <float*> A, &lda, <float*> x, &one, &beta, y,
+              &one)
 
 
 cdef inline int _block_rows(int n) noexcept nogil:
@@ -106,8 +99,33 @@ cdef inline void _vecmat(int p, int q, const floating* x, const floating* W,
     """out += x @ W, for W of shape (p, q)"""
     cdef int r = 0, step = _block_rows(q)
     while r < p:
-        _gevm(min(step, p - r), q, x + r, W + <Py_ssize_t> r * q, out)
+        _gevm(min(step, p - r), q, 1, x + r, W + <Py_ssize_t> r * q, q, out)
         r += step
+
+
+cdef inline void _sub_outer_sum(int m, int n, int nb, const floating* U, int ldu,
+                                const floating* V, int ldv, floating* C) noexcept nogil:
+    """C -= U.T @ V, for row-major C (m, n) and U (nb, m), V (nb, n) with row
+    strides ldu, ldv (a sum of nb outer products)"""
+    cdef int i, j, s, rows, r = 0, step = max(1, GEMM_BLOCK // (n * nb))
+    cdef char no = b'N', t = b'T'
+    cdef floating one = 1, minus_one = -1
+    if m * n * nb < SMALL:
+        for s in range(nb):
+            for i in range(m):
+                for j in range(n):
+                    C[i * n + j] -= U[s * ldu + i] * V[s * ldv + j]
+        return
+    # Column-major C.T (n, m) -= V.T (n, nb) @ U (nb, m), in blocks of rows of C.
+    while r < m:
+        rows = min(step, m - r)
+        if floating is double:
+            dgemm(&no, &t, &n, &rows, &nb, &minus_one, <double*> V, &ldv,
+                  <double*> U + r, &ldu, &one, C + <Py_ssize_t> r * n, &n)
+        else:
+            sgemm(&no, &t, &n, &rows, &nb, &minus_one, <float*> V, &ldv,
+                  <float*> U + r, &ldu, &one, C + <Py_ssize_t> r * n, &n)
+        r += rows
 
 
 cdef inline void _gemm(int m, int n, int p, const floating* A, const floating* B,
@@ -262,8 +280,9 @@ def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
 def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
               floating[::1] P, floating[::1] R, floating[:, ::1] Z,
               floating[:, ::1] E, floating[:, :, ::1] V, floating[:, ::1] A,
-              floating[::1] g, double learning_rate, double alignment_weight,
-              Py_ssize_t check_every):
+              floating[::1] g, floating[:, :, ::1] ZW, floating[:, :, ::1] GW,
+              floating[:, ::1] EW, floating[:, ::1] XW, floating[::1] t,
+              double learning_rate, double alignment_weight, Py_ssize_t check_every):
     """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, in place.
 
     The update of sample ``i`` is, for every model (``a = z - mean_m z``)::
@@ -272,12 +291,18 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
         R -= lr * outer(z, e)
         P -= lr * outer(x, e @ R.T + w * a)
 
-    Each model's matrices are streamed once per sample: the pass that updates
+    The rank-1 updates are delayed: ``R`` and ``P`` hold the weights as of the
+    start of a window of up to ``B`` samples, and the window's outer products
+    are kept aside (``R_now = R - ZW.T @ EW``, ``P_now = P - XW.T @ GW``) and
+    folded in by one GEMM per window. Every product with the current weights
+    is a product with the stored ones plus a rank-B correction, so each sample
+    only reads ``R`` and ``P`` (once each) and never writes them. The read of
     ``R`` also yields the next sample's latent and reconstruction error, and
-    the pass that updates ``P`` also yields the product of the sample after
-    next with ``P``, using ``x' @ (P - lr * outer(x, g)) = x' @ P - lr * (x' @
-    x) * g``. The state ``Z, E[0], V[0]`` carries this look-ahead from one
-    call to the next (`sgd_prime` sets it before the first call).
+    the read of ``P`` the product of the sample after next with ``P``, using
+    ``x' @ (P - lr * outer(x, g)) = x' @ P - lr * (x' @ x) * g``. The state
+    ``Z, E[0], V[0]`` carries this look-ahead from one call to the next
+    (`sgd_prime` sets it before the first call); on return ``P`` and ``R``
+    are the exact weights after the epoch.
 
     Parameters
     ----------
@@ -296,6 +321,12 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
         Scratch for the alignment errors.
     g : (k,) array
         Scratch for one model's latent gradient.
+    ZW, GW : (M, B, k) arrays
+        Scratch: the window's ``lr * z`` and ``g`` of every model.
+    EW, XW : (B, D) arrays
+        Scratch: the window's ``e`` and ``lr * x`` of every model.
+    t : (B,) array
+        Scratch.
     learning_rate, alignment_weight : float
     check_every : int
         Samples between two checks for a pending signal (0: never).
@@ -304,24 +335,26 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     -------
     int
         ``n``, or the index of the first sample whose gradient was not finite
-        (the epoch stops there and the state is left inconsistent).
+        (the epoch stops there; weights and state are then meaningless).
     """
     cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
     cdef Py_ssize_t i, m, j, r, col, off, cur = 0, nxt, status = n
-    cdef int k = Z.shape[1], d, j0, rows, rstep, pstep
+    cdef int k = Z.shape[1], D = X.shape[1], B = ZW.shape[1], d, j0, rows, rstep
+    cdef int b = 0, nb
     cdef floating lr = learning_rate, w = alignment_weight, c, zbar
     cdef const floating* x
     cdef const floating* x1
     cdef const floating* x2
-    cdef floating* Pm
-    cdef floating* Rm
-    cdef floating* Pb
     cdef floating* Rb
+    cdef floating* z
     cdef floating* e
     cdef floating* e1
     cdef floating* v1
     cdef floating* v2
-    cdef floating* z
+    cdef floating* Zw
+    cdef floating* Gw
+    cdef floating* Ew
+    cdef floating* Xw
     with nogil:
         for i in range(n):
             nxt = 1 - cur
@@ -336,57 +369,77 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
             x = &X[i, 0]
             x1 = &X[(i + 1) % n, 0]
             x2 = &X[(i + 2) % n, 0]
+            nb = b + 1
             col = 0
             off = 0
             for m in range(M):
                 d = widths[m]
-                Pm = &P[off]
-                Rm = &R[off]
                 z = &Z[m, 0]
                 e = &E[cur, col]
                 e1 = &E[nxt, col]
                 v1 = &V[cur, m, 0]
                 v2 = &V[nxt, m, 0]
-                # z' = x' @ P_new = v1 - c * g, with x' the next sample
+                Zw = &ZW[m, 0, 0]
+                Gw = &GW[m, 0, 0]
+                Ew = &EW[0, col]
+                Xw = &XW[0, col]
+                # Window slot b holds this sample's update of R: lr * outer(z, e).
+                for j in range(k):
+                    Zw[b * k + j] = lr * z[j]
+                for r in range(d):
+                    Ew[b * D + r] = e[r]
+                # g = R_now @ e + w * a, R_now = R - Zw.T @ Ew (slot b included)
+                t[:nb] = 0
+                _gemv(nb, d, 1, Ew, D, e, &t[0])
+                for j in range(k):
+                    g[j] = w * A[m, j]
+                _gevm(nb, k, -1, &t[0], Zw, k, &g[0])
+                # e' = z' @ R_now - x', with z' = x' @ P_now = v1 - c * g
                 c = lr * _dot(d, x1 + col, x + col)
-                rstep = _block_rows(d)
                 for r in range(d):
                     e1[r] = -x1[col + r]
+                rstep = _block_rows(d)
                 j0 = 0
                 while j0 < k:
                     rows = min(rstep, k - j0)
-                    Rb = Rm + j0 * d
-                    # R[b] -= lr * outer(z[b], e), b = the block's rows
-                    _ger(rows, d, -lr, z + j0, e, Rb)
-                    # g[b] = R[b] @ e + w * a[b]; z'[b] = v1[b] - c * g[b]
-                    for j in range(j0, j0 + rows):
-                        g[j] = w * A[m, j]
-                    _gemv(rows, d, Rb, e, &g[j0])
+                    Rb = &R[off + j0 * d]
+                    # g[b] += R[b] @ e, for the block b of rows
+                    _gemv(rows, d, 1, Rb, d, e, &g[j0])
                     for j in range(j0, j0 + rows):
                         z[j] = v1[j] - c * g[j]
                     # e' += z'[b] @ R[b]
-                    _gevm(rows, d, z + j0, Rb, e1)
+                    _gevm(rows, d, 1, z + j0, Rb, d, e1)
                     j0 += rows
+                # e' -= (Zw @ z') @ Ew
+                t[:nb] = 0
+                _gemv(nb, k, 1, Zw, k, z, &t[0])
+                _gevm(nb, d, -1, &t[0], Ew, D, e1)
                 if not _finite(_dot(k, &g[0], &g[0])):
                     status = i
                     break
+                # Window slot b holds this sample's update of P: lr * outer(x, g).
+                for r in range(d):
+                    Xw[b * D + r] = lr * x[col + r]
+                for j in range(k):
+                    Gw[b * k + j] = g[j]
+                # v'' = x'' @ P_now = x'' @ P - (Xw @ x'') @ Gw, x'' the sample
+                # after next
                 for j in range(k):
                     v2[j] = 0
-                pstep = _block_rows(k)
-                r = 0
-                while r < d:
-                    rows = min(pstep, d - r)
-                    Pb = Pm + r * k
-                    # P[b] -= lr * outer(x[b], g)
-                    _ger(rows, k, -lr, x + col + r, &g[0], Pb)
-                    # v'' += x''[b] @ P[b], with x'' the sample after next
-                    _gevm(rows, k, x2 + col + r, Pb, v2)
-                    r += rows
+                _vecmat(d, k, x2 + col, &P[off], v2)
+                t[:nb] = 0
+                _gemv(nb, d, 1, Xw, D, x2 + col, &t[0])
+                _gevm(nb, k, -1, &t[0], Gw, k, v2)
                 col += d
                 off += d * k
             if status < n:
                 break
             cur = nxt
+            b = nb
+            if b == B or i == n - 1:
+                _fold_window(widths, b, &P[0], &R[0], &ZW[0, 0, 0], &GW[0, 0, 0],
+                             &EW[0, 0], &XW[0, 0], k, D, B)
+                b = 0
             if check_every and (i + 1) % check_every == 0:
                 with gil:
                     PyErr_CheckSignals()
@@ -394,3 +447,18 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
             E[0, :] = E[1, :]
             V[0, :, :] = V[1, :, :]
     return status
+
+
+cdef void _fold_window(const Py_ssize_t[::1] widths, int nb, floating* P, floating* R,
+                       const floating* ZW, const floating* GW, const floating* EW,
+                       const floating* XW, int k, int D, int B) noexcept nogil:
+    """R_m -= ZW[m].T @ EW[:, cols_m] and P_m -= XW[:, cols_m].T @ GW[m] for
+    the first nb window slots of every model"""
+    cdef Py_ssize_t m, col = 0, off = 0
+    cdef int d
+    for m in range(widths.shape[0]):
+        d = widths[m]
+        _sub_outer_sum(k, d, nb, ZW + m * B * k, k, EW + col, D, R + off)
+        _sub_outer_sum(d, k, nb, XW + col, D, GW + m * B * k, k, P + off)
+        col += d
+        off += d * k

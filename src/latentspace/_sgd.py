@@ -15,6 +15,8 @@ __all__ = ["train_sgd"]
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
 _DECAY = 0.999
+# Samples whose weight updates the compiled epoch delays and folds in at once.
+_WINDOW = 16
 
 
 def _split(flat, widths, k, transpose):
@@ -34,7 +36,8 @@ def _diverged(epoch, loss, config, blocks):
     )
 
 
-def train_sgd(blocks, projections, reconstructions, config):
+def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
+              alignment_weight=None, retract=None, loss=None):
     """Train copies of the weights with SPEC.md's per-sample SGD.
 
     Parameters
@@ -44,6 +47,15 @@ def train_sgd(blocks, projections, reconstructions, config):
     projections, reconstructions : list of ndarray
         Starting ``P_m`` (d_m, k) and ``R_m`` (k, d_m); not modified.
     config : ProjectionConfig
+    monitor : Monitor, optional
+        Records the loss after every epoch and may stop training early.
+    alignment_weight : float, optional
+        The ``w`` of the kernel (default ``config.alignment_weight``).
+    retract : callable, optional
+        ``retract(Ps, Rs)`` modifies the weights in place before the first
+        epoch and after every epoch (the whitened objective re-whitens there).
+    loss : callable, optional
+        ``loss(Ps, Rs)``, the mean loss reported (default SPEC.md's).
 
     Returns
     -------
@@ -72,21 +84,38 @@ def train_sgd(blocks, projections, reconstructions, config):
     E = np.empty((2, X.shape[1]), dtype)
     V = np.empty((2, n_models, k), dtype)
     g = np.empty(k, dtype)
+    ZW = np.empty((n_models, _WINDOW, k), dtype)
+    GW = np.empty((n_models, _WINDOW, k), dtype)
+    EW = np.empty((_WINDOW, X.shape[1]), dtype)
+    XW = np.empty((_WINDOW, X.shape[1]), dtype)
+    t = np.empty(_WINDOW, dtype)
     check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
-    w = config.alignment_weight
+    w = config.alignment_weight if alignment_weight is None else alignment_weight
+    if loss is None:
+        def loss(Ps, Rs):
+            return mean_loss(blocks, Ps, Rs, w)
 
-    initial_loss = mean_loss(blocks, Ps, Rs, w)
+    if retract is not None:
+        retract(Ps, Rs)
+    initial_loss = loss(Ps, Rs)
+    if monitor is not None:
+        monitor.start(initial_loss)
     _core.sgd_prime(X, widths, P, R, Z, E, V)
     learning_rate = config.learning_rate
     history = []
     for epoch in range(1, config.n_epochs + 1):
-        done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, learning_rate, w,
-                               check_every)
-        loss = mean_loss(blocks, Ps, Rs, w) if done == n else math.nan
-        if not math.isfinite(loss):
-            raise _diverged(epoch, loss, config, blocks)
-        history.append(loss)
+        done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, ZW, GW, EW, XW, t,
+                               learning_rate, w, check_every)
+        if done == n and retract is not None:
+            retract(Ps, Rs)
+            _core.sgd_prime(X, widths, P, R, Z, E, V)
+        value = loss(Ps, Rs) if done == n else math.nan
+        if not math.isfinite(value):
+            raise _diverged(epoch, value, config, blocks)
+        history.append(value)
         learning_rate *= _DECAY
+        if monitor is not None and monitor.step(value):
+            break
     if not (np.isfinite(P).all() and np.isfinite(R).all()):
-        raise _diverged(config.n_epochs, "finite, weights not", config, blocks)
+        raise _diverged(len(history), "finite, weights not", config, blocks)
     return Ps, Rs, initial_loss, history
