@@ -32,6 +32,10 @@ TRAINING_CASES = [
     ("heavy-alignment", (20, 30), 8, 30, 6, 0.005, 2.5),
     # Wide enough for the BLAS and the blocked code paths of the kernel.
     ("blocked", (100, 70), 64, 12, 2, 0.001, 1.0),
+    # Past 16 samples: the delayed updates are folded in mid-epoch, and a partial
+    # window at each epoch's end.
+    ("window", (100, 70), 64, 37, 2, 0.001, 1.0),
+    ("window-three-models", (40, 90, 20), 32, 40, 3, 0.002, 1.5),
 ]
 
 

@@ -389,7 +389,8 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 for r in range(d):
                     Ew[b * D + r] = e[r]
                 # g = R_now @ e + w * a, R_now = R - Zw.T @ Ew (slot b included)
-                t[:nb] = 0
+                for j in range(nb):
+                    t[j] = 0
                 _gemv(nb, d, 1, Ew, D, e, &t[0])
                 for j in range(k):
                     g[j] = w * A[m, j]
@@ -411,7 +412,8 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                     _gevm(rows, d, 1, z + j0, Rb, d, e1)
                     j0 += rows
                 # e' -= (Zw @ z') @ Ew
-                t[:nb] = 0
+                for j in range(nb):
+                    t[j] = 0
                 _gemv(nb, k, 1, Zw, k, z, &t[0])
                 _gevm(nb, d, -1, &t[0], Ew, D, e1)
                 if not _finite(_dot(k, &g[0], &g[0])):
@@ -427,7 +429,8 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 for j in range(k):
                     v2[j] = 0
                 _vecmat(d, k, x2 + col, &P[off], v2)
-                t[:nb] = 0
+                for j in range(nb):
+                    t[j] = 0
                 _gemv(nb, d, 1, Xw, D, x2 + col, &t[0])
                 _gevm(nb, k, -1, &t[0], Gw, k, v2)
                 col += d
