@@ -15,8 +15,10 @@ __all__ = ["train_sgd"]
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
 _DECAY = 0.999
-# Samples whose weight updates the compiled epoch delays and folds in at once.
+# Samples whose weight updates the compiled epoch delays and folds in at once:
+# worth it once the weights outgrow the L1 cache (sum of d_m * k entries).
 _WINDOW = 16
+_WINDOW_MIN_WEIGHTS = 4096
 
 
 def _split(flat, widths, k, transpose):
@@ -84,11 +86,12 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
     E = np.empty((2, X.shape[1]), dtype)
     V = np.empty((2, n_models, k), dtype)
     g = np.empty(k, dtype)
-    ZW = np.empty((n_models, _WINDOW, k), dtype)
-    GW = np.empty((n_models, _WINDOW, k), dtype)
-    EW = np.empty((_WINDOW, X.shape[1]), dtype)
-    XW = np.empty((_WINDOW, X.shape[1]), dtype)
-    t = np.empty(_WINDOW, dtype)
+    window = _WINDOW if X.shape[1] * k >= _WINDOW_MIN_WEIGHTS else 1
+    ZW = np.empty((n_models, window, k), dtype)
+    GW = np.empty((n_models, window, k), dtype)
+    EW = np.empty((window, X.shape[1]), dtype)
+    XW = np.empty((window, X.shape[1]), dtype)
+    t = np.empty(window, dtype)
     check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
     w = config.alignment_weight if alignment_weight is None else alignment_weight
     if loss is None:
