@@ -9,12 +9,14 @@ representation.
 
 from ._config import ProjectionConfig, TrainingResult
 from ._exceptions import InvalidParameterError, TrainingDivergedError, UnknownModelError
+from ._io import SpaceFileError
 from ._space import LatentSpace
 
 __all__ = [
     "InvalidParameterError",
     "LatentSpace",
     "ProjectionConfig",
+    "SpaceFileError",
     "TrainingDivergedError",
     "TrainingResult",
     "UnknownModelError",

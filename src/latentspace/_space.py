@@ -387,3 +387,65 @@ class LatentSpace:
             start = current.models
         self._snapshot = _Snapshot(dim, {**start, **trained})
         self._rng = rng
+
+    # Persistence, pickling, search and evaluation: thin wrappers over the
+    # modules _io, _search and metrics.
+
+    def save(self, path, *, config=None):
+        """Write the space to one ``.npz`` file at ``path``, atomically.
+
+        The file holds a JSON header (format version, dtype, dim, the models
+        in registration order, the random generator's state, ``config``) and
+        every model's weights and offset, with a SHA-256 checksum over all
+        of it. It is written to a temporary file in the same directory and
+        renamed over ``path`` only once complete: an error or a crash never
+        leaves a partial file at ``path``, and an existing file stays as it
+        was unless the save succeeds. `load` gives back a space that is equal
+        bit for bit and registers new models exactly as this one would.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write; used as given (no suffix is added).
+        config : ProjectionConfig, TrainingResult or dict, optional
+            The training configuration to record in the header. By default
+            the one recorded when this space was loaded, if its weights have
+            not changed since.
+        """
+        from . import _io
+
+        _io.save(self, path, config=config)
+
+    @classmethod
+    def load(cls, path):
+        """Read a space written by `save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+
+        Returns
+        -------
+        LatentSpace
+
+        Raises
+        ------
+        SpaceFileError
+            A ``ValueError``: the file is truncated, corrupted, edited, of
+            another format version or not a saved space. Nothing is loaded.
+        OSError
+            If the file cannot be read.
+        """
+        from . import _io
+
+        return _io.load(cls, path)
+
+    def __getstate__(self):
+        from . import _io
+
+        return _io.getstate(self)
+
+    def __setstate__(self, state):
+        from . import _io
+
+        _io.setstate(self, state)

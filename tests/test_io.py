@@ -1,0 +1,562 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Saving, loading and pickling a space (`LatentSpace.save`/`load`, `_io`)."""
+
+import copy
+import io
+import json
+import os
+import pickle
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from latentspace import LatentSpace, ProjectionConfig, SpaceFileError, _io
+from latentspace._space import _make_model, _Snapshot
+
+DTYPES = ["float64", "float32"]
+
+
+def _trained_space(dtype="float64", offsets=False, seed=3):
+    space = LatentSpace(6, dtype=dtype, seed=seed)
+    space.register("text", 5)
+    space.register("image", 7)
+    space.register("audio", 4)
+    rng = np.random.default_rng(0)
+    data = {name: rng.normal(size=(30, d)) * 0.3 for name, d in space.models.items()}
+    space.train_projections(data, n_epochs=2)
+    if offsets:  # give "image" an input offset, as centering solvers do
+        P, R = (np.array(w) for w in space.weights("image"))
+        mu = np.linspace(-1, 1, 7).astype(dtype)
+        mu.flags.writeable = False
+        models = dict(space._snapshot.models)
+        models["image"] = _make_model(P, R, mu)
+        space._snapshot = _Snapshot(space.dim, models)
+    return space
+
+
+def _assert_identical(a, b):
+    assert (a.dim, a.dtype, list(a.models.items())) == (
+        b.dim,
+        b.dtype,
+        list(b.models.items()),
+    )
+    for name in a.models:
+        for x, y in zip(a.weights(name), b.weights(name)):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            assert x.tobytes() == y.tobytes(), name
+            assert not y.flags.writeable
+        ox, oy = a.offset(name), b.offset(name)
+        assert (ox is None) == (oy is None)
+        if ox is not None:
+            assert ox.tobytes() == oy.tobytes() and not oy.flags.writeable
+
+
+def _assert_same_future(a, b):
+    """Registering the same model next gives bit-identical weights."""
+    a.register("next", 9)
+    b.register("next", 9)
+    for x, y in zip(a.weights("next"), b.weights("next")):
+        assert x.tobytes() == y.tobytes()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    space = _trained_space(offsets=True)
+    path = tmp_path / "space.npz"
+    space.save(path)
+    return space, path
+
+
+# ------------------------------------------------------------------ round trip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offsets", [False, True])
+def test_round_trip_is_bit_exact(tmp_path, dtype, offsets):
+    space = _trained_space(dtype, offsets)
+    path = tmp_path / "s.npz"
+    space.save(path)
+    loaded = LatentSpace.load(path)
+    _assert_identical(space, loaded)
+    x = np.random.default_rng(1).normal(size=(3, 7)).astype(dtype)
+    assert space.project("image", x).tobytes() == loaded.project("image", x).tobytes()
+    _assert_same_future(space, loaded)
+
+
+def test_round_trip_keeps_registration_order_and_odd_names(tmp_path):
+    space = LatentSpace(3)
+    names = ["zeta", "a/b\\c", "ünïcødé ✓", "model0.projection", "header", "x" * 300]
+    for i, name in enumerate(names):
+        space.register(name, i + 1)
+    space.save(tmp_path / "s.npz")
+    loaded = LatentSpace.load(str(tmp_path / "s.npz"))
+    assert list(loaded.models) == names
+    _assert_identical(space, loaded)
+
+
+def test_empty_space_round_trips(tmp_path):
+    space = LatentSpace(4, dtype="float32", seed=7)
+    space.save(tmp_path / "s.npz")
+    loaded = LatentSpace.load(tmp_path / "s.npz")
+    _assert_identical(space, loaded)
+    _assert_same_future(space, loaded)
+
+
+def test_fresh_generator_state_continues(tmp_path):
+    # Saved before any registration and after some: both continue exactly.
+    space = LatentSpace(5, seed=11)
+    space.save(tmp_path / "before.npz")
+    space.register("a", 3)
+    space.save(tmp_path / "after.npz")
+    before, after = (LatentSpace.load(tmp_path / f) for f in ("before.npz", "after.npz"))
+    before.register("a", 3)
+    _assert_identical(space, before)
+    _assert_same_future(space, after)
+
+
+def test_file_is_a_plain_npz_with_a_json_header(saved):
+    space, path = saved
+    with np.load(path, allow_pickle=False) as archive:
+        header = json.loads(archive["header"].tobytes())
+        assert header["format"] == "latentspace"
+        assert header["version"] == _io.FORMAT_VERSION
+        assert header["dim"] == space.dim and header["dtype"] == "float64"
+        assert [m["name"] for m in header["models"]] == list(space.models)
+        assert [m["offset"] for m in header["models"]] == [False, True, False]
+        assert header["checksum"]["algorithm"] == "sha256"
+        np.testing.assert_array_equal(archive["model1.offset"], space.offset("image"))
+    assert _io.read_header(path) == header
+
+
+def test_config_is_recorded(tmp_path):
+    space = _trained_space()
+    config = ProjectionConfig(n_epochs=3, learning_rate=0.02)
+    space.save(tmp_path / "s.npz", config=config)
+    header = _io.read_header(tmp_path / "s.npz")
+    assert header["config"]["n_epochs"] == 3
+    assert header["config"]["learning_rate"] == 0.02
+    # A loaded space keeps it on the next save, until its weights change.
+    loaded = LatentSpace.load(tmp_path / "s.npz")
+    loaded.save(tmp_path / "again.npz")
+    assert _io.read_header(tmp_path / "again.npz")["config"] == header["config"]
+    data = {n: np.ones((4, d)) * 0.1 for n, d in loaded.models.items()}
+    result = loaded.train_projections(data, n_epochs=1)
+    loaded.save(tmp_path / "retrained.npz")
+    assert _io.read_header(tmp_path / "retrained.npz")["config"] is None
+    loaded.save(tmp_path / "result.npz", config=result)
+    assert _io.read_header(tmp_path / "result.npz")["config"]["n_epochs"] == 1
+
+
+def test_config_with_unserialisable_values():
+    record = _io.config_record({"callback": print, "tol": float("nan"), "n": 2})
+    json.dumps(record)
+    assert record["n"] == 2 and record["tol"] == "nan"
+    with pytest.raises(TypeError, match="config must be"):
+        _io.config_record(3)
+
+
+def test_save_overwrites_and_keeps_mode(tmp_path):
+    path = tmp_path / "s.npz"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o640)
+    _trained_space().save(path)
+    assert LatentSpace.load(path).models
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["s.npz"]
+
+
+# ------------------------------------------------------------------ corruption
+
+
+def _refused(path, match=None):
+    with pytest.raises(SpaceFileError, match=match) as info:
+        LatentSpace.load(path)
+    assert isinstance(info.value, ValueError)
+    assert os.fspath(path) in str(info.value)
+    return str(info.value)
+
+
+def _members(path):
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    return json.loads(arrays.pop("header").tobytes()), arrays
+
+
+def _rewrite(path, header, arrays, *, checksum=False):
+    """Write a (tampered) file whose zip is valid; optionally re-sign it."""
+    if checksum:
+        names = list(_io._expected_arrays(header))
+        header["checksum"]["digest"] = _io._checksum(header, arrays, names)
+    raw = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    np.savez(path, header=raw, **arrays)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 10, 100, 0.25, 0.5, 0.9, -22, -1])
+def test_truncated_file_is_refused(saved, tmp_path, keep):
+    _, path = saved
+    data = path.read_bytes()
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    bad = tmp_path / "cut.npz"
+    bad.write_bytes(data[:cut])
+    _refused(bad)
+
+
+def test_flipped_byte_anywhere_never_loads_a_different_space(saved, tmp_path):
+    # Every byte of the arrays and the header is covered by the checksum (and
+    # the zip's CRC); a few bytes of zip metadata (timestamps, zip64 extra
+    # fields) are not content. So a flipped byte is refused, or loads the
+    # very same space: never a different one.
+    space, path = saved
+    data = path.read_bytes()
+    bad = tmp_path / "flipped.npz"
+    refused = 0
+    for position in range(0, len(data), 3):
+        flipped = bytearray(data)
+        flipped[position] ^= 0x40
+        bad.write_bytes(bytes(flipped))
+        try:
+            loaded = LatentSpace.load(bad)
+        except SpaceFileError:
+            refused += 1
+        else:
+            _assert_identical(space, loaded)
+    assert refused > 0.5 * len(range(0, len(data), 3)), refused
+
+
+def test_flipped_array_byte_with_valid_zip_is_refused(saved, tmp_path):
+    _, path = saved
+    header, arrays = _members(path)
+    P = arrays["model0.projection"].copy()
+    P.reshape(-1).view(np.uint8)[5] ^= 1
+    arrays["model0.projection"] = P
+    _rewrite(tmp_path / "bad.npz", header, arrays)
+    _refused(tmp_path / "bad.npz", "checksum")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h.update(dim=h["dim"] + 1),
+        lambda h: h.update(dtype="float32"),
+        lambda h: h["models"][0].update(name="renamed"),
+        lambda h: h["models"].reverse(),
+        lambda h: h["models"][1].update(offset=False),
+        lambda h: h["rng"]["state"].update(state=1),
+        lambda h: h.update(config={"n_epochs": 5}),
+        lambda h: h.update(library_version="9.9"),
+        lambda h: h["checksum"].update(digest="0" * 64),
+    ],
+    ids=["dim", "dtype", "name", "order", "offset", "rng", "config", "lib", "digest"],
+)
+def test_edited_header_is_refused(saved, tmp_path, edit):
+    _, path = saved
+    header, arrays = _members(path)
+    edit(header)
+    _rewrite(tmp_path / "bad.npz", header, arrays)
+    _refused(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda h: h.pop("dim"), "lacks dim"),
+        (lambda h: h.pop("checksum"), "lacks checksum"),
+        (lambda h: h.update(dim=0), "invalid dim"),
+        (lambda h: h.update(dim=True), "invalid dim"),
+        (lambda h: h.update(dtype="int8"), "unsupported dtype"),
+        (lambda h: h.update(models={}), "not a list"),
+        (lambda h: h["models"][0].update(name=""), "model entry 0"),
+        (lambda h: h["models"][2].update(input_dim="4"), "model entry 2"),
+        (lambda h: h["models"][1].update(name="text"), "appears twice"),
+        (lambda h: h.update(format="other"), "not a latentspace file"),
+        (lambda h: h.update(checksum="abc"), "checksum entry"),
+        (lambda h: h.update(rng={"bit_generator": "Evil"}), "random generator"),
+    ],
+)
+def test_malformed_but_signed_header_is_refused(saved, tmp_path, edit, match):
+    # Even a header re-signed after editing is refused if it makes no sense.
+    _, path = saved
+    header, arrays = _members(path)
+    edit(header)
+    try:
+        _rewrite(tmp_path / "bad.npz", header, arrays, checksum=True)
+    except (KeyError, TypeError, AttributeError):
+        _rewrite(tmp_path / "bad.npz", header, arrays)
+    _refused(tmp_path / "bad.npz", match)
+
+
+def test_header_that_is_not_json_is_refused(saved, tmp_path):
+    _, path = saved
+    _, arrays = _members(path)
+    raw = np.frombuffer(b'{"format": "latentspace", "vers', dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", header=raw, **arrays)
+    _refused(tmp_path / "bad.npz", "not valid JSON")
+    np.savez(tmp_path / "bad2.npz", header=np.array([1.5, 2.0]), **arrays)
+    _refused(tmp_path / "bad2.npz", "malformed header")
+
+
+@pytest.mark.parametrize("version", [0, 2, 999, "1", None])
+def test_wrong_version_is_refused(saved, tmp_path, version):
+    _, path = saved
+    header, arrays = _members(path)
+    header["version"] = version
+    _rewrite(tmp_path / "bad.npz", header, arrays, checksum=True)
+    message = _refused(tmp_path / "bad.npz", "version")
+    if version in (2, 999):
+        assert "newer latentspace" in message and "upgrade" in message
+
+
+def test_missing_model_arrays_are_refused(saved, tmp_path):
+    _, path = saved
+    header, arrays = _members(path)
+    del arrays["model2.reconstruction"]
+    _rewrite(tmp_path / "a.npz", header, arrays)
+    _refused(tmp_path / "a.npz", "'model2.reconstruction' is missing")
+    # A model dropped from header and arrays alike: the checksum catches it.
+    header, arrays = _members(path)
+    header["models"].pop()
+    del arrays["model2.projection"], arrays["model2.reconstruction"]
+    _rewrite(tmp_path / "b.npz", header, arrays)
+    _refused(tmp_path / "b.npz", "checksum")
+
+
+def test_extra_or_reshaped_arrays_are_refused(saved, tmp_path):
+    _, path = saved
+    header, arrays = _members(path)
+    _rewrite(tmp_path / "a.npz", header, {**arrays, "model9.offset": np.zeros(3)})
+    _refused(tmp_path / "a.npz", "unexpected array 'model9.offset'")
+    header, arrays = _members(path)
+    arrays["model0.projection"] = arrays["model0.projection"].reshape(-1)
+    _rewrite(tmp_path / "b.npz", header, arrays)
+    _refused(tmp_path / "b.npz", "shape")
+    header, arrays = _members(path)
+    arrays["model0.projection"] = arrays["model0.projection"].astype(">f8")
+    _rewrite(tmp_path / "c.npz", header, arrays)
+    _refused(tmp_path / "c.npz", "dtype")
+
+
+def test_non_finite_weights_are_refused_even_if_signed(saved, tmp_path):
+    _, path = saved
+    header, arrays = _members(path)
+    arrays["model1.offset"] = arrays["model1.offset"].copy()
+    arrays["model1.offset"][2] = np.nan
+    _rewrite(tmp_path / "bad.npz", header, arrays, checksum=True)
+    _refused(tmp_path / "bad.npz", "NaN")
+
+
+def test_foreign_npz_is_refused(tmp_path):
+    np.savez(tmp_path / "foreign.npz", x=np.arange(3), y=np.ones(2))
+    _refused(tmp_path / "foreign.npz", "without a latentspace header")
+    np.savez(tmp_path / "header.npz", header=np.frombuffer(b"[1, 2]", np.uint8))
+    _refused(tmp_path / "header.npz", "not a latentspace file")
+
+
+def test_pickled_object_arrays_are_never_unpickled(tmp_path, saved):
+    _, path = saved
+    header, arrays = _members(path)
+    arrays["model0.projection"] = np.array([object()], dtype=object)
+    _rewrite(tmp_path / "bad.npz", header, arrays)
+    _refused(tmp_path / "bad.npz", "corrupted")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"hello, world\n", b"PK", b"\x93NUMPY", b"\x80\x04\x95", bytes(range(256))],
+    ids=["empty", "text", "zip-magic", "npy-magic", "pickle", "binary"],
+)
+def test_not_a_zip_is_refused(tmp_path, content):
+    (tmp_path / "bad.npz").write_bytes(content)
+    _refused(tmp_path / "bad.npz")
+
+
+def test_plain_npy_is_refused(tmp_path):
+    np.save(tmp_path / "array.npy", np.ones((3, 3)))
+    _refused(tmp_path / "array.npy", "not an .npz")
+
+
+def test_missing_file_is_an_os_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        LatentSpace.load(tmp_path / "nothing.npz")
+
+
+# --------------------------------------------------------------- failed saves
+
+
+def _other_space():
+    space = LatentSpace(6, seed=99)
+    space.register("other", 3)
+    return space
+
+
+def test_failure_mid_write_leaves_the_existing_file(saved, monkeypatch):
+    _, path = saved
+    before = path.read_bytes()
+
+    def broken(file, members):
+        file.write(b"PK\x03\x04 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_io, "_write_npz", broken)
+    with pytest.raises(OSError, match="disk full"):
+        _other_space().save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == [path.name]  # no temporary file left
+
+
+@pytest.mark.parametrize("step", ["fsync", "replace"])
+def test_failure_at_commit_leaves_the_existing_file(saved, monkeypatch, step):
+    _, path = saved
+    before = path.read_bytes()
+
+    def broken(*args):
+        raise OSError(f"{step} failed")
+
+    monkeypatch.setattr(_io.os, step, broken)
+    with pytest.raises(OSError, match=f"{step} failed"):
+        _other_space().save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == [path.name]
+
+
+def test_interrupt_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    path = tmp_path / "new.npz"
+
+    def interrupted(file, members):
+        file.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_io, "_write_npz", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _other_space().save(path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_into_missing_or_unwritable_directory(saved, tmp_path):
+    _, path = saved
+    with pytest.raises(FileNotFoundError):
+        _other_space().save(tmp_path / "no-such-dir" / "s.npz")
+    # A directory in the way of the target: the rename fails, nothing changes.
+    (tmp_path / "dir.npz").mkdir()
+    with pytest.raises(OSError):
+        _other_space().save(tmp_path / "dir.npz")
+    assert sorted(os.listdir(tmp_path)) == ["dir.npz", "space.npz"]
+    if os.geteuid() != 0:  # root writes anywhere
+        os.chmod(tmp_path, 0o500)
+        try:
+            with pytest.raises(PermissionError):
+                _other_space().save(path)
+        finally:
+            os.chmod(tmp_path, 0o700)
+    assert LatentSpace.load(path).models == {"text": 5, "image": 7, "audio": 4}
+
+
+# ----------------------------------------------------------------- pickling
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pickle_round_trip(dtype):
+    space = _trained_space(dtype, offsets=True)
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        clone = pickle.loads(pickle.dumps(space, protocol=protocol))
+        _assert_identical(space, clone)
+        assert clone._lock is not space._lock
+        assert isinstance(clone._lock, type(threading.Lock()))
+    _assert_same_future(space, clone)
+
+
+def test_copies_are_independent():
+    space = _trained_space()
+    deep, shallow = copy.deepcopy(space), copy.copy(space)
+    _assert_identical(space, deep)
+    _assert_identical(space, shallow)
+    space.register("only-original", 3)
+    assert "only-original" not in deep.models and "only-original" not in shallow.models
+    deep.register("x", 3)
+    shallow.register("x", 3)
+    assert deep.weights("x")[0].tobytes() == shallow.weights("x")[0].tobytes()
+
+
+def test_unpickled_space_trains_and_saves(tmp_path):
+    space = pickle.loads(pickle.dumps(_trained_space()))
+    data = {n: np.full((5, d), 0.1) for n, d in space.models.items()}
+    space.train_projections(data, n_epochs=1)
+    space.save(tmp_path / "s.npz")
+    _assert_identical(space, LatentSpace.load(tmp_path / "s.npz"))
+
+
+def test_unpickling_another_version_is_refused():
+    state = _trained_space().__getstate__()
+    state["header"]["version"] = 2
+    space = LatentSpace.__new__(LatentSpace)
+    with pytest.raises(ValueError, match="format version 2"):
+        space.__setstate__(state)
+
+
+# ------------------------------------------------------------------ threads
+
+
+def test_concurrent_saves_and_registrations(tmp_path):
+    space = _trained_space()
+    stop = threading.Event()
+
+    def register():
+        i = 0
+        while not stop.is_set() and i < 200:
+            space.register(f"extra{i}", 2)
+            i += 1
+
+    def save(i):
+        path = tmp_path / f"s{i}.npz"
+        space.save(path)
+        return LatentSpace.load(path)
+
+    writer = threading.Thread(target=register)
+    writer.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            loaded = list(pool.map(save, range(8)))
+    finally:
+        stop.set()
+        writer.join()
+    for result in loaded:
+        names = list(result.models)
+        assert names[:3] == ["text", "image", "audio"]
+        for name in names:
+            for x, y in zip(space.weights(name), result.weights(name)):
+                assert x.tobytes() == y.tobytes()
+        # Each file is one consistent moment: the loaded copy registers the
+        # next model exactly as the original did right after that moment.
+        n = len(names) - 3
+        if n < len(space.models) - 3:
+            result.register(f"extra{n}", 2)
+            assert (
+                result.weights(f"extra{n}")[0].tobytes()
+                == space.weights(f"extra{n}")[0].tobytes()
+            )
+
+
+def test_in_memory_buffer_is_not_needed():
+    # `save` takes paths only; a file object is rejected with a clear error.
+    with pytest.raises(TypeError):
+        _trained_space().save(io.BytesIO())
+
+
+def test_zip_members_are_npy(saved):
+    _, path = saved
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    assert names[0] == "header.npy"
+    assert set(names) == {
+        "header.npy",
+        "model0.projection.npy",
+        "model0.reconstruction.npy",
+        "model1.projection.npy",
+        "model1.reconstruction.npy",
+        "model1.offset.npy",
+        "model2.projection.npy",
+        "model2.reconstruction.npy",
+    }
