@@ -14,7 +14,7 @@ columns ``col_m : col_m + d_m`` of the sample matrix ``X``.
 cimport numpy as cnp
 from cython cimport floating
 from cpython.exc cimport PyErr_CheckSignals
-from scipy.linalg.cython_blas cimport ddot, dgemm, dgemv, dger, sdot, sgemm, sgemv, sger
+from scipy.linalg.cython_blas cimport ddot, dgemm, dgemv, sdot, sgemm, sgemv
 
 cnp.import_array()
 
