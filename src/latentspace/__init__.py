@@ -7,18 +7,25 @@ can be compared with, retrieved by, or translated into another model's
 representation.
 """
 
-from ._config import ProjectionConfig, TrainingResult
-from ._exceptions import InvalidParameterError, TrainingDivergedError, UnknownModelError
+from ._config import ProjectionConfig, TrainingResult, TrainingState
+from ._exceptions import (
+    ConvergenceWarning,
+    InvalidParameterError,
+    TrainingDivergedError,
+    UnknownModelError,
+)
 from ._io import SpaceFileError
 from ._space import LatentSpace
 
 __all__ = [
+    "ConvergenceWarning",
     "InvalidParameterError",
     "LatentSpace",
     "ProjectionConfig",
     "SpaceFileError",
     "TrainingDivergedError",
     "TrainingResult",
+    "TrainingState",
     "UnknownModelError",
 ]
 __version__ = "0.1.0"

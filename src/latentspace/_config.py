@@ -2,12 +2,25 @@
 """Training configuration and the result of a training run."""
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from ._exceptions import InvalidParameterError
+from ._monitor import TrainingState
+from ._solvers import INITS, OBJECTIVES, SOLVERS
 from ._validation import check_float, check_int
 
-__all__ = ["ProjectionConfig", "TrainingResult", "resolve_config"]
+__all__ = ["ProjectionConfig", "TrainingResult", "TrainingState", "resolve_config"]
+
+
+def _check_choice(name, value, allowed, *, none=False):
+    """``value`` if it is one of ``allowed`` (or None when ``none``)."""
+    if (none and value is None) or (isinstance(value, str) and value in allowed):
+        return value
+    options = ", ".join(map(repr, allowed)) + (" or None" if none else "")
+    raise InvalidParameterError(f"{name} must be one of {options}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -21,11 +34,63 @@ class ProjectionConfig:
         other value re-dimensions the space: every registered model is freshly
         initialised at that size, then the models in the data are trained.
     learning_rate : float, default=0.01
-        Step size of the first epoch; it decays by a factor 0.999 per epoch.
+        Step size of the first epoch; it decays by a factor 0.999 per epoch
+        ("sgd", "minibatch").
     n_epochs : int, default=100
-        Passes over the data.
+        Passes over the data ("sgd", "minibatch"), or the maximum number of
+        iterations ("lbfgs"); ignored by "cca".
     alignment_weight : float, default=1.0
         Weight ``w`` of the alignment term relative to reconstruction.
+    solver : {"sgd", "minibatch", "lbfgs", "cca"}, default="sgd"
+        - "sgd": SPEC.md's reference optimiser (per-sample SGD), the default
+          and the contract: with the defaults its results are those of the
+          Go package's algorithm.
+        - "minibatch": Adam on mini-batches of ``batch_size`` consecutive rows.
+        - "lbfgs": full-batch L-BFGS (SciPy's) on sufficient statistics (the
+          Gram and cross-Gram matrices, accumulated in one pass): every
+          iteration costs ``O(D^2 k)`` for ``D`` the summed input widths,
+          whatever the number of samples.
+        - "cca": closed-form regularised multi-view CCA (MAXVAR generalised
+          CCA, any number of models): centres the inputs (per-model offsets),
+          orders latent dimensions by how strongly the models agree on them
+          and weights them by that agreement; the reconstructions are the
+          least-squares inverses of the projections. The fast way to a space
+          in which cross-model retrieval works.
+    objective : {"reference", "whitened"} or None, default=None
+        The loss the gradient solvers minimise. "reference" is SPEC.md's;
+        it has no minimiser (scaling ``P`` by ``eps`` and ``R`` by ``1/eps``
+        lowers it for ever), so descending it shrinks the latents rather than
+        aligning them. "whitened" measures the alignment on whitened latents
+        (see `latentspace._losses`): no direction of the weights lowers it
+        without aligning the models; the solution is then expressed in the
+        agreement-ordered, weighted basis of "cca" and the offsets are the
+        data means. ``None``: "reference" for "sgd", "whitened" for the other
+        solvers ("cca" minimises no loss: the objective only selects the loss
+        reported).
+    init : {"current", "cca"}, default="current"
+        Starting weights of the gradient solvers: the space's ("current", as
+        SPEC.md's optimiser does) or the closed-form solution ("cca", which
+        also sets the offsets to the data means).
+    regularization : float, default=0.01
+        Ridge added to every model's Gram matrix, relative to the mean
+        variance of its features, by "cca", ``init="cca"`` and the whitened
+        objective. Larger values trust correlations in low-variance
+        directions less.
+    batch_size : int, default=256
+        Rows per mini-batch ("minibatch").
+    tol : float or None, default=None
+        Early stopping: training stops after three consecutive iterations
+        that each lowered the loss by at most ``tol`` times its magnitude (or
+        raised it), and the result says it converged. ``None``: never for
+        "sgd" and "minibatch", ``1e-8`` for "lbfgs". A solver that runs out of iterations with a
+        ``tol`` set emits a `ConvergenceWarning`.
+    callback : callable or None, default=None
+        Called after every iteration as ``callback(state)`` with a
+        `TrainingState` (iteration, loss, seconds). Returning true stops
+        training (the weights so far are published); raising abandons it and
+        leaves the space unchanged.
+    progress : bool, default=False
+        Show a tqdm progress bar (tqdm must be installed).
 
     Raises
     ------
@@ -37,6 +102,14 @@ class ProjectionConfig:
     learning_rate: float = 0.01
     n_epochs: int = 100
     alignment_weight: float = 1.0
+    solver: str = "sgd"
+    objective: str | None = None
+    init: str = "current"
+    regularization: float = 0.01
+    batch_size: int = 256
+    tol: float | None = None
+    callback: Callable | None = None
+    progress: bool = False
 
     def __post_init__(self):
         if self.latent_dim is not None:
@@ -50,7 +123,28 @@ class ProjectionConfig:
             "alignment_weight": check_float(
                 "alignment_weight", self.alignment_weight, positive=False
             ),
+            "solver": _check_choice("solver", self.solver, tuple(SOLVERS)),
+            "objective": _check_choice("objective", self.objective, OBJECTIVES,
+                                       none=True),
+            "init": _check_choice("init", self.init, INITS),
+            "regularization": check_float(
+                "regularization", self.regularization, positive=False
+            ),
+            "batch_size": check_int("batch_size", self.batch_size, 1),
+            "tol": None if self.tol is None else check_float(
+                "tol", self.tol, positive=False
+            ),
         }
+        if self.callback is not None and not callable(self.callback):
+            raise InvalidParameterError(
+                f"callback must be a callable or None, got {self.callback!r} "
+                f"({type(self.callback).__name__})"
+            )
+        if not isinstance(self.progress, (bool, np.bool_)):
+            raise InvalidParameterError(
+                f"progress must be True or False, got {self.progress!r}"
+            )
+        checked["progress"] = bool(self.progress)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -80,15 +174,31 @@ class TrainingResult:
     Attributes
     ----------
     n_epochs : int
-        Epochs run.
+        Iterations run: epochs ("sgd", "minibatch"), L-BFGS iterations
+        ("lbfgs"), 1 for the closed form ("cca"). Same as `iterations`.
     initial_loss : float
-        Mean per-sample loss (SPEC.md's ``L / n``) before the first epoch.
+        Mean per-sample loss of `objective` before the first iteration, on
+        the data as the solver sees it (shifted by the new offsets).
     loss_history : tuple of float
-        Mean per-sample loss after each epoch.
+        Mean per-sample loss after each iteration; the last entry is that of
+        the published weights.
     seconds : float
         Wall time of the run, validation included.
     config : ProjectionConfig
-        The configuration used.
+        The configuration used, as given.
+    solver : str
+        The solver that ran.
+    objective : str
+        The objective whose values the history holds ("reference" is
+        SPEC.md's ``L / n``).
+    converged : bool
+        Whether the solver met its stopping criterion (``tol``, or L-BFGS-B's
+        own); always true for "cca", false when it ran out of iterations or
+        the callback stopped it.
+    agreement : tuple of float or None
+        For "cca" and the whitened objective: how strongly the models agree
+        on every latent dimension (mean pairwise correlation, decreasing; the
+        canonical correlations for two models). None otherwise.
     """
 
     n_epochs: int
@@ -96,8 +206,17 @@ class TrainingResult:
     loss_history: tuple
     seconds: float
     config: ProjectionConfig
+    solver: str = "sgd"
+    objective: str = "reference"
+    converged: bool = False
+    agreement: tuple | None = None
+
+    @property
+    def iterations(self) -> int:
+        """Iterations run (`n_epochs`)."""
+        return self.n_epochs
 
     @property
     def final_loss(self) -> float:
-        """Mean per-sample loss after the last epoch."""
+        """Mean per-sample loss after the last iteration."""
         return self.loss_history[-1]

@@ -1,7 +1,12 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Exceptions raised by latentspace."""
 
-__all__ = ["InvalidParameterError", "TrainingDivergedError", "UnknownModelError"]
+__all__ = [
+    "ConvergenceWarning",
+    "InvalidParameterError",
+    "TrainingDivergedError",
+    "UnknownModelError",
+]
 
 
 class InvalidParameterError(ValueError, TypeError):
@@ -18,3 +23,7 @@ class UnknownModelError(KeyError, ValueError):
 
 class TrainingDivergedError(FloatingPointError):
     """Training produced a non-finite loss or weights; the space was left as it was."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver ran out of iterations before meeting its ``tol``."""

@@ -11,7 +11,9 @@ import numpy as np
 from . import _core
 from ._config import TrainingResult, resolve_config
 from ._objective import mean_loss
-from ._sgd import train_sgd
+from ._exceptions import TrainingDivergedError
+from ._monitor import check_progress_available
+from ._solvers import train
 from ._validation import (
     as_rows,
     check_out,
@@ -64,6 +66,13 @@ def _xavier(rng, input_dim, dim, dtype):
     projection = rng.uniform(-limit, limit, (input_dim, dim)).astype(dtype, copy=False)
     reconstruction = rng.uniform(-limit, limit, (dim, input_dim))
     return _make_model(projection, reconstruction.astype(dtype, copy=False))
+
+
+def _offset(offset, shift):
+    """The new offset of a model: ``offset + shift`` (None: unchanged)."""
+    if shift is None:
+        return offset
+    return _frozen(shift.copy() if offset is None else offset + shift)
 
 
 def _lookup(models, name):
@@ -306,9 +315,13 @@ class LatentSpace:
     def train_projections(self, data, config=None, **overrides):
         """Learn the projections and reconstructions of the models in ``data``.
 
-        Runs SPEC.md's reference optimiser (per-sample SGD) on copies of the
-        weights and publishes them all at once if it succeeds; on any error,
-        divergence or interrupt the space is left exactly as it was.
+        Runs ``config.solver`` (by default SPEC.md's reference optimiser,
+        per-sample SGD) on copies of the weights and publishes them all at once
+        if it succeeds; on any error, divergence, interrupt or exception from
+        the callback the space is left exactly as it was. ``solver="cca"`` is
+        the fast way to a space in which cross-model retrieval works; it and
+        the whitened objective also set every trained model's offset (the
+        data means), see `ProjectionConfig`.
 
         Parameters
         ----------
@@ -349,28 +362,43 @@ class LatentSpace:
                     for name, m in start.items()
                 }
         names, blocks = self._blocks(data, start, min_models=2)
+        check_progress_available(config.progress)
         try:
-            projections, reconstructions, initial_loss, history = train_sgd(
+            outcome = train(
                 blocks,
                 [start[n].projection for n in names],
                 [start[n].reconstruction for n in names],
                 config,
+                {"started": started},
             )
         except KeyboardInterrupt as exc:
             exc.add_note("latentspace: training interrupted; the space is unchanged")
             raise
+        if outcome is None:
+            raise TrainingDivergedError(
+                f"training with solver={config.solver!r} diverged (non-finite "
+                "loss or weights); the space keeps its previous weights. Try a "
+                "smaller learning_rate, a larger regularization, or scale the "
+                "features"
+            )
         trained = {
-            name: _make_model(p.copy(), r.copy(), start[name].offset)
-            for name, p, r in zip(names, projections, reconstructions)
+            name: _make_model(p.copy(), r.copy(), _offset(start[name].offset, shift))
+            for name, p, r, shift in zip(
+                names, outcome.projections, outcome.reconstructions, outcome.shifts
+            )
         }
         with self._lock:
             self._publish(snapshot, dim, start, trained, rng)
         return TrainingResult(
-            n_epochs=len(history),
-            initial_loss=initial_loss,
-            loss_history=tuple(history),
+            n_epochs=len(outcome.history),
+            initial_loss=outcome.initial_loss,
+            loss_history=tuple(outcome.history),
             seconds=time.perf_counter() - started,
             config=config,
+            solver=config.solver,
+            objective=outcome.objective,
+            converged=outcome.converged,
+            agreement=outcome.agreement,
         )
 
     def _publish(self, snapshot, dim, start, trained, rng):

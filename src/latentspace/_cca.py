@@ -1,0 +1,273 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Closed-form regularised multi-view CCA (MAXVAR generalised CCA) on statistics.
+
+Given the `Statistics` of ``M >= 2`` aligned models (feature means and the
+centred Gram matrix ``G`` with blocks ``G_ml``), `fit_cca` returns per-model
+projections ``P_m`` whose latents ``z_m = (x_m - mu_m) @ P_m``
+
+1. span the directions on which the models agree most (MAXVAR GCCA, which for
+   two models is exactly regularised CCA),
+2. are ordered by how strongly the models agree on them, and
+3. are weighted by that agreement, so that cosine similarity in the space
+   favours the shared directions.
+
+The maths, with ``r_m = regularization * trace(G_mm) / d_m``:
+
+- Whitening: ``B_m`` with ``B_m.T (G_mm + r_m I) B_m = I`` (Cholesky, or an
+  eigendecomposition if the block is singular and ``regularization == 0``).
+- ``T`` is the matrix of whitened cross-Grams, ``T_ml = B_m.T G_ml B_l`` and
+  ``T_mm = I``; its leading eigenvectors ``v = [v_1; ...; v_M]`` are the
+  MAXVAR solution (the generalised eigenproblem ``C w = lambda D w`` of MCCA
+  with ``C`` the regularised Gram and ``D`` its block diagonal). For ``M = 2``
+  its eigenvalues are ``1 +- rho`` with ``rho`` the canonical correlations,
+  and the SVD of ``T_12`` gives the same vectors at a fraction of the cost.
+- Direction ``j`` of model ``m`` is ``p_mj = B_m v_mj / ||v_mj||``: unit
+  (regularised) variance in every model.
+- Agreement: the correlations ``rho_mlj = p_mj.T G_ml p_lj`` of every pair are
+  summarised by non-negative loadings ``a_mj`` of a one-factor model,
+  ``rho_mlj ~ a_mj a_lj`` (for two models ``a_1j = a_2j = sqrt(rho_j)``).
+  Dimensions are sorted by the mean pairwise correlation, and column ``j`` of
+  ``P_m`` is ``p_mj * a_mj ** 2``: the similarity of models ``m`` and ``l``
+  then weights dimension ``j`` by about ``rho_mlj ** 2``, and for two models
+  ``P_m`` is weighted by the canonical correlations themselves.
+
+The reconstructions ``R_m`` are the least-squares inverses of the projections
+on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
+(centred), computed from the same statistics (`least_squares_inverse`).
+"""
+
+import numpy as np
+import scipy.linalg
+
+__all__ = ["canonicalise", "fit_cca", "least_squares_inverse"]
+
+# Most alternating least-squares sweeps of the one-factor fit of the pairwise
+# correlations (each costs O(k M^2)); they stop once the loadings settle.
+_FACTOR_SWEEPS = 2000
+
+
+def _ridge(block, regularization):
+    """``r_m``: the ridge relative to the mean variance of the block's features."""
+    scale = float(np.trace(block)) / len(block)
+    if not scale > 0:  # a model whose features are all constant
+        scale = 1.0
+    return regularization * scale
+
+
+def _whitener(block, ridge):
+    """``B`` (d, r) with ``B.T @ (block + ridge * I) @ B = I``."""
+    C = block + ridge * np.eye(len(block), dtype=block.dtype)
+    try:
+        L = scipy.linalg.cholesky(C, lower=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        pass
+    else:
+        if np.all(np.abs(np.diag(L)) > 0):
+            # B = inv(L).T, so that B.T @ C @ B = inv(L) L L.T inv(L).T = I
+            inverse, info = scipy.linalg.lapack.get_lapack_funcs("trtri", (L,))(
+                L, lower=1
+            )
+            if info == 0 and np.isfinite(inverse).all():
+                return np.ascontiguousarray(inverse.T)
+    # Singular block (no ridge): whiten the range, drop the null space.
+    values, vectors = scipy.linalg.eigh(C, check_finite=False)
+    keep = values > values[-1] * len(C) * np.finfo(C.dtype).eps
+    return vectors[:, keep] / np.sqrt(values[keep])
+
+
+def _one_factor(rho):
+    """Loadings ``a >= 0`` (k, M) with ``rho[j, m, l] ~ a[j, m] * a[j, l]``.
+
+    Least squares on the off-diagonal entries, by alternating updates
+    ``a_m = sum_l rho_ml a_l / sum_l a_l^2`` (``l != m``), from ``sqrt`` of the
+    mean correlation of every model. For two models the start is the exact
+    solution ``a_1 = a_2 = sqrt(rho_12)``.
+    """
+    k, M, _ = rho.shape
+    rho = np.clip(rho, 0.0, 1.0)
+    off = ~np.eye(M, dtype=bool)
+    start = np.sqrt(np.where(off, rho, 0.0).sum(axis=2) / (M - 1))
+    a = start
+    if M > 2:
+        for _ in range(_FACTOR_SWEEPS):
+            previous = a.copy()
+            for m in range(M):
+                others = off[m]
+                num = (rho[:, m, others] * a[:, others]).sum(axis=1)
+                den = (a[:, others] ** 2).sum(axis=1)
+                a[:, m] = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+            if np.max(np.abs(a - previous), initial=0.0) <= 1e-15:
+                break
+        a = np.clip(a, 0.0, 1.0)
+    return a
+
+
+def _pairwise_correlations(grams, widths, directions):
+    """``rho[j, m, l] = p_mj.T G_ml p_lj`` for unit-variance directions."""
+    M = len(widths)
+    k = directions[0].shape[1]
+    rho = np.ones((k, M, M))
+    for m in range(M):
+        for l in range(m + 1, M):
+            # diag(P_m.T @ G_ml @ P_l)
+            cross = np.einsum(
+                "ij,ij->j", directions[m], grams(m, l) @ directions[l]
+            ).astype(np.float64)
+            rho[:, m, l] = rho[:, l, m] = cross
+    return rho
+
+
+def canonical_directions(grams, widths, n_components, regularization):
+    """Unit-variance MAXVAR directions and their pairwise correlations.
+
+    Parameters
+    ----------
+    grams : callable
+        ``grams(m, l)`` returns the centred Gram block ``G_ml`` (d_m, d_l).
+    widths : sequence of int
+    n_components : int
+        Number of directions wanted; fewer are returned if the whitened
+        problem has fewer dimensions.
+    regularization : float
+
+    Returns
+    -------
+    directions : list of (d_m, c) ndarray
+        ``p_m`` with ``p_m.T (G_mm + r_m I) p_m`` having a unit diagonal.
+    rho : (c, M, M) ndarray
+        Correlations of every pair on every direction (float64).
+    """
+    M = len(widths)
+    whiteners = [_whitener(grams(m, m), _ridge(grams(m, m), regularization))
+                 for m in range(M)]
+    ranks = [B.shape[1] for B in whiteners]
+    if M == 2:
+        # T_12 = B_1.T @ G_12 @ B_2, whose singular triplets are the canonical
+        # pairs; the eigenvectors of T are [u; v] / sqrt(2), eigenvalues 1 + s.
+        cross = whiteners[0].T @ grams(0, 1) @ whiteners[1]
+        U, _, Vt = scipy.linalg.svd(cross, full_matrices=False, check_finite=False)
+        c = min(n_components, len(_))
+        parts = [U[:, :c], Vt[:c].T]
+    else:
+        bounds = np.cumsum([0, *ranks])
+        T = np.empty((bounds[-1], bounds[-1]), dtype=whiteners[0].dtype)
+        for m in range(M):
+            for l in range(m, M):
+                rows, cols = slice(bounds[m], bounds[m + 1]), slice(bounds[l], bounds[l + 1])
+                if m == l:
+                    T[rows, cols] = np.eye(ranks[m])
+                else:
+                    T[rows, cols] = whiteners[m].T @ grams(m, l) @ whiteners[l]
+                    T[cols, rows] = T[rows, cols].T
+        c = min(n_components, len(T))
+        _, V = scipy.linalg.eigh(
+            T, subset_by_index=[len(T) - c, len(T) - 1], check_finite=False
+        )
+        V = V[:, ::-1]
+        parts = [V[bounds[m] : bounds[m + 1]] for m in range(M)]
+    directions = []
+    for B, v in zip(whiteners, parts):
+        norms = np.linalg.norm(v, axis=0)
+        tiny = norms <= np.sqrt(np.finfo(v.dtype).eps)
+        v = v / np.where(tiny, 1.0, norms)
+        v[:, tiny] = 0
+        directions.append(B @ v)
+    return directions, _pairwise_correlations(grams, widths, directions)
+
+
+def _weigh(directions, rho, n_components, dtype):
+    """Order directions by agreement, weight them and pad to ``n_components``."""
+    M = len(directions)
+    upper = np.triu_indices(M, 1)
+    agreement = rho[:, upper[0], upper[1]].mean(axis=1)
+    order = np.argsort(-agreement, kind="stable")
+    loadings = _one_factor(rho[order])
+    projections = []
+    for m, p in enumerate(directions):
+        P = np.zeros((len(p), n_components), dtype=dtype)
+        P[:, : len(order)] = p[:, order] * loadings[:, m] ** 2
+        projections.append(P)
+    full = np.zeros(n_components)
+    full[: len(order)] = np.maximum(agreement[order], 0.0)
+    return projections, full
+
+
+def fit_cca(stats, n_components, regularization):
+    """Closed-form multi-view CCA projections from `Statistics`.
+
+    Parameters
+    ----------
+    stats : Statistics
+    n_components : int
+        The latent dimension ``k``. Columns beyond the number of directions
+        the models can share are zero.
+    regularization : float
+        Ridge added to every model's Gram, relative to the mean variance of
+        its features.
+
+    Returns
+    -------
+    projections : list of (d_m, k) ndarray
+        ``P_m`` in the statistics' dtype (apply to centred features).
+    agreement : (k,) ndarray
+        Mean pairwise correlation of the models on every latent dimension, in
+        decreasing order (the canonical correlations for two models).
+    """
+    directions, rho = canonical_directions(
+        stats.block, stats.widths, n_components, regularization
+    )
+    return _weigh(directions, rho, n_components, stats.gram.dtype)
+
+
+def least_squares_inverse(gram, projection):
+    """``R`` minimising ``||X P R - X||``: ``pinv(P.T G P) @ P.T G``.
+
+    Parameters
+    ----------
+    gram : (d, d) ndarray
+        ``X.T @ X / n`` of the (centred) features.
+    projection : (d, k) ndarray
+
+    Returns
+    -------
+    (k, d) ndarray in the dtype of ``projection``; latent directions that carry
+    no variance (zero columns) get zero rows.
+    """
+    # GP = G @ P, then A = P.T @ G @ P (k, k) and B = P.T @ G (k, d)
+    GP = gram @ projection
+    A = (projection.T @ GP).astype(np.float64)
+    B = GP.T.astype(np.float64)
+    A = (A + A.T) / 2
+    values, vectors = scipy.linalg.eigh(A, check_finite=False)
+    eps = np.finfo(projection.dtype).eps
+    keep = values > max(values[-1], 0.0) * len(A) * eps
+    if not keep.any():
+        return np.zeros_like(projection.T)
+    V = vectors[:, keep]
+    R = V @ ((V.T @ B) / values[keep][:, None])
+    return R.astype(projection.dtype)
+
+
+def canonicalise(stats, projections, n_components, regularization):
+    """Re-express trained projections in the agreement-ordered, weighted basis.
+
+    Runs the closed form on the latents ``Z_m = X_m P_m`` (their Gram is
+    ``P_m.T G_ml P_l``) and composes: the latent subspaces of the models are
+    kept, and within them the basis is the one `fit_cca` would choose.
+
+    Returns
+    -------
+    projections : list of (d_m, k) ndarray
+    agreement : (k,) ndarray
+    """
+    latent_grams = {}
+
+    def grams(m, l):
+        if (m, l) not in latent_grams:
+            latent_grams[m, l] = projections[m].T @ stats.block(m, l) @ projections[l]
+        return latent_grams[m, l]
+
+    widths = [P.shape[1] for P in projections]
+    directions, rho = canonical_directions(grams, widths, n_components, regularization)
+    inner, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
+    return [P @ A for P, A in zip(projections, inner)], agreement

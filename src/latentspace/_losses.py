@@ -1,0 +1,227 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The training objectives as functions of second moments, with their gradients.
+
+Both objectives are mean per-sample losses of aligned data, and both only see
+the data through ``G = X.T @ X / n`` (``X`` the concatenated features, shifted
+by the models' offsets; block ``G_ml`` pairs models ``m`` and ``l``). With
+``Z_m = X_m P_m``:
+
+**reference** (SPEC.md): ``L = sum_m 1/2 E||z_m R_m - x_m||^2 + w/2 E||z_m - zbar||^2``.
+Scaling ``P_m`` by ``eps`` and ``R_m`` by ``1 / eps`` keeps every
+reconstruction and multiplies the alignment term by ``eps**2``: the loss has no
+minimiser, and descending it shrinks the latents instead of aligning them.
+
+**whitened** (the well-posed variant): the alignment is measured on whitened
+latents ``u_m = z_m W_m``, ``W_m = (S_m + delta_m I)^(-1/2)`` with ``S_m =
+P_m.T (G_mm + r_m I) P_m`` the (regularised) covariance of model ``m``'s
+latents, and put in the units of the data by ``tau``, the mean over models of
+``E||x_m||^2``::
+
+    L = sum_m 1/2 E||z_m R_m - x_m||^2 + (w tau / 2) E||u_m - ubar||^2
+
+``u_m`` does not change when ``P_m`` is scaled (or, at whitened weights,
+multiplied by any positive-definite matrix), so no direction of the weights
+lowers the alignment without aligning the models: it is at least ``(w tau /
+2) (k - sum_j rho_j)`` for two models, ``rho_j`` the canonical correlations of
+their latent subspaces. ``r_m = regularization * trace(G_mm) / d_m`` is the
+ridge of the closed form (`latentspace._cca`); ``delta_m`` is a jitter of
+``sqrt(eps) * trace(S_m) / k`` that keeps ``W_m`` finite when a model's
+latents are rank deficient (``d_m < k``). With ``w tau`` that large, alignment
+dominates reconstruction for any ``w`` of order one: the optimum is close to
+the closed-form CCA subspace, with reconstruction breaking ties.
+
+Every evaluation costs ``O(D^2 k)`` for ``D`` the summed widths, whatever the
+number of samples.
+"""
+
+import numpy as np
+import scipy.linalg
+
+from ._statistics import slices
+
+__all__ = ["Objective", "sample_scale", "whiten"]
+
+
+def _dot(a, b):
+    """sum(a * b) in float64."""
+    return float(np.dot(a.ravel().astype(np.float64), b.ravel().astype(np.float64)))
+
+
+def whitening(S, dtype):
+    """``W = (S + delta I)^(-1/2)`` and what its adjoint derivative needs.
+
+    Returns ``W`` (in ``dtype``), and the eigendecomposition ``(lam, V)`` of
+    ``S + delta I`` (float64) with ``delta = sqrt(eps) * trace(S) / k``.
+    """
+    S = np.asarray(S, dtype=np.float64)
+    S = (S + S.T) / 2
+    k = len(S)
+    delta = np.sqrt(np.finfo(dtype).eps) * max(np.trace(S), 0.0) / k
+    lam, V = scipy.linalg.eigh(S + delta * np.eye(k), check_finite=False)
+    lam = np.maximum(lam, np.finfo(np.float64).tiny)
+    W = (V / np.sqrt(lam)) @ V.T
+    return W.astype(dtype), lam, V
+
+
+def _inverse_sqrt_adjoint(lam, V, omega, dtype):
+    """The gradient with respect to ``X`` of ``tr(omega.T @ X^(-1/2))``.
+
+    Daleckii-Krein: with ``X = V diag(lam) V.T``, the derivative of
+    ``f(X) = X^(-1/2)`` is ``V (F * (V.T E V)) V.T`` with ``F_ij = (f(l_i) -
+    f(l_j)) / (l_i - l_j) = -1 / (s_i s_j (s_i + s_j))``, ``s = sqrt(lam)``;
+    it is self-adjoint, and only the symmetric part of ``omega`` counts.
+    """
+    omega = np.asarray(omega, dtype=np.float64)
+    omega = (omega + omega.T) / 2
+    s = np.sqrt(lam)
+    F = -1.0 / (s[:, None] * s[None, :] * (s[:, None] + s[None, :]))
+    return V @ (F * (V.T @ omega @ V)) @ V.T
+
+
+def whiten(stats_gram, widths, projections, regularization):
+    """``P_m W_m``: projections whose latents have unit (regularised) covariance."""
+    out = []
+    for m, (s, P) in enumerate(zip(slices(widths), projections)):
+        G = stats_gram[s, s]
+        S = P.T @ (G @ P) + _ridge(G, regularization) * (P.T @ P)
+        W, _, _ = whitening(S, P.dtype)
+        out.append(P @ W)
+    return out
+
+
+def _ridge(G, regularization):
+    scale = float(np.trace(G)) / len(G)
+    return regularization * (scale if scale > 0 else 1.0)
+
+
+def sample_scale(gram, widths):
+    """``tau``: the mean over models of ``E||x_m||^2`` (trace of ``G_mm``)."""
+    return float(np.mean([np.trace(gram[s, s]) for s in slices(widths)]))
+
+
+class Objective:
+    """One objective on fixed data, as a function of flat weights.
+
+    Parameters
+    ----------
+    kind : {"reference", "whitened"}
+    widths : sequence of int
+    k : int
+        Latent dimension.
+    alignment_weight : float
+    regularization : float
+        Ridge of the whitening (whitened objective only).
+    scale : float
+        ``tau`` of the whitened objective (ignored by the reference one).
+    dtype : dtype
+        Precision of the products with Gram matrices.
+
+    Notes
+    -----
+    Flat weights are ``concat(P_m.ravel() for m) + concat(R_m.ravel() for m)``,
+    ``P_m`` (d_m, k) and ``R_m`` (k, d_m), as in the compiled core.
+    """
+
+    def __init__(self, kind, widths, k, alignment_weight, regularization, scale,
+                 dtype):
+        self.kind = kind
+        self.widths = tuple(int(d) for d in widths)
+        self.k = int(k)
+        self.w = float(alignment_weight)
+        self.regularization = float(regularization)
+        self.scale = float(scale)
+        self.dtype = np.dtype(dtype)
+        self.size = sum(self.widths) * self.k
+
+    def split(self, theta):
+        """Views ``(Ps, Rs)`` of flat weights."""
+        bounds = np.cumsum([0, *self.widths]) * self.k
+        P = theta[: self.size]
+        R = theta[self.size :]
+        Ps = [P[a:b].reshape(-1, self.k) for a, b in zip(bounds, bounds[1:])]
+        Rs = [R[a:b].reshape(self.k, -1) for a, b in zip(bounds, bounds[1:])]
+        return Ps, Rs
+
+    def join(self, Ps, Rs, dtype=None):
+        """Flat weights of ``(Ps, Rs)``."""
+        flat = np.concatenate([a.ravel() for a in (*Ps, *Rs)])
+        return flat.astype(dtype or self.dtype, copy=False)
+
+    def __call__(self, Ps, Rs, gram, norm_gram=None, gradient=True):
+        """The loss (and its gradient) for second moments ``gram``.
+
+        Parameters
+        ----------
+        Ps, Rs : lists of ndarray
+        gram : (D, D) ndarray
+            Second moments of the (shifted) samples the loss averages over.
+        norm_gram : (D, D) ndarray, optional
+            Second moments that define the whitening of the whitened objective
+            (default ``gram``); minibatches pass the full data's here, so that
+            the normaliser is exact and the batch gradient unbiased.
+        gradient : bool
+
+        Returns
+        -------
+        loss : float
+        gPs, gRs : lists of ndarray (if ``gradient``)
+        """
+        dtype = self.dtype
+        norm_gram = gram if norm_gram is None else norm_gram
+        cols = slices(self.widths)
+        Ps = [np.asarray(P, dtype=dtype) for P in Ps]
+        Rs = [np.asarray(R, dtype=dtype) for R in Rs]
+        M = len(Ps)
+        loss = 0.0
+        gPs, gRs = [], []
+        # Reconstruction: 1/2 E||x P R - x||^2
+        #   = 1/2 [tr(G) - 2 tr(R G P) + tr(P.T G P R R.T)]
+        GPs = []
+        for s, P, R in zip(cols, Ps, Rs):
+            G = gram[s, s]
+            GP = G @ P  # G_mm P_m
+            S = P.T @ GP
+            RRt = R @ R.T
+            loss += 0.5 * (float(np.trace(G)) - 2 * _dot(GP, R.T) + _dot(S, RRt))
+            GPs.append(GP)
+            if gradient:
+                gRs.append(S @ R - GP.T)
+                # G (P R R.T - R.T)
+                gPs.append(GP @ RRt - G @ R.T)
+        # Alignment on Q_m: P_m (reference) or P_m W_m (whitened), weight c.
+        if self.kind == "reference":
+            Qs, c, GQs = Ps, self.w, GPs
+        else:
+            c = self.w * self.scale
+            Qs, GQs, eigs = [], [], []
+            for s, P, GP in zip(cols, Ps, GPs):
+                ridge = _ridge(norm_gram[s, s], self.regularization)
+                GPn = GP if norm_gram is gram else norm_gram[s, s] @ P
+                S = P.T @ GPn + ridge * (P.T @ P)
+                W, lam, V = whitening(S, dtype)
+                Qs.append(P @ W)
+                GQs.append(GP @ W)
+                eigs.append((W, lam, V, GPn, ridge))
+        # E||q_m - qbar||^2 summed over m = sum_m tr(Q_m.T G_mm Q_m)
+        #   - 1/M tr(Q.T G Q) for the stacked Q
+        Q = np.concatenate(Qs, axis=0)
+        Y = gram @ Q
+        within = sum(_dot(Qm, GQm) for Qm, GQm in zip(Qs, GQs))
+        loss += 0.5 * c * (within - _dot(Q, Y) / M)
+        if not gradient:
+            return loss
+        for m, (s, Qm, GQm) in enumerate(zip(cols, Qs, GQs)):
+            # d/dQ_m = c (G_mm Q_m - (G Q)_m / M)
+            gQ = c * (GQm - Y[s] / M)
+            if self.kind == "reference":
+                gPs[m] += gQ
+                continue
+            W, lam, V, GPn, ridge = eigs[m]
+            P = Ps[m]
+            gPs[m] += gQ @ W
+            # through W = (S + delta I)^(-1/2), delta = sqrt(eps) tr(S) / k
+            psi = _inverse_sqrt_adjoint(lam, V, P.T @ gQ, dtype)
+            psi += np.sqrt(np.finfo(dtype).eps) / self.k * np.trace(psi) * np.eye(self.k)
+            # through S = P.T (G + ridge I) P
+            gPs[m] += 2 * ((GPn + ridge * P) @ psi.astype(dtype))
+        return loss, gPs, gRs
