@@ -11,6 +11,15 @@ class AffineMap:
         self, x: object, out: NDArray[Any] | None = ...
     ) -> NDArray[Any] | None: ...
 
+def loss_sum(
+    X: NDArray[Any],
+    widths: NDArray[Any],
+    P: NDArray[Any],
+    R: NDArray[Any],
+    alignment_weight: float,
+    Z: NDArray[Any],
+    Xhat: NDArray[Any],
+) -> float: ...
 def sgd_prime(
     X: NDArray[Any],
     widths: NDArray[Any],

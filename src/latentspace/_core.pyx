@@ -128,18 +128,19 @@ cdef inline void _sub_outer_sum(int m, int n, int nb, const floating* U, int ldu
         r += rows
 
 
-cdef inline void _gemm(int m, int n, int p, const floating* A, const floating* B,
-                       floating* C) noexcept nogil:
-    """C = A @ B, for row-major A (m, p), B (p, n), C (m, n)"""
+cdef inline void _gemm(int m, int n, int p, const floating* A, int lda,
+                       const floating* B, int ldb, floating* C, int ldc) noexcept nogil:
+    """C = A @ B, for row-major A (m, p), B (p, n), C (m, n) with row strides
+    lda, ldb, ldc"""
     cdef char no = b'N'
     cdef floating one = 1, zero = 0
     # Row-major C = A @ B is column-major C.T = B.T @ A.T.
     if floating is double:
-        dgemm(&no, &no, &n, &m, &p, &one, <double*> B, &n, <double*> A, &p,
-              &zero, C, &n)
+        dgemm(&no, &no, &n, &m, &p, &one, <double*> B, &ldb, <double*> A, &lda,
+              &zero, C, &ldc)
     else:
-        sgemm(&no, &no, &n, &m, &p, &one, <float*> B, &n, <float*> A, &p,
-              &zero, C, &n)
+        sgemm(&no, &no, &n, &m, &p, &one, <float*> B, &ldb, <float*> A, &lda,
+              &zero, C, &ldc)
 
 
 cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
@@ -153,7 +154,7 @@ cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating*
         _vecmat(p, q, X, W, out)
     else:
         # out = X @ W
-        _gemm(n, q, p, X, W, out)
+        _gemm(n, q, p, X, p, W, q, out, q)
         if shift != NULL:
             for i in range(size):
                 out[i] += shift[i % q]
@@ -248,6 +249,58 @@ cdef inline bint _is_kernel_array(object x, int typenum, bint writeable):
         and cnp.PyArray_ISNOTSWAPPED(a)
         and (not writeable or cnp.PyArray_ISWRITEABLE(a))
     )
+
+
+def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
+             const floating[::1] P, const floating[::1] R, double alignment_weight,
+             floating[:, :, ::1] Z, floating[:, ::1] Xhat):
+    """SPEC.md's ``L`` over the rows of ``X``, in chunks of ``Z.shape[1]`` rows.
+
+    ``L = sum_i sum_m 1/2 ||z_mi @ R_m - x_mi||^2 + w/2 ||z_mi - mean_m z_mi||^2``
+    with ``z_mi = x_mi @ P_m``, summed in double precision.
+
+    Parameters
+    ----------
+    X : (n, D) array
+    widths : (M,) array
+    P, R : (sum(widths) * k,) arrays
+    alignment_weight : float
+    Z : (M, c, k) array
+        Scratch for the latents of a chunk of ``c`` rows.
+    Xhat : (c, max(widths)) array
+        Scratch for one model's reconstructions of a chunk.
+    """
+    cdef Py_ssize_t n = X.shape[0], M = widths.shape[0], i0 = 0, m, r, j, col, off
+    cdef int D = X.shape[1], c = Z.shape[1], k = Z.shape[2], d, rows
+    cdef double total = 0, align = 0, diff, zbar
+    cdef floating* xhat = &Xhat[0, 0]
+    with nogil:
+        while i0 < n:
+            rows = min(c, n - i0)
+            col = 0
+            off = 0
+            for m in range(M):
+                d = widths[m]
+                # Z[m] = X[chunk, cols_m] @ P_m; Xhat = Z[m] @ R_m
+                _gemm(rows, k, d, &X[i0, col], D, &P[off], k, &Z[m, 0, 0], k)
+                _gemm(rows, d, k, &Z[m, 0, 0], k, &R[off], d, xhat, d)
+                for r in range(rows):
+                    for j in range(d):
+                        diff = xhat[r * d + j] - X[i0 + r, col + j]
+                        total += diff * diff
+                col += d
+                off += d * k
+            for r in range(rows):
+                for j in range(k):
+                    zbar = 0
+                    for m in range(M):
+                        zbar += Z[m, r, j]
+                    zbar /= M
+                    for m in range(M):
+                        diff = Z[m, r, j] - zbar
+                        align += diff * diff
+            i0 += rows
+    return 0.5 * total + 0.5 * alignment_weight * align
 
 
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,

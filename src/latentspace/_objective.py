@@ -1,39 +1,53 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The training objective of SPEC.md, evaluated with NumPy."""
+"""The training objective of SPEC.md, evaluated by the compiled core."""
 
 import numpy as np
 
-__all__ = ["mean_loss"]
+from . import _core
 
-# Rows per chunk, so that temporaries stay small however many samples there are.
-_CHUNK = 8192
+__all__ = ["Objective", "mean_loss"]
 
-
-def _sum_squares(a):
-    a = a.ravel()
-    return float(np.dot(a, a))
+# Rows per chunk, so that scratch stays small however many samples there are.
+_CHUNK = 256
 
 
-def mean_loss(blocks, projections, reconstructions, alignment_weight):
-    """SPEC.md's ``L / n`` for aligned ``(n, d_m)`` blocks.
+class Objective:
+    """SPEC.md's mean per-sample loss ``L / n`` on fixed aligned samples.
 
     ``L = sum_i sum_m 1/2 ||x_mi @ P_m @ R_m - x_mi||^2 + w/2 ||z_mi - z_i||^2``
     with ``z_mi = x_mi @ P_m`` and ``z_i`` the mean of ``z_mi`` over models.
+
+    Parameters
+    ----------
+    X : (n, D) ndarray
+        C-contiguous samples, model ``m`` in ``widths[m]`` consecutive columns.
+    widths : (M,) ndarray of intp
+    k : int
+        Latent dimension.
     """
-    # A diverging run overflows here; the caller tests the result for finiteness.
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = _total_loss(blocks, projections, reconstructions, alignment_weight)
-    return total / len(blocks[0])
+
+    def __init__(self, X, widths, k):
+        self.X = X
+        self.widths = widths
+        chunk = min(len(X), _CHUNK)
+        self._Z = np.empty((len(widths), chunk, k), X.dtype)
+        self._Xhat = np.empty((chunk, widths.max()), X.dtype)
+
+    def __call__(self, P, R, alignment_weight):
+        """The loss for flat concatenations ``P`` and ``R`` of the weights."""
+        total = _core.loss_sum(
+            self.X, self.widths, P, R, alignment_weight, self._Z, self._Xhat
+        )
+        return total / len(self.X)
 
 
-def _total_loss(blocks, projections, reconstructions, alignment_weight):
-    n = len(blocks[0])
-    total = 0.0
-    for start in range(0, n, _CHUNK):
-        rows = slice(start, start + _CHUNK)
-        latents = [X[rows] @ P for X, P in zip(blocks, projections)]
-        mean = np.mean(latents, axis=0)
-        for X, Z, R in zip(blocks, latents, reconstructions):
-            total += 0.5 * _sum_squares(Z @ R - X[rows])
-            total += 0.5 * alignment_weight * _sum_squares(Z - mean)
-    return total
+def mean_loss(blocks, projections, reconstructions, alignment_weight):
+    """`Objective` for aligned ``(n, d_m)`` blocks and per-model weights."""
+    widths = np.array([X.shape[1] for X in blocks], dtype=np.intp)
+    objective = Objective(np.concatenate(blocks, axis=1), widths,
+                          projections[0].shape[1])
+    return objective(
+        np.concatenate([P.ravel() for P in projections]),
+        np.concatenate([R.ravel() for R in reconstructions]),
+        alignment_weight,
+    )

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import _core
 from ._exceptions import TrainingDivergedError
-from ._objective import mean_loss
+from ._objective import Objective
 
 __all__ = ["train_sgd"]
 
@@ -95,8 +95,10 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
     check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
     w = config.alignment_weight if alignment_weight is None else alignment_weight
     if loss is None:
+        objective = Objective(X, widths, k)
+
         def loss(Ps, Rs):
-            return mean_loss(blocks, Ps, Rs, w)
+            return objective(P, R, w)  # Ps and Rs are views of P and R
 
     if retract is not None:
         retract(Ps, Rs)
