@@ -282,6 +282,18 @@ def test_cca_redimensions_and_keeps_other_models():
     assert untouched[0].shape == (6, 3)
 
 
+def test_canonicalising_the_closed_form_changes_nothing_but_signs():
+    from latentspace._cca import canonicalise, fit_cca
+
+    Xs = correlated((6, 5, 4), 300, seed=30)
+    stats = accumulate([X - X.mean(axis=0) for X in Xs])
+    Ps, agreement = fit_cca(stats, 3, 0.1)
+    again, agreement2 = canonicalise(stats, Ps, 3, 0.1)
+    assert_allclose(agreement2, agreement, rtol=1e-9)
+    for P, Q in zip(Ps, again):
+        assert_allclose(_match_signs(P, Q), P, rtol=1e-7, atol=1e-9)
+
+
 # ----------------------------------------------------------------- objectives
 
 

@@ -26,6 +26,8 @@ The maths, with ``r_m = regularization * trace(G_mm) / d_m``:
 - Agreement: the correlations ``rho_mlj = p_mj.T G_ml p_lj`` of every pair are
   summarised by non-negative loadings ``a_mj`` of a one-factor model,
   ``rho_mlj ~ a_mj a_lj`` (for two models ``a_1j = a_2j = sqrt(rho_j)``).
+  ``rho`` is a regularised correlation (the variances in its denominator
+  include the ridge), which discounts directions of little variance.
   Dimensions are sorted by the mean pairwise correlation, and column ``j`` of
   ``P_m`` is ``p_mj * a_mj ** 2``: the similarity of models ``m`` and ``l``
   then weights dimension ``j`` by about ``rho_mlj ** 2``, and for two models
@@ -252,8 +254,11 @@ def canonicalise(stats, projections, n_components, regularization):
     """Re-express trained projections in the agreement-ordered, weighted basis.
 
     Runs the closed form on the latents ``Z_m = X_m P_m`` (their Gram is
-    ``P_m.T G_ml P_l``) and composes: the latent subspaces of the models are
-    kept, and within them the basis is the one `fit_cca` would choose.
+    ``P_m.T G_ml P_l``, with the ridge ``r_m P_m.T P_m`` on the diagonal
+    blocks, so that the metric is that of `fit_cca`) and composes: the latent
+    subspaces of the models are kept, and within them the basis is the one
+    `fit_cca` would choose. Applied to `fit_cca`'s own projections it changes
+    nothing but signs.
 
     Returns
     -------
@@ -264,10 +269,14 @@ def canonicalise(stats, projections, n_components, regularization):
 
     def grams(m, l):
         if (m, l) not in latent_grams:
-            latent_grams[m, l] = projections[m].T @ stats.block(m, l) @ projections[l]
+            P, Q = projections[m], projections[l]
+            G = P.T @ stats.block(m, l) @ Q
+            if m == l:  # the ridge of the data space, seen from the latents
+                G = G + _ridge(stats.block(m, m), regularization) * (P.T @ P)
+            latent_grams[m, l] = G
         return latent_grams[m, l]
 
     widths = [P.shape[1] for P in projections]
-    directions, rho = canonical_directions(grams, widths, n_components, regularization)
+    directions, rho = canonical_directions(grams, widths, n_components, 0.0)
     inner, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
     return [P @ A for P, A in zip(projections, inner)], agreement
