@@ -477,3 +477,122 @@ class LatentSpace:
         from . import _io
 
         _io.setstate(self, state)
+
+    def search(
+        self, source, queries, target, gallery, *, k=10, method="csls", csls_k=10,
+        batch_size=None,
+    ):
+        """The ``k`` items of ``gallery`` (model ``target``) that best match
+        each of ``queries`` (model ``source``), best first.
+
+        Queries and gallery are projected into the space and compared by
+        cosine similarity or by CSLS (cross-domain similarity local scaling,
+        Conneau et al. 2018), which corrects hubness:
+        ``CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y)``, with ``r_T(x)`` the
+        mean cosine of query ``x`` to its ``csls_k`` nearest gallery items and
+        ``r_S(y)`` that of gallery item ``y`` to its ``csls_k`` nearest
+        queries (the batch of queries is the source reference set; an
+        `index` can hold a fixed reference sample instead). Scores are
+        computed in blocks of query rows (BLAS GEMM, top-k by
+        ``np.argpartition``): the full ``n_queries x n_gallery`` matrix is
+        never built. For a gallery searched repeatedly, build an `index`.
+
+        Parameters
+        ----------
+        source : str
+            The model that embedded ``queries``.
+        queries : array-like of shape (n_queries, d_source) or (d_source,)
+        target : str
+            The model that embedded ``gallery``.
+        gallery : array-like of shape (n_gallery, d_target)
+        k : int, default=10
+            Hits per query (at most ``n_gallery``).
+        method : {"csls", "cosine"}, default="csls"
+        csls_k : int, default=10
+            Neighbourhood size of CSLS.
+        batch_size : int, optional
+            Query rows per block of scores; by default about 32 MiB of scores.
+
+        Returns
+        -------
+        SearchResult
+            A named tuple ``(indices, scores)``: gallery rows (int64) and
+            scores, shapes ``(n_queries, k)`` (``(k,)`` for one query vector).
+
+        Raises
+        ------
+        KeyError
+            If a model is not registered.
+        ValueError, TypeError
+            If an array has the wrong shape, holds NaN or Inf, or a parameter
+            is out of range.
+        """
+        from . import _search
+
+        return _search.search(
+            self, source, queries, target, gallery, k=k, method=method,
+            csls_k=csls_k, batch_size=batch_size,
+        )
+
+    def index(self, target, gallery, *, references=None, csls_k=10, batch_size=None):
+        """A `GalleryIndex` of ``gallery`` (model ``target``) for repeated search.
+
+        The gallery is projected and normalised once, with the current
+        weights (retraining the space later does not change the index).
+
+        Parameters
+        ----------
+        target : str
+        gallery : array-like of shape (n_gallery, d_target)
+        references : mapping of str to array-like, optional
+            Reference samples of source models for CSLS, ``{source: (n_ref,
+            d_source) items}``; see `GalleryIndex.add_reference`. A source
+            without one uses each batch of queries as its reference set.
+        csls_k : int, default=10
+        batch_size : int, optional
+
+        Returns
+        -------
+        GalleryIndex
+            Its ``search(source, queries, k=10, method="csls")`` returns a
+            `SearchResult`; it may be called from many threads at once.
+        """
+        from . import _search
+
+        index = _search.GalleryIndex(
+            self, target, gallery, csls_k=csls_k, batch_size=batch_size
+        )
+        for source, features in (references or {}).items():
+            index.add_reference(source, features)
+        return index
+
+    def evaluate(self, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
+        """Cross-model retrieval and reconstruction scores on aligned data.
+
+        For every ordered pair of models ``A -> B``: the top-``k`` accuracy
+        and mean reciprocal rank with which an item embedded by ``A`` finds
+        the same item among all items embedded by ``B`` (by `search`'s
+        ``method``), and the R^2 of ``translate(A, B, x_A)``; for every model
+        the R^2 of its reconstruction. See `latentspace.metrics`.
+
+        Parameters
+        ----------
+        data : mapping of str to array-like of shape (n, d_m)
+            Aligned held-out items (row ``i`` of every array is one item).
+        k : int or sequence of int, default=(1, 10)
+        method : {"csls", "cosine"}, default="csls"
+        csls_k : int, default=10
+        batch_size : int, optional
+
+        Returns
+        -------
+        latentspace.metrics.Evaluation
+            ``.retrieval[(a, b)]["top1"]``, ``.mean("top1")``,
+            ``.reconstruction_r2[name]``, ``.to_dict()``; printing it shows a
+            table.
+        """
+        from . import metrics
+
+        return metrics.evaluate(
+            self, data, k=k, method=method, csls_k=csls_k, batch_size=batch_size
+        )
