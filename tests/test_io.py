@@ -154,6 +154,7 @@ def test_config_with_unserialisable_values():
     record = _io.config_record({"callback": print, "tol": float("nan"), "n": 2})
     json.dumps(record)
     assert record["n"] == 2 and record["tol"] == "nan"
+    assert record["callback"] is None
     with pytest.raises(TypeError, match="config must be"):
         _io.config_record(3)
 

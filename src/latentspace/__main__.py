@@ -1,16 +1,43 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Command line: ``python -m latentspace demo [options]``.
+"""Command line: ``python -m latentspace COMMAND [options]``.
 
-Run ``python -m latentspace demo --help`` for what the demo does and its options.
+Run ``python -m latentspace --help`` for the commands, and
+``python -m latentspace COMMAND --help`` for each one's options.
 """
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+import time
 
 from . import __version__
 
 __all__ = ["main"]
+
+_DESCRIPTION = """\
+latentspace: one shared latent space for embeddings from many models.
+
+You have embeddings of the same items from several models (say a 384-d and a
+768-d text encoder). `train` learns one shared space from them and saves it to
+a file; the other commands use that file to map new embeddings into the space
+(`project`), from one model's embeddings to another's (`translate`), to find
+the items of one model that match queries of another (`search`) and to score
+how well the models line up (`evaluate`).
+
+Embeddings are read from NumPy files: .npy (one 2-D array, one row per item)
+or .npz (one array, or FILE.npz:KEY for one of several). Models are named on
+the command line as NAME=FILE; row i of every training file must describe the
+same item.
+
+example:
+  python -m latentspace train space.npz small=small.npy large=large.npy --dim 64
+  python -m latentspace info space.npz
+  python -m latentspace search space.npz small=queries.npy large=gallery.npy -k 5
+  python -m latentspace evaluate space.npz small=test_small.npy large=test_large.npy
+  python -m latentspace demo            # see it work on real data (scikit-learn)
+"""
 
 _DEMO_HELP = "align three models of handwritten digits in one latent space"
 
@@ -34,45 +61,532 @@ Needs scikit-learn: pip install "latentspace[demo]"
 """
 
 
+class UsageError(Exception):
+    """A bad file or argument: reported in one line, exit code 2."""
+
+
+# ------------------------------------------------------------ argument types
+
+
 def _positive_int(text):
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
 def _positive_float(text):
-    value = float(text)
+    value = _float(text)
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _non_negative_float(text):
-    value = float(text)
+    value = _float(text)
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
 
 
 def _fraction(text):
-    value = float(text)
+    value = _float(text)
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m latentspace",
-        description="latentspace: one shared latent space for embeddings from "
-        "many models.",
+def _model_file(text):
+    """``NAME=FILE`` -> ``(name, file)``."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=FILE (a model name, '=', a .npy/.npz file), got {text!r}"
+        )
+    return name, path
+
+
+# ----------------------------------------------------------------- file I/O
+
+
+def _read_matrix(spec, what):
+    """The 2-D array of ``FILE.npy``, ``FILE.npz`` or ``FILE.npz:KEY``."""
+    import numpy as np
+
+    path, key = spec, None
+    if not os.path.exists(path) and ".npz:" in spec:
+        path, _, key = spec.rpartition(":")
+    if not os.path.exists(path):
+        raise UsageError(f"{what}: no such file {path!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"{what}: {path!r} is a directory, not a .npy/.npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise UsageError(
+            f"{what}: {path!r} is not a readable NumPy .npy/.npz file ({exc})"
+        ) from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            keys = loaded.files
+            if key is None:
+                if len(keys) != 1:
+                    raise UsageError(
+                        f"{what}: {path!r} holds {len(keys)} arrays "
+                        f"({', '.join(keys[:8]) or 'none'}); pick one as "
+                        f"{path}:KEY"
+                    )
+                key = keys[0]
+            if key not in keys:
+                raise UsageError(
+                    f"{what}: {path!r} has no array {key!r} "
+                    f"(it holds {', '.join(keys[:8]) or 'none'})"
+                )
+            try:
+                array = loaded[key]
+            except (ValueError, OSError, EOFError) as exc:
+                raise UsageError(f"{what}: cannot read {spec!r} ({exc})") from None
+    elif key is not None:
+        raise UsageError(f"{what}: {path!r} is a .npy file; drop ':{key}'")
+    else:
+        array = loaded
+    if array.ndim != 2:
+        raise UsageError(
+            f"{what}: {spec!r} must be a 2-D array (one row per item), "
+            f"got shape {array.shape}"
+        )
+    if array.dtype.kind not in "iuf":
+        raise UsageError(
+            f"{what}: {spec!r} must hold real numbers, got dtype {array.dtype}"
+        )
+    return array
+
+
+def _read_models(pairs):
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise UsageError(f"model {repeated[0]!r} is given twice")
+    return {name: _read_matrix(path, f"model {name!r}") for name, path in pairs}
+
+
+def _load_space(path):
+    from ._space import LatentSpace
+
+    if not os.path.exists(path):
+        raise UsageError(f"no such space file {path!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"{path!r} is a directory, not a saved space")
+    return LatentSpace.load(path)
+
+
+def _check_models(space, names):
+    """Raise the library's error for the first name ``space`` does not have."""
+    for name in names:
+        space.offset(name)  # UnknownModelError naming the registered models
+
+
+def _check_width(space, name, array, what):
+    width = space.models[name]
+    if array.shape[1] != width:
+        raise UsageError(
+            f"{what} for model {name!r} must have shape (n, {width}), got shape "
+            f"{array.shape}"
+        )
+
+
+def _write_output(path, arrays):
+    """Save one array (``.npy``) or several (``.npz``) at ``path``."""
+    import numpy as np
+
+    _check_writable(path)
+    if path.endswith(".npz"):
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+    else:
+        if len(arrays) != 1:
+            raise UsageError(f"{path!r}: several arrays need a .npz output file")
+        with open(path, "wb") as file:
+            np.save(file, next(iter(arrays.values())))
+
+
+class _Reporter:
+    """Progress lines on stderr (silenced by --quiet)."""
+
+    def __init__(self, command, quiet):
+        self.command, self.quiet = command, quiet
+        self.started = time.perf_counter()
+
+    def __call__(self, message):
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.started
+            print(f"[{elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _config_fields():
+    from ._config import ProjectionConfig
+
+    return {field.name: field for field in dataclasses.fields(ProjectionConfig)}
+
+
+# Optional training flags: ProjectionConfig field -> (flag, type, help). Only
+# the fields this version of the library has become options.
+_TRAINING_FLAGS = {
+    "solver": ("--solver", str, "training algorithm (default: %(default)s)"),
+    "objective": ("--objective", str, "loss the gradient solvers minimise"),
+    "init": ("--init", str, "starting weights (default: %(default)s)"),
+    "regularization": (
+        "--regularization",
+        _non_negative_float,
+        "ridge of the closed-form solutions (default: %(default)s)",
+    ),
+    "batch_size": (
+        "--batch-size",
+        _positive_int,
+        "rows per mini-batch (default: %(default)s)",
+    ),
+    "tol": ("--tol", _non_negative_float, "early-stopping tolerance"),
+}
+
+
+def _choices(field):
+    """The allowed values of a string field, from the library's registries."""
+    try:
+        from . import _solvers
+    except ImportError:
+        return None
+    registry = {
+        "solver": getattr(_solvers, "SOLVERS", None),
+        "objective": getattr(_solvers, "OBJECTIVES", None),
+        "init": getattr(_solvers, "INITS", None),
+    }.get(field)
+    return None if registry is None else list(registry)
+
+
+def _add_training_options(parser):
+    fields = _config_fields()
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--dim",
+        type=_positive_int,
+        default=64,
+        help="dimension of the shared latent space (default: %(default)s)",
     )
-    parser.add_argument(
-        "--version", action="version", version=f"latentspace {__version__}"
+    group.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=fields["n_epochs"].default,
+        help="passes over the data (default: %(default)s)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.required = True
+    group.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=fields["learning_rate"].default,
+        help="initial step size of SGD; lower it if training diverges "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--alignment-weight",
+        type=_non_negative_float,
+        default=fields["alignment_weight"].default,
+        help="weight of pulling the models' latents together, relative to "
+        "reconstructing each model's features (default: %(default)s)",
+    )
+    for name, (flag, kind, text) in _TRAINING_FLAGS.items():
+        if name not in fields:
+            continue
+        default = fields[name].default
+        choices = _choices(name) if kind is str else None
+        group.add_argument(
+            flag,
+            type=kind,
+            default=default,
+            choices=choices,
+            dest=name,
+            help=text,
+        )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="seed of the initial weights (default: %(default)s)",
+    )
+    group.add_argument(
+        "--dtype",
+        choices=["float64", "float32"],
+        default="float64",
+        help="precision of the weights (default: %(default)s)",
+    )
+    group.add_argument(
+        "--continue",
+        dest="resume",
+        metavar="SPACE",
+        help="start from the weights of a saved space instead of a new one",
+    )
+
+
+def _training_progress(report, n_epochs):
+    """A ``callback(state)`` printing a line at most every 2 seconds."""
+    last = [0.0]
+
+    def callback(state):
+        now = time.perf_counter()
+        iteration = getattr(state, "iteration", None)
+        if now - last[0] >= 2.0 or iteration == n_epochs:
+            last[0] = now
+            loss = getattr(state, "loss", None)
+            report(
+                f"iteration {iteration}/{n_epochs}"
+                + (f", loss {loss:.6g}" if isinstance(loss, float) else "")
+            )
+        return False
+
+    return callback
+
+
+def _check_writable(path):
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write {path!r}: no directory {directory!r}")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot write {path!r}: it is a directory")
+
+
+def _train(args, report):
+    from ._space import LatentSpace
+
+    _check_writable(args.space)  # before training, not after
+    data = _read_models(args.models)
+    if len(data) < 2:
+        raise UsageError("train needs at least two models (NAME=FILE NAME=FILE ...)")
+    counts = {name: len(array) for name, array in data.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name}: {n}" for name, n in counts.items())
+        raise UsageError(
+            f"the training files must have the same number of rows (row i of "
+            f"every file is item i), got {listed}"
+        )
+    if args.resume:
+        space = _load_space(args.resume)
+        for name, array in data.items():
+            if name not in space.models:
+                space.register(name, array.shape[1])
+        dim = space.dim
+    else:
+        space = LatentSpace(args.dim, dtype=args.dtype, seed=args.seed)
+        for name, array in data.items():
+            space.register(name, array.shape[1])
+        dim = args.dim
+    fields = _config_fields()
+    options = {
+        "n_epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "alignment_weight": args.alignment_weight,
+    }
+    options.update(
+        (name, getattr(args, name)) for name in _TRAINING_FLAGS if name in fields
+    )
+    if "callback" in fields and not args.quiet:
+        options["callback"] = _training_progress(report, args.epochs)
+    shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
+    report(
+        f"training a {dim}-d space on {len(next(iter(data.values())))} items "
+        f"({shapes}), {args.epochs} epochs"
+    )
+    result = space.train_projections(data, **options)
+    space.save(args.space, config=result)
+    report(f"saved {args.space}")
+    print(
+        f"trained {space!r} in {result.seconds:.2f} s: {result.n_epochs} "
+        f"iterations, mean loss per item {result.initial_loss:.6g} -> "
+        f"{result.final_loss:.6g}; saved to {args.space}"
+    )
+    return 0
+
+
+def _info(args, report):
+    from ._io import read_header
+
+    if not os.path.exists(args.space):
+        raise UsageError(f"no such space file {args.space!r}")
+    header = read_header(args.space)
+    if args.json:
+        print(json.dumps(header, indent=2))
+        return 0
+    print(
+        f"{args.space}: latentspace file format {header['version']} "
+        f"(written by latentspace {header.get('library_version', '?')})"
+    )
+    print(f"  space   dim={header['dim']}, dtype={header['dtype']}")
+    print(f"  models  {len(header['models'])}, in registration order:")
+    for model in header["models"]:
+        offset = ", with input offset" if model["offset"] else ""
+        print(f"    {model['name']:<20} input_dim={model['input_dim']}{offset}")
+    config = header.get("config")
+    if config:
+        shown = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+        print(f"  trained with {shown}")
+    return 0
+
+
+def _project(args, report):
+    space = _load_space(args.space)
+    features = _read_matrix(args.input, "input")
+    latent = space.project(args.model, features)
+    _write_output(args.output, {"latent": latent})
+    print(f"projected {len(latent)} items of {args.model!r}: {args.output} "
+          f"{latent.shape}")
+    return 0
+
+
+def _translate(args, report):
+    space = _load_space(args.space)
+    features = _read_matrix(args.input, "input")
+    out = space.translate(args.source, args.target, features)
+    _write_output(args.output, {"features": out})
+    print(f"translated {len(out)} items {args.source!r} -> {args.target!r}: "
+          f"{args.output} {out.shape}")
+    return 0
+
+
+def _search(args, report):
+    space = _load_space(args.space)
+    (source, queries_file), (target, gallery_file) = args.queries, args.gallery
+    _check_models(space, [source, target])
+    queries = _read_matrix(queries_file, "queries")
+    gallery = _read_matrix(gallery_file, "gallery")
+    _check_width(space, source, queries, "queries")
+    _check_width(space, target, gallery, "gallery")
+    report(f"indexing {len(gallery)} items of {target!r}")
+    references = None
+    if args.reference:
+        references = {source: _read_matrix(args.reference, "reference")}
+    index = space.index(target, gallery, references=references, csls_k=args.csls_k)
+    report(f"searching {len(queries)} queries of {source!r} ({args.method})")
+    indices, scores = index.search(source, queries, k=args.k, method=args.method)
+    report("done")
+    if args.output:
+        _write_output(args.output, {"indices": indices, "scores": scores})
+        print(
+            f"top {indices.shape[1]} of {len(gallery)} items for {len(queries)} "
+            f"queries: {args.output} (arrays 'indices' and 'scores', one row per "
+            "query, best first)"
+        )
+        return 0
+    shown = min(len(indices), args.show)
+    for i in range(shown):
+        hits = ", ".join(f"{j} ({s:.3f})" for j, s in zip(indices[i], scores[i]))
+        print(f"query {i}: {hits}")
+    if shown < len(indices):
+        print(f"... {len(indices) - shown} more queries; use -o FILE.npz to save all")
+    return 0
+
+
+def _evaluate(args, report):
+    space = _load_space(args.space)
+    _check_models(space, [name for name, _ in args.models])
+    data = _read_models(args.models)
+    for name, array in data.items():
+        _check_width(space, name, array, "data")
+    counts = {len(array) for array in data.values()}
+    if len(counts) > 1:
+        raise UsageError("the evaluation files must have the same number of rows")
+    report(f"evaluating {len(data)} models on {counts.pop()} items ({args.method})")
+    result = space.evaluate(data, k=args.k, method=args.method)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0
+
+
+def _bench(args, report):
+    import platform
+
+    import numpy as np
+
+    from ._space import LatentSpace
+
+    rng = np.random.default_rng(0)
+    space = LatentSpace(args.dim, dtype=args.dtype)
+    space.register("a", args.width)
+    space.register("b", args.width)
+    X = rng.normal(size=(args.size, args.width)).astype(args.dtype)
+    x = np.ascontiguousarray(X[0])
+
+    def median(fn, repeats):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return float(np.median(times))
+
+    print(
+        f"latentspace {__version__}, numpy {np.__version__}, Python "
+        f"{platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus"
+    )
+    print(
+        f"quick, indicative timings (median of a few runs, random weights, "
+        f"dim={args.dim}, width={args.width}, {args.dtype}); other load on the "
+        "machine changes them"
+    )
+    one = median(lambda: space.project("a", x), 2000)
+    print(f"  project, one vector        {one * 1e6:10.1f} us")
+    batch = median(lambda: space.project("a", X), 5)
+    print(f"  project, {args.size} rows  {batch * 1e3:10.2f} ms  "
+          f"({args.size / batch:,.0f} rows/s)")
+    index = space.index("b", X)
+    for method in ("cosine", "csls"):
+        seconds = median(lambda: index.search("a", X, k=10, method=method), 3)
+        print(f"  search {args.size} x {args.size}, top 10, {method:<6} "
+              f"{seconds:8.3f} s  ({args.size / seconds:,.0f} queries/s)")
+    print(
+        "For the full benchmarks (against NumPy, with the machine's details), "
+        "from a source checkout:\n  python benchmarks/bench_core.py\n"
+        "  python benchmarks/bench_search.py"
+    )
+    return 0
+
+
+def _demo(args, report):
+    from ._demo import INSTALL_HINT, MissingDependencyError, format_report, run
+    from ._exceptions import TrainingDivergedError
+
+    try:
+        numbers = run(
+            seed=args.seed,
+            dim=args.dim,
+            n_epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            alignment_weight=args.alignment_weight,
+            test_size=args.test_size,
+            latency_calls=args.latency_calls,
+        )
+    except MissingDependencyError:
+        print(f"latentspace demo: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    except TrainingDivergedError as exc:
+        print(f"latentspace demo: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(numbers, indent=2) if args.json else format_report(numbers))
+    return 0
+
+
+# -------------------------------------------------------------------- parser
+
+
+def _add_demo(commands):
     demo = commands.add_parser(
         "demo",
         help=_DEMO_HELP,
@@ -129,6 +643,202 @@ def _parser():
         action="store_true",
         help="print the numbers as JSON instead of the table",
     )
+    demo.set_defaults(run=_demo)
+
+
+def _command(commands, name, help, description, run):
+    parser = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _add_method(parser, default="csls"):
+    parser.add_argument(
+        "--method",
+        choices=["csls", "cosine"],
+        default=default,
+        help="how items are compared in the space: cosine similarity, or CSLS "
+        "(cosine corrected for hubs, items that are close to everything) "
+        "(default: %(default)s)",
+    )
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m latentspace",
+        description=_DESCRIPTION,
+        formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(
+            prog, max_help_position=32
+        ),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"latentspace {__version__}"
+    )
+    commands = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND"
+    )
+    commands.required = True
+
+    train = _command(
+        commands,
+        "train",
+        "train a shared space from aligned embeddings and save it",
+        "Register one model per NAME=FILE, train the shared space on the files "
+        "(row i of every\nfile is the same item) and save it to SPACE (.npz). "
+        "Progress goes to stderr.\n\nexample:\n  python -m latentspace train "
+        "space.npz small=small.npy large=large.npy --dim 64",
+        _train,
+    )
+    train.add_argument("space", metavar="SPACE", help="the .npz file to write")
+    train.add_argument(
+        "models",
+        metavar="NAME=FILE",
+        nargs="+",
+        type=_model_file,
+        help="a model's name and its embeddings of the training items (.npy, "
+        ".npz or FILE.npz:KEY), at least two",
+    )
+    _add_training_options(train)
+
+    info = _command(
+        commands,
+        "info",
+        "show what a saved space holds",
+        "Check a saved space (checksum included) and print its dimension, "
+        "models and training configuration.",
+        _info,
+    )
+    info.add_argument("space", metavar="SPACE")
+    info.add_argument("--json", action="store_true", help="print the raw header")
+
+    project = _command(
+        commands,
+        "project",
+        "map embeddings of one model into the shared space",
+        "Write INPUT's rows, embeddings of MODEL, mapped into the space "
+        "(n x dim) to OUTPUT.\n\nexample:\n  python -m latentspace project "
+        "space.npz small new_items.npy -o latent.npy",
+        _project,
+    )
+    project.add_argument("space", metavar="SPACE")
+    project.add_argument("model", metavar="MODEL")
+    project.add_argument("input", metavar="INPUT", help=".npy/.npz, one row per item")
+    project.add_argument(
+        "-o", "--output", required=True, help="the .npy file to write"
+    )
+
+    translate = _command(
+        commands,
+        "translate",
+        "map embeddings of one model to another model's embeddings",
+        "Write INPUT's rows, embeddings of SOURCE, as TARGET would embed them "
+        "(through the\nshared space) to OUTPUT.\n\nexample:\n  python -m "
+        "latentspace translate space.npz small large items.npy -o as_large.npy",
+        _translate,
+    )
+    translate.add_argument("space", metavar="SPACE")
+    translate.add_argument("source", metavar="SOURCE")
+    translate.add_argument("target", metavar="TARGET")
+    translate.add_argument("input", metavar="INPUT")
+    translate.add_argument(
+        "-o", "--output", required=True, help="the .npy file to write"
+    )
+
+    search = _command(
+        commands,
+        "search",
+        "find the items of one model that match queries of another",
+        "For every query (rows of the SOURCE file), find the K best items of "
+        "the gallery (rows of\nthe TARGET file) in the shared space. Prints "
+        "the first hits as 'row (score)', or saves\nall of them with -o.\n\n"
+        "example:\n  python -m latentspace search space.npz small=queries.npy "
+        "large=gallery.npy -k 5\n  python -m latentspace search space.npz "
+        "small=queries.npy large=gallery.npy -o hits.npz",
+        _search,
+    )
+    search.add_argument("space", metavar="SPACE")
+    search.add_argument(
+        "queries", metavar="SOURCE=QUERIES", type=_model_file,
+        help="the queries' model and file",
+    )
+    search.add_argument(
+        "gallery", metavar="TARGET=GALLERY", type=_model_file,
+        help="the gallery's model and file",
+    )
+    search.add_argument(
+        "-k", type=_positive_int, default=10, help="hits per query (default: 10)"
+    )
+    _add_method(search)
+    search.add_argument(
+        "--csls-k", type=_positive_int, default=10,
+        help="neighbourhood size of CSLS (default: %(default)s)",
+    )
+    search.add_argument(
+        "--reference",
+        metavar="FILE",
+        help="typical items of SOURCE that CSLS uses as reference set (default: "
+        "the queries)",
+    )
+    search.add_argument(
+        "-o", "--output", help="save 'indices' and 'scores' to this .npz file"
+    )
+    search.add_argument(
+        "--show", type=_positive_int, default=20,
+        help="queries printed without -o (default: %(default)s)",
+    )
+
+    evaluate = _command(
+        commands,
+        "evaluate",
+        "score how well a saved space aligns its models",
+        "On held-out aligned items (row i of every file is the same item): for "
+        "every ordered\npair of models A -> B, how often an item of A finds "
+        "the same item among all items of B\n(top-k accuracy, mean reciprocal "
+        "rank), and how well every model is reconstructed\nfrom the space "
+        "(R^2).\n\nexample:\n  python -m latentspace evaluate space.npz "
+        "small=test_small.npy large=test_large.npy",
+        _evaluate,
+    )
+    evaluate.add_argument("space", metavar="SPACE")
+    evaluate.add_argument(
+        "models", metavar="NAME=FILE", nargs="+", type=_model_file,
+        help="held-out embeddings of registered models",
+    )
+    evaluate.add_argument(
+        "-k", type=_positive_int, nargs="+", default=[1, 10],
+        help="top-k cut-offs (default: 1 10)",
+    )
+    _add_method(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+
+    bench = _command(
+        commands,
+        "bench",
+        "quick timings of project and search on this machine",
+        "A few seconds of indicative timings on random data: project (one "
+        "vector, a batch)\nand search. The full benchmarks live in the source "
+        "checkout's benchmarks/ folder.",
+        _bench,
+    )
+    bench.add_argument(
+        "--size", type=_positive_int, default=5000,
+        help="items (rows) of the batch and of the search (default: %(default)s)",
+    )
+    bench.add_argument("--dim", type=_positive_int, default=64)
+    bench.add_argument("--width", type=_positive_int, default=256)
+    bench.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+
+    _add_demo(commands)
+    for name, sub in commands.choices.items():
+        if name != "demo":
+            sub.add_argument(
+                "-q", "--quiet", action="store_true", help="no progress on stderr"
+            )
     return parser
 
 
@@ -138,32 +848,33 @@ def main(argv=None):
     Returns
     -------
     int
-        0 on success, 1 if training diverged, 2 on a usage error or a missing
-        optional dependency.
+        0 on success, 1 if training diverged, 2 on a usage error (bad
+        arguments or files) or a missing optional dependency, 130 if
+        interrupted.
     """
     args = _parser().parse_args(argv)
-    # Imported here so that --help works without scikit-learn.
-    from ._demo import INSTALL_HINT, MissingDependencyError, format_report, run
+    if args.command == "demo":
+        return _demo(args, None)
+    report = _Reporter(args.command, args.quiet)
     from ._exceptions import TrainingDivergedError
 
+    prefix = f"latentspace {args.command}: error:"
     try:
-        numbers = run(
-            seed=args.seed,
-            dim=args.dim,
-            n_epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            alignment_weight=args.alignment_weight,
-            test_size=args.test_size,
-            latency_calls=args.latency_calls,
-        )
-    except MissingDependencyError:
-        print(f"latentspace demo: {INSTALL_HINT}", file=sys.stderr)
-        return 2
+        return args.run(args, report)
     except TrainingDivergedError as exc:
-        print(f"latentspace demo: {exc}", file=sys.stderr)
+        print(f"{prefix} {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(numbers, indent=2) if args.json else format_report(numbers))
-    return 0
+    except KeyboardInterrupt:
+        print(f"latentspace {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except ImportError as exc:  # a missing optional dependency
+        print(f"{prefix} {exc}", file=sys.stderr)
+        return 2
+    except (UsageError, OSError, ValueError, TypeError, KeyError) as exc:
+        # SpaceFileError, UnknownModelError and InvalidParameterError included.
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{prefix} {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

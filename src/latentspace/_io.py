@@ -70,7 +70,10 @@ def _array_key(index, what):
 
 
 def _jsonable(value):
-    """``value`` if JSON can hold it faithfully, else its repr (e.g. a callback)."""
+    """``value`` if JSON can hold it faithfully, else its repr; None for a
+    callable (a callback says nothing about the weights)."""
+    if value is None or callable(value):
+        return None
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):

@@ -1,0 +1,277 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The command line, ``python -m latentspace`` (`latentspace.__main__`).
+
+Most tests call `main` in-process (fast); a few run the real command in a
+subprocess, in a temporary folder, end to end.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from latentspace import LatentSpace
+from latentspace.__main__ import main
+
+
+def _aligned(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    items = rng.normal(size=(n, 4))
+    a = items @ rng.normal(size=(4, 6))
+    b = items @ rng.normal(size=(4, 9))
+    return a / np.sqrt((a**2).sum(1).mean()), b / np.sqrt((b**2).sum(1).mean())
+
+
+@pytest.fixture
+def files(tmp_path):
+    a, b = _aligned()
+    np.save(tmp_path / "a.npy", a)
+    np.savez(tmp_path / "b.npz", b=b)
+    np.savez(tmp_path / "both.npz", a=a, b=b)
+    return tmp_path
+
+
+@pytest.fixture
+def trained(files, capsys):
+    argv = [
+        "train", str(files / "space.npz"), f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}", "--dim", "4", "--epochs", "5", "--quiet",
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    return files
+
+
+def _run(argv, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "latentspace", *argv],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _error(capsys, argv, code=2):
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err  # one line, no traceback
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_end_to_end_in_a_subprocess(files):
+    done = _run(
+        ["train", "space.npz", "a=a.npy", "b=both.npz:b", "--dim", "4",
+         "--epochs", "20", "--learning-rate", "0.05"],
+        files,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "saved to space.npz" in done.stdout
+    assert "training a 4-d space on 40 items" in done.stderr  # progress
+    space = LatentSpace.load(files / "space.npz")
+    assert space.models == {"a": 6, "b": 9} and space.dim == 4
+
+    done = _run(["search", "space.npz", "a=a.npy", "b=b.npz", "-k", "3",
+                 "-o", "hits.npz", "-q"], files)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    with np.load(files / "hits.npz") as hits:
+        a, b = _aligned()
+        expected = space.search("a", a, "b", b, k=3)
+        np.testing.assert_array_equal(hits["indices"], expected.indices)
+        np.testing.assert_array_equal(hits["scores"], expected.scores)
+
+    done = _run(["search", "space.npz", "a=a.npy", "b=missing.npy"], files)
+    assert done.returncode == 2
+    assert done.stdout == "" and "Traceback" not in done.stderr
+    assert "no such file 'missing.npy'" in done.stderr
+
+
+def test_help_is_for_newcomers(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("train", "project", "translate", "search", "evaluate",
+                    "bench", "demo", "info"):
+        assert f"    {command}" in out
+    assert "NAME=FILE" in out and "example" in out
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "info", "project", "translate", "search", "evaluate", "bench"]
+)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: python -m latentspace " + command in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_train_records_the_configuration(trained, capsys):
+    assert main(["info", str(trained / "space.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "dim=4" in out and "input_dim=6" in out and "n_epochs=5" in out
+    assert main(["info", str(trained / "space.npz"), "--json"]) == 0
+    header = json.loads(capsys.readouterr().out)
+    assert header["config"]["n_epochs"] == 5
+
+
+def test_train_matches_the_library(trained):
+    a, b = _aligned()
+    space = LatentSpace(4, seed=42)
+    space.register("a", 6)
+    space.register("b", 9)
+    space.train_projections({"a": a, "b": b}, n_epochs=5)
+    saved = LatentSpace.load(trained / "space.npz")
+    for name in ("a", "b"):
+        for x, y in zip(space.weights(name), saved.weights(name)):
+            assert x.tobytes() == y.tobytes()
+
+
+def test_train_continues_a_saved_space(trained, capsys):
+    out = trained / "more.npz"
+    argv = ["train", str(out), f"a={trained / 'a.npy'}", f"b={trained / 'b.npz'}",
+            "--continue", str(trained / "space.npz"), "--epochs", "2", "-q"]
+    assert main(argv) == 0
+    before = LatentSpace.load(trained / "space.npz")
+    a, b = _aligned()
+    before.train_projections({"a": a, "b": b}, n_epochs=2)
+    after = LatentSpace.load(out)
+    assert after.weights("a")[0].tobytes() == before.weights("a")[0].tobytes()
+
+
+def test_project_and_translate(trained, capsys):
+    space = LatentSpace.load(trained / "space.npz")
+    a, _ = _aligned()
+    out = trained / "latent.npy"
+    assert main(["project", str(trained / "space.npz"), "a",
+                 str(trained / "a.npy"), "-o", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), space.project("a", a))
+    out = trained / "as_b.npy"
+    assert main(["translate", str(trained / "space.npz"), "a", "b",
+                 str(trained / "a.npy"), "-o", str(out)]) == 0
+    np.testing.assert_array_equal(np.load(out), space.translate("a", "b", a))
+    assert "translated 40 items" in capsys.readouterr().out
+
+
+def test_search_prints_hits(trained, capsys):
+    argv = ["search", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
+            f"b={trained / 'b.npz'}", "-k", "2", "--show", "3", "--method", "cosine"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("query 0: ") and len(lines) == 4
+    assert "37 more queries" in lines[-1]
+    assert "searching 40 queries" in captured.err
+    argv += ["--reference", str(trained / "a.npy"), "--method", "csls", "-q"]
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_evaluate_json(trained, capsys):
+    argv = ["evaluate", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
+            f"b={trained / 'b.npz'}", "--json", "-q"]
+    assert main(argv) == 0
+    numbers = json.loads(capsys.readouterr().out)
+    assert set(numbers["retrieval"]) == {"a -> b", "b -> a"}
+    assert numbers["method"] == "csls" and numbers["n_items"] == 40
+
+
+def test_evaluate_prints_a_table(trained, capsys):
+    argv = ["evaluate", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
+            f"b={trained / 'b.npz'}", "-k", "1", "5", "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "a -> b" in out and "top5" in out and "R^2" in out
+
+
+def test_bench_is_quick_and_honest(capsys):
+    assert main(["bench", "--size", "200", "--dim", "8", "--width", "16", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "indicative" in out and "benchmarks/bench_core.py" in out
+    assert "search 200 x 200" in out
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_bad_files_are_one_line_errors(trained, capsys):
+    space = str(trained / "space.npz")
+    a, b = f"a={trained / 'a.npy'}", f"b={trained / 'b.npz'}"
+    (trained / "junk.npy").write_bytes(b"not numpy at all")
+    (trained / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    np.save(trained / "vector.npy", np.ones(6))
+    np.save(trained / "text.npy", np.array([["x", "y"]]))
+    np.save(trained / "short.npy", np.ones((10, 9)))
+    cases = {
+        ("info", str(trained / "a.npy")): "not an .npz",
+        ("info", str(trained / "nothing.npz")): "no such space file",
+        ("info", str(trained / "bad.npz")): "cannot load",
+        ("search", space, f"a={trained / 'junk.npy'}", b): "not a readable NumPy",
+        ("search", space, f"a={trained / 'vector.npy'}", b): "must be a 2-D array",
+        ("search", space, f"a={trained / 'text.npy'}", b): "must hold real numbers",
+        ("search", space, f"a={trained / 'both.npz'}", b): "holds 2 arrays",
+        ("search", space, f"a={trained / 'both.npz'}:c", b): "has no array 'c'",
+        ("search", space, f"c={trained / 'a.npy'}", b): "'c' is not registered",
+        ("search", space, f"a={trained / 'b.npz'}", b): "must have shape",
+        ("train", str(trained / "x.npz"), a): "at least two models",
+        ("train", str(trained / "x.npz"), a, a): "given twice",
+        ("train", str(trained / "x.npz"), a, f"b={trained / 'short.npy'}"):
+            "same number of rows",
+        ("train", str(trained / "no" / "x.npz"), a, b): "no directory",
+        ("evaluate", space, a, f"b={trained / 'short.npy'}"): "same number of rows",
+        ("project", space, "a", str(trained / "b.npz"), "-o",
+         str(trained / "o.npy")): "must have shape",
+        ("project", space, "a", str(trained / "a.npy"), "-o",
+         str(trained / "no" / "o.npy")): "no directory",
+    }
+    for argv, message in cases.items():
+        err = _error(capsys, list(argv))
+        assert message in err, (argv, err)
+        assert err.startswith(f"latentspace {argv[0]}: error:"), err
+
+
+def test_bad_arguments_show_usage(capsys):
+    for argv in (["train"], ["search", "s.npz"], ["train", "s.npz", "a=x", "--dim", "0"],
+                 ["search", "s.npz", "a=x", "b=y", "--method", "l2"],
+                 ["evaluate", "s.npz", "a=x", "-k", "zero"], ["nonsense"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "usage:" in capsys.readouterr().err
+
+
+def test_model_without_file_shows_the_form(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "s.npz", "a=x.npy", "gallery.npy"])
+    assert exc.value.code == 2
+    assert "expected NAME=FILE" in capsys.readouterr().err
+
+
+def test_divergence_exits_1(files, capsys):
+    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
+            f"b={files / 'b.npz'}", "--learning-rate", "50", "--epochs", "3", "-q"]
+    err = _error(capsys, argv, code=1)
+    assert "diverged" in err
+    assert not os.path.exists(files / "s.npz")
+
+
+def test_invalid_training_option_is_a_usage_error(files, capsys):
+    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
+            f"b={files / 'b.npz'}", "--alignment-weight", "nan", "-q"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    capsys.readouterr()
