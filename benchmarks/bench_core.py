@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 import latentspace
 
 
-def _median_seconds(fn, repeats, number=1):
+def median_seconds(fn, repeats, number=1):
     """Median over ``repeats`` of the mean time of ``number`` calls of ``fn``."""
     times = []
     for _ in range(repeats):
@@ -68,7 +68,7 @@ def numpy_sgd_epoch(Xs, Ps, Rs, learning_rate, alignment_weight):
 def _rw_bandwidth(n_bytes, dtype, repeats):
     """Read+write bandwidth (bytes/s) of an in-place update of ``n_bytes``."""
     a = np.ones(n_bytes // np.dtype(dtype).itemsize, dtype)
-    seconds = _median_seconds(lambda: np.add(a, 1, out=a), repeats, number=20)
+    seconds = median_seconds(lambda: np.add(a, 1, out=a), repeats, number=20)
     return 2 * a.nbytes / seconds
 
 
@@ -83,14 +83,14 @@ def bench_sgd(repeats):
             for m, d in enumerate(widths):
                 space.register(f"m{m}", d)
             data = {f"m{m}": X for m, X in enumerate(Xs)}
-            ours = _median_seconds(
+            ours = median_seconds(
                 lambda: space.train_projections(data, n_epochs=epochs), repeats
             ) / epochs
             Ps = [np.asfortranarray(space.weights(f"m{m}")[0]) for m in range(2)]
             Rs = [np.asfortranarray(space.weights(f"m{m}")[1]) for m in range(2)]
             numpy_epochs = max(1, epochs // 20)
             with threadpool_limits(1, user_api="blas"):
-                ref = _median_seconds(
+                ref = median_seconds(
                     lambda: [
                         numpy_sgd_epoch(Xs, Ps, Rs, 0.01, 1.0)
                         for _ in range(numpy_epochs)
@@ -129,10 +129,10 @@ def bench_project(repeats):
             P = space.weights("m")[0]
             x = np.random.default_rng(0).standard_normal(d).astype(dtype)
             number = max(10, 200_000 // (d * k // 64))
-            ours = _median_seconds(lambda: space.project("m", x), repeats, number)
-            ref = _median_seconds(lambda: x @ P, repeats, number)
+            ours = median_seconds(lambda: space.project("m", x), repeats, number)
+            ref = median_seconds(lambda: x @ P, repeats, number)
             with threadpool_limits(1, user_api="blas"):
-                ref1 = _median_seconds(lambda: x @ P, repeats, number)
+                ref1 = median_seconds(lambda: x @ P, repeats, number)
             rows.append((np.dtype(dtype).name, f"({d}, {k})", ours * 1e6, ref * 1e6,
                          ours / ref, ref1 * 1e6, ours / ref1))
     print("\nproject() of one vector: microseconds per call (median of", repeats,

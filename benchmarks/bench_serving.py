@@ -21,16 +21,7 @@ import time
 import numpy as np
 
 import latentspace
-
-
-def _median_seconds(fn, repeats, number):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        times.append((time.perf_counter() - start) / number)
-    return statistics.median(times)
+from bench_core import median_seconds
 
 
 def _space(d, k, dtype=np.float64):
@@ -48,8 +39,8 @@ def bench_batch(repeats):
             space = _space(d, k, dtype)
             P = space.weights("a")[0]
             X = np.random.default_rng(0).standard_normal((1000, d)).astype(dtype)
-            ours = _median_seconds(lambda: space.project("a", X), repeats, 20)
-            ref = _median_seconds(lambda: X @ P, repeats, 20)
+            ours = median_seconds(lambda: space.project("a", X), repeats, 20)
+            ref = median_seconds(lambda: X @ P, repeats, 20)
             print(f"{np.dtype(dtype).name:<8} {f'({d}, {k})':<13} "
                   f"{1000 / ours / 1e6:>12.2f} {1000 / ref / 1e6:>8.2f} "
                   f"{ref / ours:>6.2f}x")
