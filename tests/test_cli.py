@@ -275,3 +275,30 @@ def test_invalid_training_option_is_a_usage_error(files, capsys):
         main(argv)
     assert exc.value.code == 2
     capsys.readouterr()
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def test_train_and_evaluate_save_pictures(files, capsys):
+    pytest.importorskip("matplotlib")
+    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
+            f"b={files / 'b.npz'}", "--dim", "4", "--epochs", "3", "-q",
+            "--plot", str(files / "run")]
+    assert main(argv) == 0
+    assert "pictures:" in capsys.readouterr().out
+    for name in ("run-loss.png", "run-map.png"):
+        assert (files / name).read_bytes().startswith(b"\x89PNG")
+    argv = ["evaluate", str(files / "s.npz"), f"a={files / 'a.npy'}",
+            f"b={files / 'b.npz'}", "-q", "--plot", str(files / "test")]
+    assert main(argv) == 0
+    assert (files / "test-map.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_pictures_without_matplotlib_fail_before_training(files, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
+            f"b={files / 'b.npz'}", "--plot", str(files / "run"), "-q"]
+    err = _error(capsys, argv)
+    assert "pip install matplotlib" in err
+    assert not os.path.exists(files / "s.npz")

@@ -365,10 +365,20 @@ def _check_writable(path):
         raise UsageError(f"cannot write {path!r}: it is a directory")
 
 
+def _check_plot(prefix):
+    """Fail early (before a long run) if pictures cannot be written."""
+    from . import _plots
+
+    _plots.require()
+    _check_writable(f"{prefix}-map.png")
+
+
 def _train(args, report):
     from ._space import LatentSpace
 
     _check_writable(args.space)  # before training, not after
+    if args.plot:
+        _check_plot(args.plot)
     data = _read_models(args.models)
     if len(data) < 2:
         raise UsageError("train needs at least two models (NAME=FILE NAME=FILE ...)")
@@ -414,6 +424,14 @@ def _train(args, report):
         f"iterations, mean loss per item {result.initial_loss:.6g} -> "
         f"{result.final_loss:.6g}; saved to {args.space}"
     )
+    if args.plot:
+        from . import _plots
+
+        written = [
+            _plots.loss_curve(result, f"{args.plot}-loss.png"),
+            _plots.space_map(space, data, f"{args.plot}-map.png"),
+        ]
+        print("pictures: " + ", ".join(written))
     return 0
 
 
@@ -504,9 +522,16 @@ def _evaluate(args, report):
     counts = {len(array) for array in data.values()}
     if len(counts) > 1:
         raise UsageError("the evaluation files must have the same number of rows")
+    if args.plot:
+        _check_plot(args.plot)
     report(f"evaluating {len(data)} models on {counts.pop()} items ({args.method})")
     result = space.evaluate(data, k=args.k, method=args.method)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    if args.plot:
+        from . import _plots
+
+        written = _plots.space_map(space, data, f"{args.plot}-map.png")
+        print(f"picture: {written}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -704,6 +729,12 @@ def _parser():
         ".npz or FILE.npz:KEY), at least two",
     )
     _add_training_options(train)
+    train.add_argument(
+        "--plot",
+        metavar="PREFIX",
+        help="also save PREFIX-loss.png (loss per iteration) and PREFIX-map.png "
+        "(a 2-D map of the space, same items joined); needs matplotlib",
+    )
 
     info = _command(
         commands,
@@ -815,6 +846,12 @@ def _parser():
     )
     _add_method(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument(
+        "--plot",
+        metavar="PREFIX",
+        help="also save PREFIX-map.png, a 2-D map of the items in the space "
+        "(needs matplotlib)",
+    )
 
     bench = _command(
         commands,
