@@ -62,8 +62,11 @@ def digits_models(n_models, noise=0.2):
     views = [RBFSampler(gamma=0.02, n_components=96, random_state=0).fit_transform(a)]
     b = _noisy(images, rng, noise)
     b = ((b + np.roll(b, 1, axis=1)) / 2).reshape(n, -1)
-    views.append(Nystroem(kernel="poly", degree=2, n_components=64,
-                          random_state=1).fit_transform(b))
+    views.append(
+        Nystroem(
+            kernel="poly", degree=2, n_components=64, random_state=1
+        ).fit_transform(b)
+    )
     if n_models >= 3:
         c = _noisy(images, rng, noise)
         pooled = c.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(n, -1)
@@ -85,7 +88,8 @@ def synthetic_views(n, widths=(384, 256), shared=128, private=64, noise=3.0, see
     for d in widths:
         mixing = 4 * rng.standard_normal((shared, d)) / np.sqrt(shared)
         structure = rng.standard_normal((n, private)) @ (
-            rng.standard_normal((private, d)) / np.sqrt(private))
+            rng.standard_normal((private, d)) / np.sqrt(private)
+        )
         X = S @ mixing + structure + noise * rng.standard_normal((n, d))
         views.append((X + rng.standard_normal(d)).astype(np.float32))
     return views
@@ -200,29 +204,59 @@ def table_digits(repeats):
     k = 32
     contenders = [
         ("latentspace cca", repeats, lambda: latentspace_fit(train, k, solver="cca")),
-        ("latentspace lbfgs (whitened, Xavier start)", repeats,
-         lambda: latentspace_fit(train, k, solver="lbfgs", n_epochs=500)),
-        ("latentspace lbfgs init=cca", repeats,
-         lambda: latentspace_fit(train, k, solver="lbfgs", init="cca", n_epochs=500)),
-        ("latentspace minibatch (whitened, 50 epochs)", repeats,
-         lambda: latentspace_fit(train, k, solver="minibatch", n_epochs=50,
-                                 batch_size=128)),
-        ("latentspace sgd objective=whitened (20 ep.)", repeats,
-         lambda: latentspace_fit(train, k, solver="sgd", objective="whitened",
-                                 n_epochs=20, learning_rate=0.1)),
-        ("latentspace sgd (reference, seed; 100 ep.)", 1,
-         lambda: latentspace_fit(train, k)),
-        ("latentspace lbfgs objective=reference", 1,
-         lambda: latentspace_fit(train, k, solver="lbfgs", objective="reference",
-                                 n_epochs=500)),
+        (
+            "latentspace lbfgs (whitened, Xavier start)",
+            repeats,
+            lambda: latentspace_fit(train, k, solver="lbfgs", n_epochs=500),
+        ),
+        (
+            "latentspace lbfgs init=cca",
+            repeats,
+            lambda: latentspace_fit(train, k, solver="lbfgs", init="cca", n_epochs=500),
+        ),
+        (
+            "latentspace minibatch (whitened, 50 epochs)",
+            repeats,
+            lambda: latentspace_fit(
+                train, k, solver="minibatch", n_epochs=50, batch_size=128
+            ),
+        ),
+        (
+            "latentspace sgd objective=whitened (20 ep.)",
+            repeats,
+            lambda: latentspace_fit(
+                train,
+                k,
+                solver="sgd",
+                objective="whitened",
+                n_epochs=20,
+                learning_rate=0.1,
+            ),
+        ),
+        (
+            "latentspace sgd (reference, seed; 100 ep.)",
+            1,
+            lambda: latentspace_fit(train, k),
+        ),
+        (
+            "latentspace lbfgs objective=reference",
+            1,
+            lambda: latentspace_fit(
+                train, k, solver="lbfgs", objective="reference", n_epochs=500
+            ),
+        ),
         ("NumPy closed-form CCA (unweighted)", repeats, lambda: numpy_cca(train, k)),
         ("scikit-learn CCA", 1, lambda: sklearn_cca(train, k)),
     ]
     if _available("cca_zoo"):
-        contenders += [(f"cca-zoo {kind}", 1, (lambda kind=kind: ccazoo(kind)(train, k)))
-                       for kind in ("MCCA", "GCCA")]
-    print(f"\n1. Digits (real, scikit-learn), 2 models (96 + 64) -> {k}, {FLOAT}; "
-          f"fit on {len(train[0])}, retrieval among {len(test[0])}")
+        contenders += [
+            (f"cca-zoo {kind}", 1, (lambda kind=kind: ccazoo(kind)(train, k)))
+            for kind in ("MCCA", "GCCA")
+        ]
+    print(
+        f"\n1. Digits (real, scikit-learn), 2 models (96 + 64) -> {k}, {FLOAT}; "
+        f"fit on {len(train[0])}, retrieval among {len(test[0])}"
+    )
     print(f"{'method':46s} {'fit s':>8s} {'iters':>6s} {'top-1':>6s} {'top-10':>6s}")
     for name, runs, fit in contenders:
         seconds, (project, result) = median_seconds(fit, runs)
@@ -235,9 +269,14 @@ def table_three_models(repeats):
     train, test = digits_models(3)
     k = 32
     pairs = [(0, 1), (0, 2), (1, 2)]
-    print(f"\n2. Digits, 3 models (96 + 64 + 48) -> {k}: top-1 of every pair "
-          "(a -> b and b -> a, mean)")
-    print(f"{'method':46s} {'fit s':>8s} " + " ".join(f"{f'{a}-{b}':>6s}" for a, b in pairs))
+    print(
+        f"\n2. Digits, 3 models (96 + 64 + 48) -> {k}: top-1 of every pair "
+        "(a -> b and b -> a, mean)"
+    )
+    print(
+        f"{'method':46s} {'fit s':>8s} "
+        + " ".join(f"{f'{a}-{b}':>6s}" for a, b in pairs)
+    )
 
     def pair_scores(project, which=None):
         scores = []
@@ -250,32 +289,45 @@ def table_three_models(repeats):
         return scores
 
     seconds, (project, _) = median_seconds(
-        lambda: latentspace_fit(train, k, solver="cca"), repeats)
+        lambda: latentspace_fit(train, k, solver="cca"), repeats
+    )
     joint = pair_scores(project)
-    print(f"{'latentspace cca, one space for all 3':46s} {seconds:8.3f} "
-          + " ".join(f"{s:6.3f}" for s in joint))
+    print(
+        f"{'latentspace cca, one space for all 3':46s} {seconds:8.3f} "
+        + " ".join(f"{s:6.3f}" for s in joint)
+    )
     separate, total = {}, 0.0
     for a, b in pairs:
         seconds, (project, _) = median_seconds(
             lambda a=a, b=b: latentspace_fit([train[a], train[b]], k, solver="cca"),
-            repeats)
+            repeats,
+        )
         separate[(a, b)] = project
         total += seconds
     alone = pair_scores(separate, which=True)
-    print(f"{'latentspace cca, a separate space per pair':46s} {total:8.3f} "
-          + " ".join(f"{s:6.3f}" for s in alone))
+    print(
+        f"{'latentspace cca, a separate space per pair':46s} {total:8.3f} "
+        + " ".join(f"{s:6.3f}" for s in alone)
+    )
     seconds, (project, _) = median_seconds(
-        lambda: latentspace_fit(train, k, solver="lbfgs", n_epochs=500), 1)
-    print(f"{'latentspace lbfgs (whitened), one space':46s} {seconds:8.3f} "
-          + " ".join(f"{s:6.3f}" for s in pair_scores(project)))
+        lambda: latentspace_fit(train, k, solver="lbfgs", n_epochs=500), 1
+    )
+    print(
+        f"{'latentspace lbfgs (whitened), one space':46s} {seconds:8.3f} "
+        + " ".join(f"{s:6.3f}" for s in pair_scores(project))
+    )
     if _available("cca_zoo"):
         for kind in ("MCCA", "GCCA"):
             seconds, (project, _) = median_seconds(lambda: ccazoo(kind)(train, k), 1)
-            print(f"{'cca-zoo ' + kind + ', one space':46s} {seconds:8.3f} "
-                  + " ".join(f"{s:6.3f}" for s in pair_scores(project)))
+            print(
+                f"{'cca-zoo ' + kind + ', one space':46s} {seconds:8.3f} "
+                + " ".join(f"{s:6.3f}" for s in pair_scores(project))
+            )
     gap = [j - s for j, s in zip(joint, alone)]
-    print(f"joint minus separate (top-1 points): "
-          + ", ".join(f"{g * 100:+.1f}" for g in gap))
+    print(
+        "joint minus separate (top-1 points): "
+        + ", ".join(f"{g * 100:+.1f}" for g in gap)
+    )
 
 
 def table_synthetic(repeats, slow):
@@ -285,16 +337,20 @@ def table_synthetic(repeats, slow):
     views = synthetic_views(n + 2000)
     train = [v[:n] for v in views]
     test = [v[n:] for v in views]
-    print(f"\n3. SYNTHETIC correlated views, n={n}, widths 384 + 256 -> {k}, "
-          "float32; retrieval among 2,000 held-out pairs")
+    print(
+        f"\n3. SYNTHETIC correlated views, n={n}, widths 384 + 256 -> {k}, "
+        "float32; retrieval among 2,000 held-out pairs"
+    )
     print(f"{'method':46s} {'fit s':>8s} {'top-1':>6s} {'top-10':>6s}")
     rows = []
     seconds, (project, _) = median_seconds(
-        lambda: latentspace_fit(train, k, solver="cca"), repeats)
+        lambda: latentspace_fit(train, k, solver="cca"), repeats
+    )
     rows.append(("latentspace cca (BLAS default threads)", seconds, project))
     with threadpool_limits(1):
-        seconds1, _ = median_seconds(lambda: latentspace_fit(train, k, solver="cca"),
-                                     repeats)
+        seconds1, _ = median_seconds(
+            lambda: latentspace_fit(train, k, solver="cca"), repeats
+        )
     rows.append(("latentspace cca (BLAS 1 thread)", seconds1, project))
     seconds, (p, _) = median_seconds(lambda: numpy_cca(train, k), repeats)
     rows.append(("NumPy closed-form CCA (float32 in, unweighted)", seconds, p))
@@ -308,24 +364,33 @@ def table_synthetic(repeats, slow):
         t1, t10 = top_k(project(0, test[0]), project(1, test[1]))
         print(f"{name:46s} {seconds:8.3f} {t1:6.3f} {t10:6.3f}")
     if slow:
-        print(f"scikit-learn / latentspace cca fit time: {rows[-1][1] / rows[0][1]:.0f}x")
+        print(
+            f"scikit-learn / latentspace cca fit time: {rows[-1][1] / rows[0][1]:.0f}x"
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="skip scikit-learn's CCA on the synthetic problem")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip scikit-learn's CCA on the synthetic problem",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", choices=["digits", "three", "synthetic"])
     args = parser.parse_args()
     from threadpoolctl import threadpool_info
 
-    print(f"latentspace {latentspace.__version__}, NumPy {np.__version__}, "
-          f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} at start")
+    print(
+        f"latentspace {latentspace.__version__}, NumPy {np.__version__}, "
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} at start"
+    )
     for info in threadpool_info():
-        print(f"  {info['internal_api']} {info.get('version')} "
-              f"{info['num_threads']} threads ({os.path.basename(info['filepath'])})")
+        print(
+            f"  {info['internal_api']} {info.get('version')} "
+            f"{info['num_threads']} threads ({os.path.basename(info['filepath'])})"
+        )
     print(f"  OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     if args.only in (None, "digits"):
         table_digits(args.repeats)

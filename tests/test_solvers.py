@@ -39,8 +39,12 @@ def correlated(widths, n, *, shared=3, noise=0.5, seed=0):
     S = rng.standard_normal((n, shared)) * np.linspace(2.0, 0.7, shared)
     # features of order 1 / sqrt(d): rows of norm about 1, as embeddings have
     return [
-        (S @ rng.standard_normal((shared, d)) + noise * rng.standard_normal((n, d))
-         + rng.uniform(-3, 3, d)) / (2 * d)
+        (
+            S @ rng.standard_normal((shared, d))
+            + noise * rng.standard_normal((n, d))
+            + rng.uniform(-3, 3, d)
+        )
+        / (2 * d)
         for d in widths
     ]
 
@@ -77,8 +81,15 @@ def reference_cca(Xs, k, regularization):
         d = len(G[m][m])
         r = regularization * np.trace(G[m][m]) / d
         W.append(_inv_sqrt(G[m][m] + r * np.eye(d)))
-    T = np.block([[np.eye(len(G[m][m])) if m == l else W[m] @ G[m][l] @ W[l]
-                   for l in range(M)] for m in range(M)])
+    T = np.block(
+        [
+            [
+                np.eye(len(G[m][m])) if m == l else W[m] @ G[m][l] @ W[l]
+                for l in range(M)
+            ]
+            for m in range(M)
+        ]
+    )
     values, V = np.linalg.eigh(T)
     V = V[:, ::-1][:, :k]
     bounds = np.cumsum([0, *[X.shape[1] for X in Xs]])
@@ -145,8 +156,9 @@ def sample_loss(kind, Xs, Ps, Rs, w, regularization, tau, eps):
 @pytest.mark.parametrize("regularization", [0.0, 0.1])
 def test_cca_matches_numpy_reference(dtype, widths, k, regularization):
     Xs = correlated(widths, 300, seed=1)
-    space, names, result = trained(widths, k, Xs, dtype, solver="cca",
-                                   regularization=regularization)
+    space, names, result = trained(
+        widths, k, Xs, dtype, solver="cca", regularization=regularization
+    )
     mus, Ps, agreement = reference_cca(Xs, k, regularization)
     tol = TOL[dtype]
     assert_allclose(result.agreement, agreement, rtol=0, atol=10 * tol)
@@ -157,8 +169,9 @@ def test_cca_matches_numpy_reference(dtype, widths, k, regularization):
         scale = np.abs(P).max()
         assert_allclose(_match_signs(P, ours), P, rtol=0, atol=1000 * tol * scale)
         # project() subtracts the offset
-        assert_allclose(space.project(name, X), (X - mu) @ ours,
-                        rtol=10 * tol, atol=10 * tol)
+        assert_allclose(
+            space.project(name, X), (X - mu) @ ours, rtol=10 * tol, atol=10 * tol
+        )
 
 
 @pytest.mark.parametrize("widths", [(6, 5), (4, 9)])
@@ -202,8 +215,12 @@ def test_cca_reconstructions_are_least_squares_inverses(dtype):
         Xc = X - X.mean(axis=0)
         R_ls = np.linalg.lstsq(Xc @ P, Xc, rcond=None)[0]
         assert_allclose(R, R_ls, rtol=50 * TOL[dtype], atol=50 * TOL[dtype])
-        assert_allclose(space.retrieve(name, space.project(name, X[:3])),
-                        X.mean(axis=0) + Xc[:3] @ P @ R, rtol=1e-4, atol=1e-4)
+        assert_allclose(
+            space.retrieve(name, space.project(name, X[:3])),
+            X.mean(axis=0) + Xc[:3] @ P @ R,
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 def test_cca_more_latent_dimensions_than_shared_directions():
@@ -221,8 +238,9 @@ def test_cca_handles_constant_features():
     Xs = correlated((5, 4), 200, seed=6)
     Xs[0][:, 2] = 7.0  # a constant pixel: singular Gram without the ridge
     for regularization in (0.0, 0.01):
-        space, names, result = trained((5, 4), 2, Xs, solver="cca",
-                                       regularization=regularization)
+        space, names, result = trained(
+            (5, 4), 2, Xs, solver="cca", regularization=regularization
+        )
         assert all(np.isfinite(space.weights(n)[0]).all() for n in names)
         assert result.agreement[0] > 0.9
 
@@ -260,12 +278,18 @@ def test_cca_three_models_every_pair_retrieves_about_as_well_as_pairwise_cca():
     train, test = slice(0, 600), slice(600, None)
     space, names, _ = trained((12, 10, 8), 6, [X[train] for X in Xs], solver="cca")
     for a, b in [(0, 1), (0, 2), (1, 2)]:
-        joint = top1(space.project(names[a], Xs[a][test]),
-                     space.project(names[b], Xs[b][test]))
-        pair, pnames, _ = trained((Xs[a].shape[1], Xs[b].shape[1]), 6,
-                                  [Xs[a][train], Xs[b][train]], solver="cca")
-        alone = top1(*(pair.project(n, X[test])
-                       for n, X in zip(pnames, (Xs[a], Xs[b]))))
+        joint = top1(
+            space.project(names[a], Xs[a][test]), space.project(names[b], Xs[b][test])
+        )
+        pair, pnames, _ = trained(
+            (Xs[a].shape[1], Xs[b].shape[1]),
+            6,
+            [Xs[a][train], Xs[b][train]],
+            solver="cca",
+        )
+        alone = top1(
+            *(pair.project(n, X[test]) for n, X in zip(pnames, (Xs[a], Xs[b])))
+        )
         assert joint >= alone - 0.1, (a, b, joint, alone)
 
 
@@ -273,8 +297,9 @@ def test_cca_redimensions_and_keeps_other_models():
     Xs = correlated((5, 4), 100, seed=10)
     space, names = make_space(3, (5, 4, 6))
     untouched = space.weights("m2")
-    result = space.train_projections(dict(zip(names[:2], Xs)), solver="cca",
-                                     latent_dim=2)
+    result = space.train_projections(
+        dict(zip(names[:2], Xs)), solver="cca", latent_dim=2
+    )
     assert space.dim == 2 and result.solver == "cca" and result.converged
     assert space.weights("m0")[0].shape == (5, 2)
     assert space.weights("m2")[0].shape == (6, 2)  # re-initialised at the new size
@@ -317,8 +342,9 @@ def test_objective_and_gradient_match_per_sample_formulas(kind, widths, k):
     theta = objective.join(Ps, Rs)
     assert loss == pytest.approx(f(theta), rel=1e-12)
     h = 1e-6
-    numeric = np.array([(f(theta + h * e) - f(theta - h * e)) / (2 * h)
-                        for e in np.eye(len(theta))])
+    numeric = np.array(
+        [(f(theta + h * e) - f(theta - h * e)) / (2 * h) for e in np.eye(len(theta))]
+    )
     scale = np.abs(numeric).max()
     assert_allclose(objective.join(gPs, gRs), numeric, rtol=1e-5, atol=1e-6 * scale)
 
@@ -333,8 +359,9 @@ def test_whitened_objective_has_no_shrinking_direction(eps):
     Rs = [rng.standard_normal((k, d)) for d in widths]
     scaled = ([P * eps for P in Ps], [R / eps for R in Rs])
     for kind in ("reference", "whitened"):
-        objective = Objective(kind, widths, k, 1.0, 0.0, sample_scale(gram, widths),
-                              np.float64)
+        objective = Objective(
+            kind, widths, k, 1.0, 0.0, sample_scale(gram, widths), np.float64
+        )
         before = objective(Ps, Rs, gram, gradient=False)
         after = objective(*scaled, gram, gradient=False)
         if kind == "reference":
@@ -355,8 +382,9 @@ def test_whitened_training_is_invariant_to_the_scale_of_the_start():
                 project=type(model.project)(np.array(P * eps)),
                 retrieve=type(model.retrieve)(np.array(R / eps)),
             )
-        result = space.train_projections(dict(zip(names, Xs)), solver="lbfgs",
-                                         callback=lambda state: True)
+        result = space.train_projections(
+            dict(zip(names, Xs)), solver="lbfgs", callback=lambda state: True
+        )
         results.append(result)
     assert results[0].initial_loss == pytest.approx(results[1].initial_loss, rel=1e-9)
 
@@ -369,9 +397,17 @@ def test_lbfgs_reference_objective_reaches_the_pca_bound():
     # the variance left outside every model's top-k principal subspace.
     Xs = correlated((6, 5), 300, seed=14)
     k = 2
-    space, names, result = trained((6, 5), k, Xs, solver="lbfgs",
-                                   objective="reference", alignment_weight=0.0,
-                                   n_epochs=3000, init="cca", tol=1e-11)
+    space, names, result = trained(
+        (6, 5),
+        k,
+        Xs,
+        solver="lbfgs",
+        objective="reference",
+        alignment_weight=0.0,
+        n_epochs=3000,
+        init="cca",
+        tol=1e-11,
+    )
     bound = 0
     for X in Xs:
         Xc = X - X.mean(axis=0)
@@ -380,14 +416,16 @@ def test_lbfgs_reference_objective_reaches_the_pca_bound():
     assert result.objective == "reference" and result.converged
     assert result.final_loss == pytest.approx(bound, rel=1e-6)
     assert result.final_loss == pytest.approx(
-        space.loss(dict(zip(names, Xs)), alignment_weight=0.0), rel=1e-9)
+        space.loss(dict(zip(names, Xs)), alignment_weight=0.0), rel=1e-9
+    )
 
 
 def test_lbfgs_whitened_reaches_a_stationary_point_of_the_per_sample_loss():
     Xs = correlated((4, 3), 120, seed=15)
     widths, k, w, reg = (4, 3), 2, 1.0, 0.01
-    space, names, result = trained(widths, k, Xs, solver="lbfgs", n_epochs=1000,
-                                   tol=1e-12, regularization=reg)
+    space, names, result = trained(
+        widths, k, Xs, solver="lbfgs", n_epochs=1000, tol=1e-12, regularization=reg
+    )
     assert result.converged and result.final_loss < result.initial_loss
     Cs = [X - X.mean(axis=0) for X in Xs]
     tau = sample_scale(accumulate(Cs).gram, widths)
@@ -403,8 +441,9 @@ def test_lbfgs_whitened_reaches_a_stationary_point_of_the_per_sample_loss():
     assert result.final_loss == pytest.approx(f(theta), rel=1e-9)
     # the finite-difference gradient of the per-sample loss vanishes there
     h = 1e-6 * np.abs(theta).max()
-    grad = np.array([(f(theta + h * e) - f(theta - h * e)) / (2 * h)
-                     for e in np.eye(len(theta))])
+    grad = np.array(
+        [(f(theta + h * e) - f(theta - h * e)) / (2 * h) for e in np.eye(len(theta))]
+    )
     assert np.abs(grad).max() < 1e-5 * result.initial_loss / np.abs(theta).max()
     # and the closed form, an excellent start, is not better
     _, _, cca = trained(widths, k, Xs, solver="cca", regularization=reg)
@@ -419,9 +458,15 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
     space, names = make_space(k, widths)
     Ps = [np.array(space.weights(m)[0]) for m in names]
     Rs = [np.array(space.weights(m)[1]) for m in names]
-    space.train_projections(dict(zip(names, Xs)), solver="minibatch", n_epochs=1,
-                            batch_size=n // 2, learning_rate=lr,
-                            objective="reference", alignment_weight=w)
+    space.train_projections(
+        dict(zip(names, Xs)),
+        solver="minibatch",
+        n_epochs=1,
+        batch_size=n // 2,
+        learning_rate=lr,
+        objective="reference",
+        alignment_weight=w,
+    )
     m1 = [np.zeros_like(a) for a in (*Ps, *Rs)]
     m2 = [np.zeros_like(a) for a in (*Ps, *Rs)]
     for step, rows in enumerate((slice(0, n // 2), slice(n // 2, n)), start=1):
@@ -431,8 +476,9 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
         zbar = np.mean(Zs, axis=0)
         Es = [Z @ R - x for Z, R, x in zip(Zs, Rs, xs)]
         gR = [Z.T @ E / b for Z, E in zip(Zs, Es)]
-        gP = [x.T @ (E @ R.T + w * (Z - zbar)) / b
-              for x, E, R, Z in zip(xs, Es, Rs, Zs)]
+        gP = [
+            x.T @ (E @ R.T + w * (Z - zbar)) / b for x, E, R, Z in zip(xs, Es, Rs, Zs)
+        ]
         for i, (p, g) in enumerate(zip((*Ps, *Rs), (*gP, *gR))):
             m1[i] = 0.9 * m1[i] + 0.1 * g
             m2[i] = 0.999 * m2[i] + 0.001 * g * g
@@ -470,8 +516,9 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
             S += np.sqrt(np.finfo(float).eps) * np.trace(S) / k * np.eye(k)
             lam, V = np.linalg.eigh(S)
             g = np.sqrt(tau / k)  # latent variance tau / k: a sample's scale
-            out.append((P @ (V / np.sqrt(lam)) @ V.T * g,
-                        (V * np.sqrt(lam)) @ V.T @ R / g))
+            out.append(
+                (P @ (V / np.sqrt(lam)) @ V.T * g, (V * np.sqrt(lam)) @ V.T @ R / g)
+            )
         return [p for p, _ in out], [r for _, r in out]
 
     Ps, Rs = whiten(Ps, Rs)
@@ -482,15 +529,19 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
         assert_allclose(P, Pr, rtol=1e-9, atol=1e-12)
         assert_allclose(R, Rr, rtol=1e-9, atol=1e-12)
     assert monitor.history[0] == pytest.approx(
-        sample_loss("whitened", Xs, P1, R1, w, reg, tau, np.finfo(float).eps),
-        rel=1e-9)
+        sample_loss("whitened", Xs, P1, R1, w, reg, tau, np.finfo(float).eps), rel=1e-9
+    )
 
 
 @pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
-@pytest.mark.parametrize("solver, extra", [
-    ("lbfgs", {}), ("minibatch", {"n_epochs": 40, "batch_size": 64}),
-    ("sgd", {"objective": "whitened", "n_epochs": 40, "learning_rate": 0.1}),
-])
+@pytest.mark.parametrize(
+    "solver, extra",
+    [
+        ("lbfgs", {}),
+        ("minibatch", {"n_epochs": 40, "batch_size": 64}),
+        ("sgd", {"objective": "whitened", "n_epochs": 40, "learning_rate": 0.1}),
+    ],
+)
 def test_gradient_solvers_align_rather_than_shrink(solver, extra):
     Xs = correlated((10, 8), 600, shared=4, noise=1.0, seed=18)
     train, test = slice(0, 400), slice(400, None)
@@ -505,8 +556,13 @@ def test_gradient_solvers_align_rather_than_shrink(solver, extra):
     assert result.agreement[0] == pytest.approx(cca.agreement[0], abs=0.02)
     # the seed's objective from the same start does not align (and, having no
     # minimiser, does not converge)
-    seed_space, _, _ = trained((10, 8), 4, data, solver=solver,
-                               **{**extra, "objective": "reference", "tol": None})
+    seed_space, _, _ = trained(
+        (10, 8),
+        4,
+        data,
+        solver=solver,
+        **{**extra, "objective": "reference", "tol": None},
+    )
     seed = top1(*(seed_space.project(n, X[test]) for n, X in zip(names, Xs)))
     assert got > seed
 
@@ -517,8 +573,9 @@ def test_init_cca_starts_from_the_closed_form(solver):
     Xs = correlated((6, 5), 200, seed=19)
     objective = "reference" if solver == "sgd" else "whitened"
     _, _, cca = trained((6, 5), 3, Xs, solver="cca", objective=objective)
-    space, names, result = trained((6, 5), 3, Xs, solver=solver, init="cca",
-                                   n_epochs=1, learning_rate=1e-4)
+    space, names, result = trained(
+        (6, 5), 3, Xs, solver=solver, init="cca", n_epochs=1, learning_rate=1e-4
+    )
     assert result.initial_loss == pytest.approx(cca.final_loss, rel=1e-9)
     for name, X in zip(names, Xs):
         assert_allclose(space.offset(name), X.mean(axis=0), rtol=1e-12)
@@ -529,8 +586,9 @@ def test_init_cca_starts_from_the_closed_form(solver):
 
 def test_tol_stops_early_and_reports_convergence():
     Xs = correlated((6, 5), 200, seed=20)
-    _, _, result = trained((6, 5), 3, Xs, solver="minibatch", n_epochs=500,
-                           tol=1e-3, batch_size=50)
+    _, _, result = trained(
+        (6, 5), 3, Xs, solver="minibatch", n_epochs=500, tol=1e-3, batch_size=50
+    )
     assert result.converged and result.n_epochs < 500
     assert len(result.loss_history) == result.iterations == result.n_epochs
     _, _, result = trained((6, 5), 3, Xs, solver="lbfgs", n_epochs=1000)
@@ -557,8 +615,9 @@ def test_default_sgd_does_not_stop_early_or_warn():
 def test_callback_sees_every_iteration(solver):
     Xs = correlated((6, 5), 100, seed=23)
     states = []
-    _, _, result = trained((6, 5), 3, Xs, solver=solver, n_epochs=5,
-                           callback=states.append)
+    _, _, result = trained(
+        (6, 5), 3, Xs, solver=solver, n_epochs=5, callback=states.append
+    )
     assert [s.iteration for s in states] == list(range(1, result.n_epochs + 1))
     assert all(isinstance(s, TrainingState) and s.seconds >= 0 for s in states)
     assert [s.loss for s in states[:-1]] == list(result.loss_history[:-1])
@@ -570,11 +629,17 @@ def test_callback_returning_true_stops_and_publishes(solver):
     Xs = correlated((6, 5), 100, seed=24)
     space, names = make_space(3, (6, 5))
     before = snapshot(space)
-    result = space.train_projections(dict(zip(names, Xs)), solver=solver,
-                                     n_epochs=50, callback=lambda s: s.iteration >= 3)
+    result = space.train_projections(
+        dict(zip(names, Xs)),
+        solver=solver,
+        n_epochs=50,
+        callback=lambda s: s.iteration >= 3,
+    )
     assert result.n_epochs == 3 and not result.converged
-    assert snapshot(space)["weights"]["m0"][0].tobytes() != \
-        before["weights"]["m0"][0].tobytes()
+    assert (
+        snapshot(space)["weights"]["m0"][0].tobytes()
+        != before["weights"]["m0"][0].tobytes()
+    )
 
 
 @pytest.mark.parametrize("solver", ["sgd", "minibatch", "lbfgs", "cca"])
@@ -589,9 +654,13 @@ def test_callback_that_raises_leaves_the_space_unchanged(solver, latent_dim):
             raise RuntimeError("stop right there")
 
     with pytest.raises(RuntimeError, match="stop right there"):
-        space.train_projections(dict(zip(names[:2], Xs)), solver=solver,
-                                n_epochs=5, callback=callback,
-                                latent_dim=latent_dim)
+        space.train_projections(
+            dict(zip(names[:2], Xs)),
+            solver=solver,
+            n_epochs=5,
+            callback=callback,
+            latent_dim=latent_dim,
+        )
     assert_unchanged(space, before)
     assert all(space.offset(n) is None for n in names)
 
@@ -601,9 +670,13 @@ def test_divergence_leaves_the_space_unchanged():
     space, names = make_space(3, (6, 5))
     before = snapshot(space)
     with pytest.raises(TrainingDivergedError, match="solver='minibatch' diverged"):
-        space.train_projections(dict(zip(names, Xs)), solver="minibatch",
-                                objective="reference", learning_rate=1e300,
-                                n_epochs=3)
+        space.train_projections(
+            dict(zip(names, Xs)),
+            solver="minibatch",
+            objective="reference",
+            learning_rate=1e300,
+            n_epochs=3,
+        )
     assert_unchanged(space, before)
 
 

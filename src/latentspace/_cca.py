@@ -41,6 +41,8 @@ on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
 import numpy as np
 import scipy.linalg
 
+from ._statistics import ridge
+
 __all__ = ["canonicalise", "fit_cca", "least_squares_inverse"]
 
 # Most alternating least-squares sweeps of the one-factor fit of the pairwise
@@ -48,17 +50,9 @@ __all__ = ["canonicalise", "fit_cca", "least_squares_inverse"]
 _FACTOR_SWEEPS = 2000
 
 
-def _ridge(block, regularization):
-    """``r_m``: the ridge relative to the mean variance of the block's features."""
-    scale = float(np.trace(block)) / len(block)
-    if not scale > 0:  # a model whose features are all constant
-        scale = 1.0
-    return regularization * scale
-
-
-def _whitener(block, ridge):
-    """``B`` (d, r) with ``B.T @ (block + ridge * I) @ B = I``."""
-    C = block + ridge * np.eye(len(block), dtype=block.dtype)
+def _whitener(block, shift):
+    """``B`` (d, r) with ``B.T @ (block + shift * I) @ B = I``."""
+    C = block + shift * np.eye(len(block), dtype=block.dtype)
     try:
         L = scipy.linalg.cholesky(C, lower=True, check_finite=False)
     except np.linalg.LinAlgError:
@@ -140,8 +134,9 @@ def canonical_directions(grams, widths, n_components, regularization):
         Correlations of every pair on every direction (float64).
     """
     M = len(widths)
-    whiteners = [_whitener(grams(m, m), _ridge(grams(m, m), regularization))
-                 for m in range(M)]
+    whiteners = [
+        _whitener(grams(m, m), ridge(grams(m, m), regularization)) for m in range(M)
+    ]
     ranks = [B.shape[1] for B in whiteners]
     if M == 2:
         # T_12 = B_1.T @ G_12 @ B_2, whose singular triplets are the canonical
@@ -155,7 +150,10 @@ def canonical_directions(grams, widths, n_components, regularization):
         T = np.empty((bounds[-1], bounds[-1]), dtype=whiteners[0].dtype)
         for m in range(M):
             for l in range(m, M):
-                rows, cols = slice(bounds[m], bounds[m + 1]), slice(bounds[l], bounds[l + 1])
+                rows, cols = (
+                    slice(bounds[m], bounds[m + 1]),
+                    slice(bounds[l], bounds[l + 1]),
+                )
                 if m == l:
                     T[rows, cols] = np.eye(ranks[m])
                 else:
@@ -272,7 +270,7 @@ def canonicalise(stats, projections, n_components, regularization):
             P, Q = projections[m], projections[l]
             G = P.T @ stats.block(m, l) @ Q
             if m == l:  # the ridge of the data space, seen from the latents
-                G = G + _ridge(stats.block(m, m), regularization) * (P.T @ P)
+                G = G + ridge(stats.block(m, m), regularization) * (P.T @ P)
             latent_grams[m, l] = G
         return latent_grams[m, l]
 

@@ -84,8 +84,8 @@ class ProjectionConfig:
         Early stopping: training stops after three consecutive iterations
         that each lowered the loss by at most ``tol`` times its magnitude (or
         raised it), and the result says it converged. ``None``: never for
-        "sgd" and "minibatch", ``1e-8`` for "lbfgs". A solver that runs out of iterations with a
-        ``tol`` set emits a `ConvergenceWarning`.
+        "sgd" and "minibatch", ``1e-8`` for "lbfgs". A solver that runs out
+        of iterations with a ``tol`` set emits a `ConvergenceWarning`.
     callback : callable or None, default=None
         Called after every iteration as ``callback(state)`` with a
         `TrainingState` (iteration, loss, seconds). Returning true stops

@@ -92,8 +92,9 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
     return Ps, Rs, bool(result.success)
 
 
-def train_minibatch(objective, Ps, Rs, X, batch_size, learning_rate, n_epochs,
-                    monitor, gram):
+def train_minibatch(
+    objective, Ps, Rs, X, batch_size, learning_rate, n_epochs, monitor, gram
+):
     """Minimise ``objective`` with Adam on mini-batches of the rows of ``X``.
 
     Batches are consecutive rows, in order. Each step uses the second moments

@@ -37,9 +37,9 @@ number of samples.
 import numpy as np
 import scipy.linalg
 
-from ._statistics import slices
+from ._statistics import ridge, slices
 
-__all__ = ["Objective", "sample_scale", "whiten"]
+__all__ = ["Objective", "sample_scale", "whitening"]
 
 
 def _dot(a, b):
@@ -78,22 +78,6 @@ def _inverse_sqrt_adjoint(lam, V, omega, dtype):
     return V @ (F * (V.T @ omega @ V)) @ V.T
 
 
-def whiten(stats_gram, widths, projections, regularization):
-    """``P_m W_m``: projections whose latents have unit (regularised) covariance."""
-    out = []
-    for m, (s, P) in enumerate(zip(slices(widths), projections)):
-        G = stats_gram[s, s]
-        S = P.T @ (G @ P) + _ridge(G, regularization) * (P.T @ P)
-        W, _, _ = whitening(S, P.dtype)
-        out.append(P @ W)
-    return out
-
-
-def _ridge(G, regularization):
-    scale = float(np.trace(G)) / len(G)
-    return regularization * (scale if scale > 0 else 1.0)
-
-
 def sample_scale(gram, widths):
     """``tau``: the mean over models of ``E||x_m||^2`` (trace of ``G_mm``)."""
     return float(np.mean([np.trace(gram[s, s]) for s in slices(widths)]))
@@ -122,8 +106,7 @@ class Objective:
     ``P_m`` (d_m, k) and ``R_m`` (k, d_m), as in the compiled core.
     """
 
-    def __init__(self, kind, widths, k, alignment_weight, regularization, scale,
-                 dtype):
+    def __init__(self, kind, widths, k, alignment_weight, regularization, scale, dtype):
         self.kind = kind
         self.widths = tuple(int(d) for d in widths)
         self.k = int(k)
@@ -195,13 +178,13 @@ class Objective:
             c = self.w * self.scale
             Qs, GQs, eigs = [], [], []
             for s, P, GP in zip(cols, Ps, GPs):
-                ridge = _ridge(norm_gram[s, s], self.regularization)
+                shift = ridge(norm_gram[s, s], self.regularization)
                 GPn = GP if norm_gram is gram else norm_gram[s, s] @ P
-                S = P.T @ GPn + ridge * (P.T @ P)
+                S = P.T @ GPn + shift * (P.T @ P)
                 W, lam, V = whitening(S, dtype)
                 Qs.append(P @ W)
                 GQs.append(GP @ W)
-                eigs.append((W, lam, V, GPn, ridge))
+                eigs.append((W, lam, V, GPn, shift))
         # E||q_m - qbar||^2 summed over m = sum_m tr(Q_m.T G_mm Q_m)
         #   - 1/M tr(Q.T G Q) for the stacked Q
         Q = np.concatenate(Qs, axis=0)
@@ -216,12 +199,14 @@ class Objective:
             if self.kind == "reference":
                 gPs[m] += gQ
                 continue
-            W, lam, V, GPn, ridge = eigs[m]
+            W, lam, V, GPn, shift = eigs[m]
             P = Ps[m]
             gPs[m] += gQ @ W
             # through W = (S + delta I)^(-1/2), delta = sqrt(eps) tr(S) / k
             psi = _inverse_sqrt_adjoint(lam, V, P.T @ gQ, dtype)
-            psi += np.sqrt(np.finfo(dtype).eps) / self.k * np.trace(psi) * np.eye(self.k)
-            # through S = P.T (G + ridge I) P
-            gPs[m] += 2 * ((GPn + ridge * P) @ psi.astype(dtype))
+            psi += (
+                np.sqrt(np.finfo(dtype).eps) / self.k * np.trace(psi) * np.eye(self.k)
+            )
+            # through S = P.T (G + r I) P
+            gPs[m] += 2 * ((GPn + shift * P) @ psi.astype(dtype))
         return loss, gPs, gRs

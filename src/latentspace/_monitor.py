@@ -109,12 +109,16 @@ class Monitor:
             self._bar.set_postfix(loss=f"{loss:.6g}", refresh=False)
             self._bar.update(1)
         if self.callback is not None:
-            state = TrainingState(self.iterations, loss, time.perf_counter() - self.started)
+            state = TrainingState(
+                self.iterations, loss, time.perf_counter() - self.started
+            )
             if self.callback(state):
                 self.stopped = True
         if self.tol is not None and math.isfinite(previous) and math.isfinite(loss):
             scale = max(abs(previous), abs(loss))
-            self._settled = self._settled + 1 if previous - loss <= self.tol * scale else 0
+            self._settled = (
+                self._settled + 1 if previous - loss <= self.tol * scale else 0
+            )
             self.converged = self._settled >= PATIENCE
         return self.stopped or self.converged
 

@@ -15,15 +15,22 @@ from typing import NamedTuple
 import numpy as np
 
 from ._cca import canonicalise, fit_cca, least_squares_inverse
+from ._exceptions import ConvergenceWarning
 from ._gradient import train_lbfgs, train_minibatch
 from ._losses import Objective, sample_scale, whitening
-from ._exceptions import ConvergenceWarning
 from ._monitor import Monitor
 from ._sgd import train_sgd
-from ._statistics import accumulate, slices
+from ._statistics import accumulate, ridge, slices
 
-__all__ = ["DEFAULT_OBJECTIVE", "DEFAULT_TOL", "INITS", "OBJECTIVES", "SOLVERS",
-           "Outcome", "train"]
+__all__ = [
+    "DEFAULT_OBJECTIVE",
+    "DEFAULT_TOL",
+    "INITS",
+    "OBJECTIVES",
+    "SOLVERS",
+    "Outcome",
+    "train",
+]
 
 
 class Outcome(NamedTuple):
@@ -66,10 +73,7 @@ def _sgd(problem, Ps, Rs, monitor):
         kwargs = {}
     else:
         gram, widths = problem.gram, objective.widths
-        ridges = [
-            objective.regularization * float(np.trace(gram[s, s])) / len(gram[s, s])
-            for s in slices(widths)
-        ]
+        ridges = [ridge(gram[s, s], objective.regularization) for s in slices(widths)]
 
         # Latents are whitened to variance tau / k per dimension rather than
         # 1, so that their squared norm is that of a sample, as in the
@@ -78,8 +82,8 @@ def _sgd(problem, Ps, Rs, monitor):
         gain = np.sqrt(objective.scale / objective.k)
 
         def retract(Ps, Rs):
-            for s, ridge, P, R in zip(slices(widths), ridges, Ps, Rs):
-                S = P.T @ (gram[s, s] @ P) + ridge * (P.T @ P)
+            for s, shift, P, R in zip(slices(widths), ridges, Ps, Rs):
+                S = P.T @ (gram[s, s] @ P) + shift * (P.T @ P)
                 W, lam, V = whitening(S, P.dtype)
                 root = ((V * np.sqrt(lam)) @ V.T).astype(P.dtype)
                 P[...] = (P @ W) * gain
@@ -90,8 +94,7 @@ def _sgd(problem, Ps, Rs, monitor):
             "retract": retract,
             "loss": lambda Ps, Rs: objective(Ps, Rs, gram, gradient=False),
         }
-    Ps, Rs, _, _ = train_sgd(problem.blocks, Ps, Rs, config, monitor=monitor,
-                             **kwargs)
+    Ps, Rs, _, _ = train_sgd(problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs)
     return Ps, Rs, False
 
 
@@ -99,9 +102,17 @@ def _minibatch(problem, Ps, Rs, monitor):
     """Adam on mini-batches of ``batch_size`` rows (`train_minibatch`)."""
     config = problem.config
     X = np.concatenate(problem.blocks, axis=1)
-    out = train_minibatch(problem.objective, Ps, Rs, X, config.batch_size,
-                          config.learning_rate, config.n_epochs, monitor,
-                          problem.gram)
+    out = train_minibatch(
+        problem.objective,
+        Ps,
+        Rs,
+        X,
+        config.batch_size,
+        config.learning_rate,
+        config.n_epochs,
+        monitor,
+        problem.gram,
+    )
     if out is None:
         return None
     return out[0], out[1], False
@@ -109,8 +120,9 @@ def _minibatch(problem, Ps, Rs, monitor):
 
 def _lbfgs(problem, Ps, Rs, monitor):
     """L-BFGS-B on the sufficient statistics (`train_lbfgs`)."""
-    return train_lbfgs(problem.objective, Ps, Rs, problem.gram,
-                       problem.config.n_epochs, monitor)
+    return train_lbfgs(
+        problem.objective, Ps, Rs, problem.gram, problem.config.n_epochs, monitor
+    )
 
 
 def _cca(problem, Ps, Rs, monitor):
@@ -124,8 +136,12 @@ SOLVERS = {"sgd": _sgd, "minibatch": _minibatch, "lbfgs": _lbfgs, "cca": _cca}
 OBJECTIVES = ("reference", "whitened")
 INITS = ("current", "cca")
 # What objective=None and tol=None mean for every solver.
-DEFAULT_OBJECTIVE = {"sgd": "reference", "minibatch": "whitened",
-                     "lbfgs": "whitened", "cca": "whitened"}
+DEFAULT_OBJECTIVE = {
+    "sgd": "reference",
+    "minibatch": "whitened",
+    "lbfgs": "whitened",
+    "cca": "whitened",
+}
 DEFAULT_TOL = {"sgd": None, "minibatch": None, "lbfgs": 1e-8, "cca": None}
 
 
@@ -173,11 +189,17 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
         gram = stats.second_moment(shift)
         if centre:
             shifts = [mu.astype(dtype) for mu in stats.means()]
-            blocks = [X - mu for X, mu in zip(blocks, shifts)]
-    objective = Objective(kind, widths, k, config.alignment_weight,
-                          config.regularization,
-                          sample_scale(gram, widths) if gram is not None else 1.0,
-                          dtype)
+            if solver in ("sgd", "minibatch"):  # the others need only statistics
+                blocks = [X - mu for X, mu in zip(blocks, shifts)]
+    objective = Objective(
+        kind,
+        widths,
+        k,
+        config.alignment_weight,
+        config.regularization,
+        sample_scale(gram, widths) if gram is not None else 1.0,
+        dtype,
+    )
     agreement = None
     if solver == "cca" or config.init == "cca":
         Ps, agreement = fit_cca(stats, k, config.regularization)
@@ -187,21 +209,25 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
         Rs = [np.array(R, dtype=dtype) for R in reconstructions]
     problem = _Problem(blocks, stats, gram, objective, config)
     total = 1 if solver == "cca" else config.n_epochs
-    with Monitor(total, tol, config.callback, config.progress,
-                 **monitor_args) as monitor:
+    with Monitor(
+        total, tol, config.callback, config.progress, **monitor_args
+    ) as monitor:
         if solver == "cca":
-            monitor.start(objective(
-                [np.asarray(P, dtype=dtype) for P in projections],
-                [np.asarray(R, dtype=dtype) for R in reconstructions],
-                gram, gradient=False))
+            monitor.start(
+                objective(
+                    [np.asarray(P, dtype=dtype) for P in projections],
+                    [np.asarray(R, dtype=dtype) for R in reconstructions],
+                    gram,
+                    gradient=False,
+                )
+            )
         out = SOLVERS[solver](problem, Ps, Rs, monitor)
         if out is None or not (_finite(out[0]) and _finite(out[1])):
             return None
         Ps, Rs, finished = out
         if kind == "whitened" and solver != "cca":
             Ps, agreement = canonicalise(stats, Ps, k, config.regularization)
-            Rs = [least_squares_inverse(stats.block(m, m), P)
-                  for m, P in enumerate(Ps)]
+            Rs = [least_squares_inverse(stats.block(m, m), P) for m, P in enumerate(Ps)]
             monitor.replace_last(objective(Ps, Rs, gram, gradient=False))
         if not math.isfinite(monitor.history[-1] if monitor.history else 0.0):
             return None
@@ -215,6 +241,8 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
             ConvergenceWarning,
             stacklevel=4,
         )
+    if kind == "reference" and solver != "cca":
+        agreement = None  # that of the start, if init="cca": no longer true
     return Outcome(
         projections=[np.ascontiguousarray(P, dtype=dtype) for P in Ps],
         reconstructions=[np.ascontiguousarray(R, dtype=dtype) for R in Rs],

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Statistics", "accumulate", "slices"]
+__all__ = ["Statistics", "accumulate", "ridge", "slices"]
 
 # Entries of one centred chunk (rows x D) copied at a time: 16 MB in float32.
 _CHUNK_ENTRIES = 2**22
@@ -24,6 +24,13 @@ def slices(widths):
     """The column slice of every model in the concatenation of the features."""
     bounds = np.cumsum([0, *widths])
     return [slice(int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
+
+
+def ridge(gram, regularization):
+    """``regularization * trace(gram) / d``: a ridge relative to the mean variance
+    of the features of a ``(d, d)`` Gram block (1 if they are all constant)."""
+    scale = float(np.trace(gram)) / len(gram)
+    return regularization * (scale if scale > 0 else 1.0)
 
 
 class Statistics(NamedTuple):
