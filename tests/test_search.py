@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Cross-model search (`LatentSpace.search`, `LatentSpace.index`, `_search`)."""
 
+import pickle
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -199,6 +200,22 @@ def test_reference_makes_single_queries_match_the_batch():
         plain.search("a", queries[0], k=5).indices,
         plain.search("a", queries[0], k=5, method="cosine").indices,
     )
+
+
+def test_index_pickles():
+    space = _space()
+    queries, gallery = _data()
+    index = space.index("b", gallery, references={"a": queries[:20]})
+    clone = pickle.loads(pickle.dumps(index))
+    assert clone.references == ("a",) and len(clone) == len(index)
+    assert not clone.latents.flags.writeable
+    for method in ("cosine", "csls"):
+        got = clone.search("a", queries, k=4, method=method)
+        want = index.search("a", queries, k=4, method=method)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_array_equal(got.scores, want.scores)
+    clone.add_reference("b", gallery)
+    assert index.references == ("a",)
 
 
 def test_index_keeps_the_weights_it_was_built_with():

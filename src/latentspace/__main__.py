@@ -245,7 +245,12 @@ def _config_fields():
 # Optional training flags: ProjectionConfig field -> (flag, type, help). Only
 # the fields this version of the library has become options.
 _TRAINING_FLAGS = {
-    "solver": ("--solver", str, "training algorithm (default: %(default)s)"),
+    "solver": (
+        "--solver",
+        str,
+        "training algorithm (default: %(default)s, the reference per-sample "
+        "SGD); 'cca' is the closed form: fast, and usually the best alignment",
+    ),
     "objective": ("--objective", str, "loss the gradient solvers minimise"),
     "init": ("--init", str, "starting weights (default: %(default)s)"),
     "regularization": (
@@ -412,9 +417,11 @@ def _train(args, report):
     if "callback" in fields and not args.quiet:
         options["callback"] = _training_progress(report, args.epochs)
     shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
+    solver = options.get("solver", "sgd")
     report(
         f"training a {dim}-d space on {len(next(iter(data.values())))} items "
-        f"({shapes}), {args.epochs} epochs"
+        f"({shapes}), solver {solver}"
+        + ("" if solver == "cca" else f", at most {args.epochs} epochs")
     )
     result = space.train_projections(data, **options)
     space.save(args.space, config=result)

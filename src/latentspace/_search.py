@@ -238,6 +238,36 @@ class GalleryIndex:
     def references(self):
         return tuple(self._r_source)
 
+    def __getstate__(self):
+        # The compiled maps and the lock do not pickle: keep the weights.
+        state = dict(self.__dict__)
+        del state["_writer"]
+        state["_models"] = {
+            name: (m.projection, m.reconstruction, m.offset)
+            for name, m in self._models.items()
+        }
+        return state
+
+    def __setstate__(self, state):
+        from ._space import _make_model
+
+        def frozen(array):
+            array = np.array(array)  # a private copy
+            array.flags.writeable = False
+            return array
+
+        state = dict(state)
+        state["_models"] = {
+            name: _make_model(
+                np.array(P), np.array(R), None if offset is None else frozen(offset)
+            )
+            for name, (P, R, offset) in state["_models"].items()
+        }
+        state["latents"] = frozen(state["latents"])
+        state["_r_source"] = {k: frozen(v) for k, v in state["_r_source"].items()}
+        self.__dict__.update(state)
+        self._writer = threading.Lock()
+
     def add_reference(self, source, features):
         """Keep a reference sample of items embedded by ``source`` for CSLS.
 
