@@ -504,7 +504,7 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     tau = sample_scale(stats.gram, widths)
     objective = Objective("whitened", widths, k, w, reg, tau, np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _solvers._Problem(Xs, stats, stats.gram, objective, config)
+    problem = _solvers._Problem(Xs, None, stats, stats.gram, objective, config)
     with Monitor(1, None, None, False, started=0.0) as monitor:
         P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
 

@@ -93,9 +93,18 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
 
 
 def train_minibatch(
-    objective, Ps, Rs, X, batch_size, learning_rate, n_epochs, monitor, gram
+    objective,
+    Ps,
+    Rs,
+    blocks,
+    shift,
+    batch_size,
+    learning_rate,
+    n_epochs,
+    monitor,
+    gram,
 ):
-    """Minimise ``objective`` with Adam on mini-batches of the rows of ``X``.
+    """Minimise ``objective`` with Adam on mini-batches of aligned rows.
 
     Batches are consecutive rows, in order. Each step uses the second moments
     of one batch (``O(b D^2 + D^2 k)``); the whitened objective whitens with
@@ -108,14 +117,16 @@ def train_minibatch(
     objective : Objective
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
-    X : (n, D) ndarray
-        Concatenated, shifted samples.
+    blocks : list of (n, d_m) ndarray
+        Aligned samples; a batch is their rows concatenated, minus ``shift``
+        (no copy of the whole data is made).
+    shift : (D,) ndarray or None
     batch_size : int
     learning_rate : float
     n_epochs : int
     monitor : Monitor
     gram : (D, D) ndarray
-        Second moments of all of ``X``.
+        Second moments of all the shifted samples.
 
     Returns
     -------
@@ -124,12 +135,14 @@ def train_minibatch(
     theta = objective.join(Ps, Rs).copy()
     first = np.zeros_like(theta)
     second = np.zeros_like(theta)
-    n = len(X)
+    n = len(blocks[0])
     step = 0
     monitor.start(objective(*objective.split(theta), gram, gradient=False))
     for _ in range(n_epochs):
         for start in range(0, n, batch_size):
-            batch = X[start : start + batch_size]
+            batch = np.concatenate([X[start : start + batch_size] for X in blocks], 1)
+            if shift is not None:
+                batch -= shift
             # batch second moments: B.T @ B / b
             moments = (batch.T @ batch) / len(batch)
             loss, gPs, gRs = objective(*objective.split(theta), moments, gram)

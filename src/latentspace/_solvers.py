@@ -50,7 +50,8 @@ class Outcome(NamedTuple):
 class _Problem(NamedTuple):
     """Everything a solver needs besides the starting weights."""
 
-    blocks: list  # (n, d_m) samples, shifted by the new offsets
+    blocks: list  # (n, d_m) samples (shifted by the new offsets for "sgd")
+    shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
     stats: object  # Statistics of the blocks before the shift, or None
     gram: np.ndarray | None  # second moments of the shifted samples
     objective: Objective
@@ -101,12 +102,12 @@ def _sgd(problem, Ps, Rs, monitor):
 def _minibatch(problem, Ps, Rs, monitor):
     """Adam on mini-batches of ``batch_size`` rows (`train_minibatch`)."""
     config = problem.config
-    X = np.concatenate(problem.blocks, axis=1)
     out = train_minibatch(
         problem.objective,
         Ps,
         Rs,
-        X,
+        problem.blocks,
+        problem.shift,
         config.batch_size,
         config.learning_rate,
         config.n_epochs,
@@ -183,14 +184,17 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
     centre = solver == "cca" or kind == "whitened" or config.init == "cca"
     stats = gram = None
     shifts = [None] * len(blocks)
+    pending = None
     if centre or solver in ("lbfgs", "minibatch"):
         stats = accumulate(blocks)
         shift = stats.mean if centre else np.zeros_like(stats.mean)
         gram = stats.second_moment(shift)
         if centre:
             shifts = [mu.astype(dtype) for mu in stats.means()]
-            if solver in ("sgd", "minibatch"):  # the others need only statistics
-                blocks = [X - mu for X, mu in zip(blocks, shifts)]
+            if solver == "sgd":  # minibatch shifts its batches, the others
+                blocks = [X - mu for X, mu in zip(blocks, shifts)]  # use statistics
+            else:
+                pending = np.concatenate(shifts)
     objective = Objective(
         kind,
         widths,
@@ -207,7 +211,7 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
     else:
         Ps = [np.array(P, dtype=dtype) for P in projections]
         Rs = [np.array(R, dtype=dtype) for R in reconstructions]
-    problem = _Problem(blocks, stats, gram, objective, config)
+    problem = _Problem(blocks, pending, stats, gram, objective, config)
     total = 1 if solver == "cca" else config.n_epochs
     with Monitor(
         total, tol, config.callback, config.progress, **monitor_args
