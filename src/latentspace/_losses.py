@@ -21,14 +21,16 @@ latents, and put in the units of the data by ``tau``, the mean over models of
 
 ``u_m`` does not change when ``P_m`` is scaled (or, at whitened weights,
 multiplied by any positive-definite matrix), so no direction of the weights
-lowers the alignment without aligning the models: it is at least ``(w tau /
-2) (k - sum_j rho_j)`` for two models, ``rho_j`` the canonical correlations of
-their latent subspaces. ``r_m = regularization * trace(G_mm) / d_m`` is the
-ridge of the closed form (`latentspace._cca`); ``delta_m`` is a jitter of
-``sqrt(eps) * trace(S_m) / k`` that keeps ``W_m`` finite when a model's
-latents are rank deficient (``d_m < k``). With ``w tau`` that large, alignment
-dominates reconstruction for any ``w`` of order one: the optimum is close to
-the closed-form CCA subspace, with reconstruction breaking ties.
+lowers the alignment without aligning the models: for two models (and no
+regularisation) its smallest value over rotations is ``(w tau / 2) (k -
+sum_j rho_j)``, ``rho_j`` the canonical correlations of their latent
+subspaces. ``r_m = regularization * trace(G_mm) / d_m`` is the ridge of the
+closed form (`latentspace._cca`); ``delta_m`` is a jitter of ``sqrt(eps) *
+trace(S_m) / k`` that keeps ``W_m`` finite when a model's latents are rank
+deficient (``d_m < k``). A latent dimension on which the models disagree
+costs as much as a sample's whole squared norm, so with ``w`` of order one
+the optimum is near the closed-form CCA subspace, pulled towards directions
+that reconstruct well (a larger ``w`` pulls less).
 
 Every evaluation costs ``O(D^2 k)`` for ``D`` the summed widths, whatever the
 number of samples.
