@@ -35,7 +35,6 @@ import json
 import math
 import os
 import secrets
-import zipfile
 
 import numpy as np
 
@@ -419,9 +418,12 @@ def _read(path):
         raise _fail(path, "not a latentspace file (not an .npz/zip archive)")
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except Exception as exc:  # BadZipFile, NotImplementedError, struct/zlib errors
+        # A damaged zip directory can fail in many ways; all mean the same.
         raise _fail(path, f"not a readable .npz archive (truncated?): {exc}") from None
     arrays = {}
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy with a zip prefix
+        raise _fail(path, "not a latentspace file (not an .npz archive)")
     with archive:
         if _HEADER not in archive.files:
             raise _fail(
@@ -466,8 +468,7 @@ def load(cls, path):
     _check_header(header, path)
     _check_arrays(header, arrays, path)
     try:
-        state = make_generator(header["rng"]).bit_generator.state
-        del state
+        make_generator(header["rng"])  # refuse a bad state before building
     except (ValueError, TypeError, KeyError) as exc:
         raise _fail(path, f"invalid random generator state ({exc})") from None
     space = cls.__new__(cls)
