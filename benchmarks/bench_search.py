@@ -99,13 +99,18 @@ def main():
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
         f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}"
     )
-    print(f"{'n':>7} {'dtype':>7}  {'operation':<14} {'seconds':>9} "
-          f"{'queries/s':>10} {'peak MiB':>9}")
+    print(
+        f"{'n':>7} {'dtype':>7}  {'operation':<14} {'seconds':>9} "
+        f"{'queries/s':>10} {'peak MiB':>9}"
+    )
     for n in args.sizes:
         for dtype in ("float32", "float64"):
             for name, seconds, rate, peak in run(n, dtype, args.repeats, args.max_gb):
-                print(f"{n:>7} {dtype:>7}  {name:<14} {seconds:9.3f} {rate:10.0f} "
-                      f"{peak:9.1f}", flush=True)
+                print(
+                    f"{n:>7} {dtype:>7}  {name:<14} {seconds:9.3f} {rate:10.0f} "
+                    f"{peak:9.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,15 @@ def files(tmp_path):
 @pytest.fixture
 def trained(files, capsys):
     argv = [
-        "train", str(files / "space.npz"), f"a={files / 'a.npy'}",
-        f"b={files / 'b.npz'}", "--dim", "4", "--epochs", "5", "--quiet",
+        "train",
+        str(files / "space.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--dim",
+        "4",
+        "--epochs",
+        "5",
+        "--quiet",
     ]
     assert main(argv) == 0
     capsys.readouterr()
@@ -50,6 +57,7 @@ def _run(argv, cwd):
         [sys.executable, "-m", "latentspace", *argv],
         capture_output=True,
         text=True,
+        check=False,
         cwd=cwd,
         timeout=300,
     )
@@ -69,8 +77,18 @@ def _error(capsys, argv, code=2):
 
 def test_end_to_end_in_a_subprocess(files):
     done = _run(
-        ["train", "space.npz", "a=a.npy", "b=both.npz:b", "--dim", "4",
-         "--epochs", "20", "--learning-rate", "0.05"],
+        [
+            "train",
+            "space.npz",
+            "a=a.npy",
+            "b=both.npz:b",
+            "--dim",
+            "4",
+            "--epochs",
+            "20",
+            "--learning-rate",
+            "0.05",
+        ],
         files,
     )
     assert done.returncode == 0, done.stderr
@@ -79,8 +97,20 @@ def test_end_to_end_in_a_subprocess(files):
     space = LatentSpace.load(files / "space.npz")
     assert space.models == {"a": 6, "b": 9} and space.dim == 4
 
-    done = _run(["search", "space.npz", "a=a.npy", "b=b.npz", "-k", "3",
-                 "-o", "hits.npz", "-q"], files)
+    done = _run(
+        [
+            "search",
+            "space.npz",
+            "a=a.npy",
+            "b=b.npz",
+            "-k",
+            "3",
+            "-o",
+            "hits.npz",
+            "-q",
+        ],
+        files,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     with np.load(files / "hits.npz") as hits:
@@ -100,8 +130,16 @@ def test_help_is_for_newcomers(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for command in ("train", "project", "translate", "search", "evaluate",
-                    "bench", "demo", "info"):
+    for command in (
+        "train",
+        "project",
+        "translate",
+        "search",
+        "evaluate",
+        "bench",
+        "demo",
+        "info",
+    ):
         assert f"    {command}" in out
     assert "NAME=FILE" in out and "example" in out
 
@@ -142,8 +180,17 @@ def test_train_matches_the_library(trained):
 
 def test_train_continues_a_saved_space(trained, capsys):
     out = trained / "more.npz"
-    argv = ["train", str(out), f"a={trained / 'a.npy'}", f"b={trained / 'b.npz'}",
-            "--continue", str(trained / "space.npz"), "--epochs", "2", "-q"]
+    argv = [
+        "train",
+        str(out),
+        f"a={trained / 'a.npy'}",
+        f"b={trained / 'b.npz'}",
+        "--continue",
+        str(trained / "space.npz"),
+        "--epochs",
+        "2",
+        "-q",
+    ]
     assert main(argv) == 0
     before = LatentSpace.load(trained / "space.npz")
     a, b = _aligned()
@@ -156,19 +203,52 @@ def test_project_and_translate(trained, capsys):
     space = LatentSpace.load(trained / "space.npz")
     a, _ = _aligned()
     out = trained / "latent.npy"
-    assert main(["project", str(trained / "space.npz"), "a",
-                 str(trained / "a.npy"), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "project",
+                str(trained / "space.npz"),
+                "a",
+                str(trained / "a.npy"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(out), space.project("a", a))
     out = trained / "as_b.npy"
-    assert main(["translate", str(trained / "space.npz"), "a", "b",
-                 str(trained / "a.npy"), "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                str(trained / "space.npz"),
+                "a",
+                "b",
+                str(trained / "a.npy"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(np.load(out), space.translate("a", "b", a))
     assert "translated 40 items" in capsys.readouterr().out
 
 
 def test_search_prints_hits(trained, capsys):
-    argv = ["search", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
-            f"b={trained / 'b.npz'}", "-k", "2", "--show", "3", "--method", "cosine"]
+    argv = [
+        "search",
+        str(trained / "space.npz"),
+        f"a={trained / 'a.npy'}",
+        f"b={trained / 'b.npz'}",
+        "-k",
+        "2",
+        "--show",
+        "3",
+        "--method",
+        "cosine",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -181,8 +261,14 @@ def test_search_prints_hits(trained, capsys):
 
 
 def test_evaluate_json(trained, capsys):
-    argv = ["evaluate", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
-            f"b={trained / 'b.npz'}", "--json", "-q"]
+    argv = [
+        "evaluate",
+        str(trained / "space.npz"),
+        f"a={trained / 'a.npy'}",
+        f"b={trained / 'b.npz'}",
+        "--json",
+        "-q",
+    ]
     assert main(argv) == 0
     numbers = json.loads(capsys.readouterr().out)
     assert set(numbers["retrieval"]) == {"a -> b", "b -> a"}
@@ -190,8 +276,16 @@ def test_evaluate_json(trained, capsys):
 
 
 def test_evaluate_prints_a_table(trained, capsys):
-    argv = ["evaluate", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
-            f"b={trained / 'b.npz'}", "-k", "1", "5", "-q"]
+    argv = [
+        "evaluate",
+        str(trained / "space.npz"),
+        f"a={trained / 'a.npy'}",
+        f"b={trained / 'b.npz'}",
+        "-k",
+        "1",
+        "5",
+        "-q",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "a -> b" in out and "top5" in out and "R^2" in out
@@ -228,14 +322,30 @@ def test_bad_files_are_one_line_errors(trained, capsys):
         ("search", space, f"a={trained / 'b.npz'}", b): "must have shape",
         ("train", str(trained / "x.npz"), a): "at least two models",
         ("train", str(trained / "x.npz"), a, a): "given twice",
-        ("train", str(trained / "x.npz"), a, f"b={trained / 'short.npy'}"):
-            "same number of rows",
+        (
+            "train",
+            str(trained / "x.npz"),
+            a,
+            f"b={trained / 'short.npy'}",
+        ): "same number of rows",
         ("train", str(trained / "no" / "x.npz"), a, b): "no directory",
         ("evaluate", space, a, f"b={trained / 'short.npy'}"): "same number of rows",
-        ("project", space, "a", str(trained / "b.npz"), "-o",
-         str(trained / "o.npy")): "must have shape",
-        ("project", space, "a", str(trained / "a.npy"), "-o",
-         str(trained / "no" / "o.npy")): "no directory",
+        (
+            "project",
+            space,
+            "a",
+            str(trained / "b.npz"),
+            "-o",
+            str(trained / "o.npy"),
+        ): "must have shape",
+        (
+            "project",
+            space,
+            "a",
+            str(trained / "a.npy"),
+            "-o",
+            str(trained / "no" / "o.npy"),
+        ): "no directory",
     }
     for argv, message in cases.items():
         err = _error(capsys, list(argv))
@@ -244,9 +354,14 @@ def test_bad_files_are_one_line_errors(trained, capsys):
 
 
 def test_bad_arguments_show_usage(capsys):
-    for argv in (["train"], ["search", "s.npz"], ["train", "s.npz", "a=x", "--dim", "0"],
-                 ["search", "s.npz", "a=x", "b=y", "--method", "l2"],
-                 ["evaluate", "s.npz", "a=x", "-k", "zero"], ["nonsense"]):
+    for argv in (
+        ["train"],
+        ["search", "s.npz"],
+        ["train", "s.npz", "a=x", "--dim", "0"],
+        ["search", "s.npz", "a=x", "b=y", "--method", "l2"],
+        ["evaluate", "s.npz", "a=x", "-k", "zero"],
+        ["nonsense"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2
@@ -261,16 +376,32 @@ def test_model_without_file_shows_the_form(capsys):
 
 
 def test_divergence_exits_1(files, capsys):
-    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
-            f"b={files / 'b.npz'}", "--learning-rate", "50", "--epochs", "3", "-q"]
+    argv = [
+        "train",
+        str(files / "s.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--learning-rate",
+        "50",
+        "--epochs",
+        "3",
+        "-q",
+    ]
     err = _error(capsys, argv, code=1)
     assert "diverged" in err
     assert not os.path.exists(files / "s.npz")
 
 
 def test_invalid_training_option_is_a_usage_error(files, capsys):
-    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
-            f"b={files / 'b.npz'}", "--alignment-weight", "nan", "-q"]
+    argv = [
+        "train",
+        str(files / "s.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--alignment-weight",
+        "nan",
+        "-q",
+    ]
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
@@ -282,23 +413,47 @@ def test_invalid_training_option_is_a_usage_error(files, capsys):
 
 def test_train_and_evaluate_save_pictures(files, capsys):
     pytest.importorskip("matplotlib")
-    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
-            f"b={files / 'b.npz'}", "--dim", "4", "--epochs", "3", "-q",
-            "--plot", str(files / "run")]
+    argv = [
+        "train",
+        str(files / "s.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--dim",
+        "4",
+        "--epochs",
+        "3",
+        "-q",
+        "--plot",
+        str(files / "run"),
+    ]
     assert main(argv) == 0
     assert "pictures:" in capsys.readouterr().out
     for name in ("run-loss.png", "run-map.png"):
         assert (files / name).read_bytes().startswith(b"\x89PNG")
-    argv = ["evaluate", str(files / "s.npz"), f"a={files / 'a.npy'}",
-            f"b={files / 'b.npz'}", "-q", "--plot", str(files / "test")]
+    argv = [
+        "evaluate",
+        str(files / "s.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "-q",
+        "--plot",
+        str(files / "test"),
+    ]
     assert main(argv) == 0
     assert (files / "test-map.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_pictures_without_matplotlib_fail_before_training(files, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    argv = ["train", str(files / "s.npz"), f"a={files / 'a.npy'}",
-            f"b={files / 'b.npz'}", "--plot", str(files / "run"), "-q"]
+    argv = [
+        "train",
+        str(files / "s.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--plot",
+        str(files / "run"),
+        "-q",
+    ]
     err = _error(capsys, argv)
     assert "pip install matplotlib" in err
     assert not os.path.exists(files / "s.npz")

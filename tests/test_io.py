@@ -111,7 +111,9 @@ def test_fresh_generator_state_continues(tmp_path):
     space.save(tmp_path / "before.npz")
     space.register("a", 3)
     space.save(tmp_path / "after.npz")
-    before, after = (LatentSpace.load(tmp_path / f) for f in ("before.npz", "after.npz"))
+    before, after = (
+        LatentSpace.load(tmp_path / f) for f in ("before.npz", "after.npz")
+    )
     before.register("a", 3)
     _assert_identical(space, before)
     _assert_same_future(space, after)
@@ -213,8 +215,9 @@ def _zip_structure(data):
         start_of_directory = archive.start_dir
     for info in infos:
         start = info.header_offset
-        names, extra = (int.from_bytes(data[start + i : start + i + 2], "little")
-                        for i in (26, 28))
+        names, extra = (
+            int.from_bytes(data[start + i : start + i + 2], "little") for i in (26, 28)
+        )
         positions.update(range(start, start + 30 + names + extra))
     positions.update(range(start_of_directory, len(data)))
     return positions

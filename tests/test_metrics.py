@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Retrieval and reconstruction scores (`latentspace.metrics`, `LatentSpace.evaluate`)."""
+"""Retrieval and reconstruction scores (`latentspace.metrics`, `space.evaluate`)."""
 
 import json
 
@@ -31,6 +31,7 @@ def _space_and_data(n=60, seed=0, dtype="float64"):
 
 def _ranks_by_definition(space, a, b, data, method, csls_k=10):
     """Position of the pair in a full stable sort of the score matrix."""
+
     def unit(Z):
         return Z / np.linalg.norm(Z, axis=1, keepdims=True)
 
@@ -62,7 +63,9 @@ def test_ranks_match_the_definition(method, batch_size):
 def test_rank_one_is_the_top_hit_of_search():
     space, data = _space_and_data()
     for method in ("cosine", "csls"):
-        ranks = metrics.retrieval_ranks(space, "a", data["a"], "b", data["b"], method=method)
+        ranks = metrics.retrieval_ranks(
+            space, "a", data["a"], "b", data["b"], method=method
+        )
         top = space.search("a", data["a"], "b", data["b"], k=1, method=method)
         items = np.arange(len(ranks))
         np.testing.assert_array_equal(ranks == 1, top.indices[:, 0] == items)
@@ -98,7 +101,9 @@ def test_evaluate_reports_every_ordered_pair(method):
         assert scores["translation_r2"] == pytest.approx(1 - sse / sst, abs=1e-12)
     # Trained on these very items, the models align: far above chance (1/60).
     assert result.mean("top1") > 0.5
-    assert result.mean("top1") == np.mean([s["top1"] for s in result.retrieval.values()])
+    assert result.mean("top1") == np.mean(
+        [s["top1"] for s in result.retrieval.values()]
+    )
     json.dumps(result.to_dict())
     assert "a -> b" in result.to_dict()["retrieval"]
     text = str(result)

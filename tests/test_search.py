@@ -7,8 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from latentspace import InvalidParameterError, LatentSpace, UnknownModelError
-from latentspace import _search
+from latentspace import InvalidParameterError, LatentSpace, UnknownModelError, _search
 from latentspace._space import _make_model
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
@@ -245,7 +244,8 @@ def test_searches_from_threads_match_a_single_thread():
         for k in (1, 10)
     ] * 3
     expected = [
-        index.search("a", queries[rows], k=k, method=method) for method, rows, k in calls
+        index.search("a", queries[rows], k=k, method=method)
+        for method, rows, k in calls
     ]
     oneoff = space.search("a", queries, "b", gallery, k=10)
 

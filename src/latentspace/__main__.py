@@ -248,8 +248,10 @@ _TRAINING_FLAGS = {
     "solver": (
         "--solver",
         str,
-        "training algorithm (default: %(default)s, the reference per-sample "
-        "SGD); 'cca' is the closed form: fast, and usually the best alignment",
+        (
+            "training algorithm (default: %(default)s, the reference per-sample "
+            "SGD); 'cca' is the closed form: fast, and usually the best alignment"
+        ),
     ),
     "objective": ("--objective", str, "loss the gradient solvers minimise"),
     "init": ("--init", str, "starting weights (default: %(default)s)"),
@@ -472,8 +474,9 @@ def _project(args, report):
     features = _read_matrix(args.input, "input")
     latent = space.project(args.model, features)
     _write_output(args.output, {"latent": latent})
-    print(f"projected {len(latent)} items of {args.model!r}: {args.output} "
-          f"{latent.shape}")
+    print(
+        f"projected {len(latent)} items of {args.model!r}: {args.output} {latent.shape}"
+    )
     return 0
 
 
@@ -482,8 +485,10 @@ def _translate(args, report):
     features = _read_matrix(args.input, "input")
     out = space.translate(args.source, args.target, features)
     _write_output(args.output, {"features": out})
-    print(f"translated {len(out)} items {args.source!r} -> {args.target!r}: "
-          f"{args.output} {out.shape}")
+    print(
+        f"translated {len(out)} items {args.source!r} -> {args.target!r}: "
+        f"{args.output} {out.shape}"
+    )
     return 0
 
 
@@ -573,16 +578,25 @@ def _bench(args, report):
         f"dim={args.dim}, width={args.width}, {args.dtype}); other load on the "
         "machine changes them"
     )
+
+    def line(label, seconds, rate):
+        shown = (
+            f"{seconds * 1e6:8.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:8.1f} ms"
+        )
+        print(f"  {label:<40} {shown}  {rate}".rstrip())
+
     one = median(lambda: space.project("a", x), 2000)
-    print(f"  project, one vector        {one * 1e6:10.1f} us")
+    line("project, one vector", one, "")
     batch = median(lambda: space.project("a", X), 5)
-    print(f"  project, {args.size} rows  {batch * 1e3:10.2f} ms  "
-          f"({args.size / batch:,.0f} rows/s)")
+    line(f"project, {args.size} rows", batch, f"({args.size / batch:,.0f} rows/s)")
     index = space.index("b", X)
     for method in ("cosine", "csls"):
-        seconds = median(lambda: index.search("a", X, k=10, method=method), 3)
-        print(f"  search {args.size} x {args.size}, top 10, {method:<6} "
-              f"{seconds:8.3f} s  ({args.size / seconds:,.0f} queries/s)")
+        seconds = median(lambda m=method: index.search("a", X, k=10, method=m), 3)
+        line(
+            f"search {args.size} x {args.size}, top 10, {method}",
+            seconds,
+            f"({args.size / seconds:,.0f} queries/s)",
+        )
     print(
         "For the full benchmarks (against NumPy, with the machine's details), "
         "from a source checkout:\n  python benchmarks/bench_core.py\n"
@@ -766,9 +780,7 @@ def _parser():
     project.add_argument("space", metavar="SPACE")
     project.add_argument("model", metavar="MODEL")
     project.add_argument("input", metavar="INPUT", help=".npy/.npz, one row per item")
-    project.add_argument(
-        "-o", "--output", required=True, help="the .npy file to write"
-    )
+    project.add_argument("-o", "--output", required=True, help="the .npy file to write")
 
     translate = _command(
         commands,
@@ -801,11 +813,15 @@ def _parser():
     )
     search.add_argument("space", metavar="SPACE")
     search.add_argument(
-        "queries", metavar="SOURCE=QUERIES", type=_model_file,
+        "queries",
+        metavar="SOURCE=QUERIES",
+        type=_model_file,
         help="the queries' model and file",
     )
     search.add_argument(
-        "gallery", metavar="TARGET=GALLERY", type=_model_file,
+        "gallery",
+        metavar="TARGET=GALLERY",
+        type=_model_file,
         help="the gallery's model and file",
     )
     search.add_argument(
@@ -813,7 +829,9 @@ def _parser():
     )
     _add_method(search)
     search.add_argument(
-        "--csls-k", type=_positive_int, default=10,
+        "--csls-k",
+        type=_positive_int,
+        default=10,
         help="neighbourhood size of CSLS (default: %(default)s)",
     )
     search.add_argument(
@@ -826,7 +844,9 @@ def _parser():
         "-o", "--output", help="save 'indices' and 'scores' to this .npz file"
     )
     search.add_argument(
-        "--show", type=_positive_int, default=20,
+        "--show",
+        type=_positive_int,
+        default=20,
         help="queries printed without -o (default: %(default)s)",
     )
 
@@ -844,11 +864,17 @@ def _parser():
     )
     evaluate.add_argument("space", metavar="SPACE")
     evaluate.add_argument(
-        "models", metavar="NAME=FILE", nargs="+", type=_model_file,
+        "models",
+        metavar="NAME=FILE",
+        nargs="+",
+        type=_model_file,
         help="held-out embeddings of registered models",
     )
     evaluate.add_argument(
-        "-k", type=_positive_int, nargs="+", default=[1, 10],
+        "-k",
+        type=_positive_int,
+        nargs="+",
+        default=[1, 10],
         help="top-k cut-offs (default: 1 10)",
     )
     _add_method(evaluate)
@@ -870,7 +896,9 @@ def _parser():
         _bench,
     )
     bench.add_argument(
-        "--size", type=_positive_int, default=5000,
+        "--size",
+        type=_positive_int,
+        default=5000,
         help="items (rows) of the batch and of the search (default: %(default)s)",
     )
     bench.add_argument("--dim", type=_positive_int, default=64)

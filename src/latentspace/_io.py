@@ -436,7 +436,8 @@ def _read(path):
                 arrays[name] = archive[name]
         except Exception as exc:  # zlib, CRC, format and pickle errors alike
             raise _fail(
-                path, f"array data is corrupted or truncated: {type(exc).__name__}: {exc}"
+                path,
+                f"array data is corrupted or truncated: {type(exc).__name__}: {exc}",
             ) from None
     raw = arrays.pop(_HEADER)
     if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_HEADER_BYTES:

@@ -213,8 +213,9 @@ class GalleryIndex:
         self._batch_size = check_batch_size(batch_size)
         G, one = unit_latents(space, self._models, target, gallery, "gallery")
         if one:
+            width = self._models[target].input_dim
             raise InvalidParameterError(
-                f"gallery must be a 2-D array of items (n, {self._models[target].input_dim}), "
+                f"gallery must be a 2-D array of items, shape (n, {width}), "
                 "got one vector; pass gallery[None, :] for a gallery of one item"
             )
         if len(G) == 0:

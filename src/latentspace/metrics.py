@@ -80,7 +80,14 @@ def _aligned(space, data, min_models):
 
 
 def retrieval_ranks(
-    space, source, queries, target, gallery, *, method="csls", csls_k=10,
+    space,
+    source,
+    queries,
+    target,
+    gallery,
+    *,
+    method="csls",
+    csls_k=10,
     batch_size=None,
 ):
     """Rank of the paired gallery item of every query.
@@ -188,7 +195,9 @@ def _map(affine_map, x):
 def _reconstruction(models, names, blocks):
     return {
         name: _r2_blocks(
-            lambda rows, m=models[name], X=X: _map(m.retrieve, _map(m.project, X[rows])),
+            lambda rows, m=models[name], X=X: _map(
+                m.retrieve, _map(m.project, X[rows])
+            ),
             X,
         )
         for name, X in zip(names, blocks)
@@ -263,7 +272,9 @@ class Evaluation:
             "n_items": self.n_items,
             "method": self.method,
             "k": list(self.k),
-            "retrieval": {f"{a} -> {b}": dict(s) for (a, b), s in self.retrieval.items()},
+            "retrieval": {
+                f"{a} -> {b}": dict(s) for (a, b), s in self.retrieval.items()
+            },
             "reconstruction_r2": dict(self.reconstruction_r2),
         }
 
@@ -272,9 +283,11 @@ class Evaluation:
         labels = [f"{a} -> {b}" for a, b in self.retrieval] + ["mean"]
         width = max(map(len, labels + ["pair"]))
         lines = [
-            f"Cross-model retrieval on {self.n_items} aligned items "
-            f"(method={self.method}; rank of the paired item among all "
-            f"{self.n_items})",
+            (
+                f"Cross-model retrieval on {self.n_items} aligned items "
+                f"(method={self.method}; rank of the paired item among all "
+                f"{self.n_items})"
+            ),
             f"{'A -> B':<{width}}" + "".join(f"  {h:>14}" for h in heads),
         ]
         rows = list(self.retrieval.values())
