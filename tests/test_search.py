@@ -103,6 +103,20 @@ def test_small_blocks_by_memory_budget(monkeypatch):
     np.testing.assert_array_equal(result.indices, reference.indices)
 
 
+def test_callback_reports_every_block():
+    space = _space()
+    queries, gallery = _data()
+    calls = []
+    index = space.index("b", gallery)
+    result = index.search(
+        "a", queries, k=3, batch_size=10, callback=lambda *a: calls.append(a)
+    )
+    assert calls == [(10, 37), (20, 37), (30, 37), (37, 37)]
+    np.testing.assert_array_equal(result.indices, index.search("a", queries, k=3)[0])
+    with pytest.raises(ValueError, match="callback must be callable"):
+        index.search("a", queries, callback=3)
+
+
 def test_one_query_vector_and_empty_batches():
     space = _space()
     queries, gallery = _data()

@@ -345,6 +345,19 @@ def _add_training_options(parser):
     )
 
 
+def _every(seconds, callback):
+    """``callback`` called at most once per ``seconds`` (and at the end)."""
+    last = [time.perf_counter()]
+
+    def throttled(done, total):
+        now = time.perf_counter()
+        if now - last[0] >= seconds or done == total:
+            last[0] = now
+            callback(done, total)
+
+    return throttled
+
+
 def _training_progress(report, n_epochs):
     """A ``callback(state)`` printing a line at most every 2 seconds."""
     last = [0.0]
@@ -506,7 +519,13 @@ def _search(args, report):
         references = {source: _read_matrix(args.reference, "reference")}
     index = space.index(target, gallery, references=references, csls_k=args.csls_k)
     report(f"searching {len(queries)} queries of {source!r} ({args.method})")
-    indices, scores = index.search(source, queries, k=args.k, method=args.method)
+    indices, scores = index.search(
+        source,
+        queries,
+        k=args.k,
+        method=args.method,
+        callback=_every(2.0, lambda done, total: report(f"{done}/{total} queries")),
+    )
     report("done")
     if args.output:
         _write_output(args.output, {"indices": indices, "scores": scores})

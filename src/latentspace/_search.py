@@ -170,8 +170,11 @@ def top_k(T, k):
     )
 
 
-def search_latents(Q, G, k, method, csls_k, r_source=None, batch_size=None):
-    """`SearchResult` of unit query latents ``Q`` in unit gallery latents ``G``."""
+def search_latents(
+    Q, G, k, method, csls_k, r_source=None, batch_size=None, callback=None
+):
+    """`SearchResult` of unit query latents ``Q`` in unit gallery latents ``G``;
+    ``callback(n_done, n_queries)`` after every block."""
     k = min(k, len(G))
     indices = np.empty((len(Q), k), dtype=np.int64)
     scores = np.empty((len(Q), k), dtype=Q.dtype)
@@ -180,6 +183,8 @@ def search_latents(Q, G, k, method, csls_k, r_source=None, batch_size=None):
         indices[start:stop], scores[start:stop] = top_k(T, k)
         if shift is not None:
             scores[start:stop] -= shift[:, None]
+        if callback is not None:
+            callback(stop, len(Q))
     return SearchResult(indices, scores)
 
 
@@ -299,7 +304,9 @@ class GalleryIndex:
             self._r_source = {**self._r_source, source: r_source}
         return self
 
-    def search(self, source, queries, *, k=10, method="csls", batch_size=None):
+    def search(
+        self, source, queries, *, k=10, method="csls", batch_size=None, callback=None
+    ):
         """The ``k`` best gallery items for each query of model ``source``.
 
         Parameters
@@ -313,6 +320,9 @@ class GalleryIndex:
             See the module documentation.
         batch_size : int, optional
             Query rows per block of scores; by default about 32 MiB of scores.
+        callback : callable, optional
+            Called as ``callback(n_done, n_queries)`` after every block of
+            queries (progress reports for long searches).
 
         Returns
         -------
@@ -320,6 +330,10 @@ class GalleryIndex:
             ``(indices, scores)``, each of shape ``(n_queries, k)`` (``(k,)``
             for one query vector), best first.
         """
+        if callback is not None and not callable(callback):
+            raise InvalidParameterError(
+                f"callback must be callable or None, got {callback!r}"
+            )
         k = check_int("k", k, 1)
         method = check_method(method)
         batch_size = check_batch_size(batch_size) or self._batch_size
@@ -337,6 +351,7 @@ class GalleryIndex:
             self.csls_k,
             self._r_source.get(source),
             batch_size,
+            callback,
         )
         if one:
             return SearchResult(result.indices[0], result.scores[0])
