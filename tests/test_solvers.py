@@ -746,3 +746,20 @@ def test_result_defaults_keep_the_old_fields():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         latentspace.TrainingResult(1, 0.0, (0.0,), 0.1, ProjectionConfig())
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
+def test_blas_thread_limits_are_restored_after_concurrent_training():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = [info["num_threads"] for info in threadpoolctl.threadpool_info()]
+    Xs = correlated((6, 5), 200, seed=31)
+
+    def fit(solver):
+        return trained((6, 5), 3, Xs, solver=solver, n_epochs=20)[2].final_loss
+
+    with ThreadPoolExecutor(4) as pool:
+        losses = list(pool.map(fit, ["cca", "lbfgs"] * 4))
+    assert losses[::2] == [losses[0]] * 4 and losses[1::2] == [losses[1]] * 4
+    assert [info["num_threads"] for info in threadpoolctl.threadpool_info()] == before

@@ -2,11 +2,11 @@
 """Gradient solvers of an `latentspace._losses.Objective`: full-batch L-BFGS on
 sufficient statistics, and mini-batch Adam on the samples."""
 
-import contextlib
 import math
-import os
 
 import numpy as np
+
+from ._threads import scipy_blas_single_threaded
 
 __all__ = ["train_lbfgs", "train_minibatch"]
 
@@ -14,28 +14,6 @@ __all__ = ["train_lbfgs", "train_minibatch"]
 # of the step size (that of the reference optimiser).
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _DECAY = 0.999
-
-
-def _scipy_blas_single_threaded():
-    """Limit the BLAS that SciPy links to one thread, if threadpoolctl is there.
-
-    L-BFGS-B's own work is level-1 BLAS on vectors of a few thousand entries,
-    which threads never speed up and which OpenBLAS's threads slow down many
-    times when the cores are busy. NumPy's BLAS (the Gram products of the
-    objective) keeps its threads.
-    """
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return contextlib.nullcontext()
-    libraries = [
-        lib.filepath
-        for lib in ThreadpoolController().select(user_api="blas").lib_controllers
-        if os.path.basename(os.path.dirname(lib.filepath)).startswith("scipy")
-    ]
-    if not libraries:
-        return contextlib.nullcontext()
-    return ThreadpoolController().select(filepath=libraries).limit(limits=1)
 
 
 def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
@@ -78,7 +56,7 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
 
     theta = objective.join(Ps, Rs, np.float64)
     monitor.start(objective(Ps, Rs, gram, gradient=False))
-    with _scipy_blas_single_threaded():
+    with scipy_blas_single_threaded():
         result = minimize(
             fun,
             theta,

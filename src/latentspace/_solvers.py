@@ -21,6 +21,7 @@ from ._losses import Objective, sample_scale, whitening
 from ._monitor import Monitor
 from ._sgd import train_sgd
 from ._statistics import accumulate, ridge, slices
+from ._threads import scipy_blas_single_threaded
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
@@ -168,7 +169,10 @@ def train(blocks, projections, reconstructions, config, monitor_args):
     Outcome, or None if the weights stopped being finite.
     """
     # Overflow is detected from the results (non-finite loss or weights).
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    with (
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+        scipy_blas_single_threaded(),
+    ):
         return _train(blocks, projections, reconstructions, config, monitor_args)
 
 
