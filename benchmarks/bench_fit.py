@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Time to quality of `LatentSpace.train_projections`, in one run.
 
-    python benchmarks/bench_fit.py              # everything (several minutes:
-                                                # scikit-learn's CCA is slow)
+    python benchmarks/bench_fit.py              # everything: scikit-learn's CCA
+                                                # on table 3 alone takes minutes
+                                                # (50 on two busy cores here)
     python benchmarks/bench_fit.py --quick      # skip scikit-learn on the
                                                 # large synthetic problem
 
