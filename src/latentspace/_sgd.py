@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The reference optimiser of SPEC.md (per-sample SGD) around the compiled epoch."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -20,20 +19,6 @@ _DECAY = 0.999
 # worth it once the weights outgrow the L1 cache (sum of d_m * k entries).
 _WINDOW = 16
 _WINDOW_MIN_WEIGHTS = 4096
-
-
-def _one_blas_thread():
-    """Limit BLAS to one thread, if threadpoolctl is installed.
-
-    The epoch runs on one core; the loss between epochs would otherwise use
-    OpenBLAS's threads, which stall for milliseconds when the other core is
-    busy (serving `project` calls, say) and slow that core's work down too.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _split(flat, widths, k, transpose):
@@ -115,28 +100,27 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
         def loss(Ps, Rs):
             return objective(P, R, w)  # Ps and Rs are views of P and R
 
-    with _one_blas_thread():
-        if retract is not None:
+    if retract is not None:
+        retract(Ps, Rs)
+    initial_loss = loss(Ps, Rs)
+    if monitor is not None:
+        monitor.start(initial_loss)
+    _core.sgd_prime(X, widths, P, R, Z, E, V)
+    learning_rate = config.learning_rate
+    history = []
+    for epoch in range(1, config.n_epochs + 1):
+        done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, ZW, GW, EW, XW, t,
+                               learning_rate, w, check_every)
+        if done == n and retract is not None:
             retract(Ps, Rs)
-        initial_loss = loss(Ps, Rs)
-        if monitor is not None:
-            monitor.start(initial_loss)
-        _core.sgd_prime(X, widths, P, R, Z, E, V)
-        learning_rate = config.learning_rate
-        history = []
-        for epoch in range(1, config.n_epochs + 1):
-            done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, ZW, GW, EW, XW, t,
-                                   learning_rate, w, check_every)
-            if done == n and retract is not None:
-                retract(Ps, Rs)
-                _core.sgd_prime(X, widths, P, R, Z, E, V)
-            value = loss(Ps, Rs) if done == n else math.nan
-            if not math.isfinite(value):
-                raise _diverged(epoch, value, config, blocks)
-            history.append(value)
-            learning_rate *= _DECAY
-            if monitor is not None and monitor.step(value):
-                break
+            _core.sgd_prime(X, widths, P, R, Z, E, V)
+        value = loss(Ps, Rs) if done == n else math.nan
+        if not math.isfinite(value):
+            raise _diverged(epoch, value, config, blocks)
+        history.append(value)
+        learning_rate *= _DECAY
+        if monitor is not None and monitor.step(value):
+            break
     if not (np.isfinite(P).all() and np.isfinite(R).all()):
         raise _diverged(len(history), "finite, weights not", config, blocks)
     return Ps, Rs, initial_loss, history
