@@ -763,3 +763,22 @@ def test_blas_thread_limits_are_restored_after_concurrent_training():
         losses = list(pool.map(fit, ["cca", "lbfgs"] * 4))
     assert losses[::2] == [losses[0]] * 4 and losses[1::2] == [losses[1]] * 4
     assert [info["num_threads"] for info in threadpoolctl.threadpool_info()] == before
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_cca_with_fewer_samples_than_dimensions(n):
+    Xs = correlated((4, 5), n, seed=32)
+    space, names, result = trained((4, 5), 3, Xs, "float32", solver="cca")
+    assert all(np.isfinite(space.weights(m)[0]).all() for m in names)
+    # n centred samples span n - 1 directions: no agreement beyond them
+    assert_allclose(result.agreement[n - 1 :], 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("solver", ["cca", "lbfgs", "minibatch"])
+def test_features_that_overflow_float32_are_a_divergence(solver):
+    Xs = [X * 1e30 for X in correlated((4, 5), 50, seed=33)]
+    space, names = make_space(3, (4, 5), dtype="float32")
+    before = snapshot(space)
+    with pytest.raises(TrainingDivergedError, match="scale the features"):
+        space.train_projections(dict(zip(names, Xs)), solver=solver, n_epochs=3)
+    assert_unchanged(space, before)

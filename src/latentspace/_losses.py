@@ -53,12 +53,16 @@ def whitening(S, dtype):
     """``W = (S + delta I)^(-1/2)`` and what its adjoint derivative needs.
 
     Returns ``W`` (in ``dtype``), and the eigendecomposition ``(lam, V)`` of
-    ``S + delta I`` (float64) with ``delta = sqrt(eps) * trace(S) / k``.
+    ``S + delta I`` (float64) with ``delta = sqrt(eps) * trace(S) / k``. If
+    ``S`` is zero (all latents zero), ``W`` is zero and ``lam`` infinite, which
+    makes the derivative through ``W`` zero as well.
     """
     S = np.asarray(S, dtype=np.float64)
     S = (S + S.T) / 2
     k = len(S)
     delta = np.sqrt(np.finfo(dtype).eps) * max(np.trace(S), 0.0) / k
+    if not delta > 0:
+        return np.zeros((k, k), dtype), np.full(k, np.inf), np.eye(k)
     lam, V = scipy.linalg.eigh(S + delta * np.eye(k), check_finite=False)
     lam = np.maximum(lam, np.finfo(np.float64).tiny)
     W = (V / np.sqrt(lam)) @ V.T

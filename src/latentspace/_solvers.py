@@ -87,6 +87,8 @@ def _sgd(problem, Ps, Rs, monitor):
             for s, shift, P, R in zip(slices(widths), ridges, Ps, Rs):
                 S = P.T @ (gram[s, s] @ P) + shift * (P.T @ P)
                 W, lam, V = whitening(S, P.dtype)
+                if not np.isfinite(lam).all():  # zero latents: nothing to whiten
+                    continue
                 root = ((V * np.sqrt(lam)) @ V.T).astype(P.dtype)
                 P[...] = (P @ W) * gain
                 R[...] = (root @ R) / gain
@@ -193,6 +195,8 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
         stats = accumulate(blocks)
         shift = stats.mean if centre else np.zeros_like(stats.mean)
         gram = stats.second_moment(shift)
+        if not np.isfinite(gram).all():  # the features overflow the dtype
+            return None
         if centre:
             shifts = [mu.astype(dtype) for mu in stats.means()]
             if solver == "sgd":  # minibatch shifts its batches, the others
