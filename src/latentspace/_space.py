@@ -347,6 +347,14 @@ class LatentSpace:
             If the loss or the weights became non-finite (nothing changes).
         RuntimeError
             If another writer replaced a trained model meanwhile (nothing changes).
+        ImportError
+            If ``progress=True`` and tqdm is not installed (before any work).
+
+        Warns
+        -----
+        ConvergenceWarning
+            If a ``tol`` was set (or is the solver's default) and the solver ran
+            out of iterations first; issued before the weights are published.
         """
         started = time.perf_counter()
         config = resolve_config(config, overrides)
