@@ -21,7 +21,7 @@ from ._losses import Objective, sample_scale, whitening
 from ._monitor import Monitor
 from ._sgd import train_sgd
 from ._statistics import accumulate, ridge, slices
-from ._threads import scipy_blas_single_threaded
+from ._threads import blas_single_threaded, scipy_blas_single_threaded
 
 __all__ = [
     "DEFAULT_OBJECTIVE",
@@ -98,7 +98,10 @@ def _sgd(problem, Ps, Rs, monitor):
             "retract": retract,
             "loss": lambda Ps, Rs: objective(Ps, Rs, gram, gradient=False),
         }
-    Ps, Rs, _, _ = train_sgd(problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs)
+    with blas_single_threaded():
+        Ps, Rs, _, _ = train_sgd(
+            problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs
+        )
     return Ps, Rs, False
 
 
