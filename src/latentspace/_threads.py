@@ -21,8 +21,7 @@ __all__ = ["blas_single_threaded", "scipy_blas_single_threaded"]
 
 _lock = threading.Lock()
 _controllers = None  # filepath -> (threadpoolctl controller of it, is SciPy's)
-_depth = {}  # filepath -> contexts open on that library, in all threads
-_limiters = {}  # filepath -> the limit in force while its depth > 0
+_local = threading.local()  # per thread: filepath -> contexts open on it
 
 
 def _find_blas():
@@ -46,27 +45,31 @@ def _find_blas():
 def _single_threaded(scipy_only):
     """One thread for the selected BLAS libraries while the context is open.
 
-    Every library keeps one count of the contexts open on it, in all threads:
-    the first to enter limits it, the last to leave restores its previous
-    number of threads, so nested and concurrent uses never leave it limited.
+    Limits are set and restored by the thread that opens the context, in
+    last-in-first-out order (OpenBLAS does not reliably let another thread
+    restore them); nested contexts of one thread limit a library once.
+    Concurrent threads each set and restore their own limit, as
+    threadpoolctl's contexts in scikit-learn do.
     """
     global _controllers
     with _lock:
         if _controllers is None:
             _controllers = _find_blas()
-        paths = [p for p, (_, scipy) in _controllers.items() if scipy or not scipy_only]
-        for path in paths:
-            if _depth.get(path, 0) == 0:
-                _limiters[path] = _controllers[path][0].limit(limits=1)
-            _depth[path] = _depth.get(path, 0) + 1
+    depth = _local.__dict__.setdefault("depth", {})
+    limiters = []
+    for path, (controller, scipy) in _controllers.items():
+        if scipy or not scipy_only:
+            if depth.get(path, 0) == 0:
+                limiters.append(controller.limit(limits=1))
+            depth[path] = depth.get(path, 0) + 1
     try:
         yield
     finally:
-        with _lock:
-            for path in paths:
-                _depth[path] -= 1
-                if _depth[path] == 0:
-                    _limiters.pop(path).restore_original_limits()
+        for path, (_, scipy) in _controllers.items():
+            if scipy or not scipy_only:
+                depth[path] -= 1
+        for limiter in reversed(limiters):
+            limiter.restore_original_limits()
 
 
 def scipy_blas_single_threaded():
