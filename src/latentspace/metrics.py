@@ -73,6 +73,20 @@ def _ranks(Q, G, method, csls_k, batch_size):
     return ranks
 
 
+def _prepare(space, data, k, method, csls_k, batch_size, min_models):
+    """Checked arguments, aligned blocks and unit latents of every model."""
+    ks = _check_ks(k)
+    method = check_method(method)
+    csls_k = check_int("csls_k", csls_k, 1)
+    batch_size = check_batch_size(batch_size)
+    models, names, blocks = _aligned(space, data, min_models)
+    latents = {
+        name: unit_latents(space, models, name, block)[0]
+        for name, block in zip(names, blocks)
+    }
+    return ks, method, csls_k, batch_size, models, names, blocks, latents
+
+
 def _aligned(space, data, min_models):
     models = space._snapshot.models
     names, blocks = check_training_data(data, models, space.dtype, min_models)
@@ -148,15 +162,9 @@ def retrieval_scores(
         ``{(source, target): {"top1": ..., "top10": ..., "mrr": ...,
         "median_rank": ...}}``, values in [0, 1] except the median rank.
     """
-    ks = _check_ks(k)
-    method = check_method(method)
-    csls_k = check_int("csls_k", csls_k, 1)
-    batch_size = check_batch_size(batch_size)
-    models, names, blocks = _aligned(space, data, 2)
-    latents = {
-        name: unit_latents(space, models, name, block)[0]
-        for name, block in zip(names, blocks)
-    }
+    ks, method, csls_k, batch_size, models, names, blocks, latents = _prepare(
+        space, data, k, method, csls_k, batch_size, 2
+    )
     return {
         (a, b): _summary(_ranks(latents[a], latents[b], method, csls_k, batch_size), ks)
         for a in names
@@ -337,15 +345,9 @@ def evaluate(space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=Non
     -------
     Evaluation
     """
-    ks = _check_ks(k)
-    method = check_method(method)
-    csls_k = check_int("csls_k", csls_k, 1)
-    batch_size = check_batch_size(batch_size)
-    models, names, blocks = _aligned(space, data, 1)
-    latents = {
-        name: unit_latents(space, models, name, block)[0]
-        for name, block in zip(names, blocks)
-    }
+    ks, method, csls_k, batch_size, models, names, blocks, latents = _prepare(
+        space, data, k, method, csls_k, batch_size, 1
+    )
     translation = _translation(models, names, blocks)
     retrieval = {}
     for a in names:
