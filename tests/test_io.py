@@ -144,12 +144,48 @@ def test_config_is_recorded(tmp_path):
     loaded = LatentSpace.load(tmp_path / "s.npz")
     loaded.save(tmp_path / "again.npz")
     assert _io.read_header(tmp_path / "again.npz")["config"] == header["config"]
+    # Retraining replaces it with the new training's configuration.
     data = {n: np.ones((4, d)) * 0.1 for n, d in loaded.models.items()}
-    result = loaded.train_projections(data, n_epochs=1)
+    loaded.train_projections(data, n_epochs=1)
     loaded.save(tmp_path / "retrained.npz")
-    assert _io.read_header(tmp_path / "retrained.npz")["config"] is None
-    loaded.save(tmp_path / "result.npz", config=result)
-    assert _io.read_header(tmp_path / "result.npz")["config"]["n_epochs"] == 1
+    assert _io.read_header(tmp_path / "retrained.npz")["config"]["n_epochs"] == 1
+    # An explicit config wins.
+    loaded.save(tmp_path / "explicit.npz", config={"note": "by hand"})
+    assert _io.read_header(tmp_path / "explicit.npz")["config"] == {"note": "by hand"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plain_save_records_the_last_training(tmp_path, dtype):
+    space = LatentSpace(3, dtype=dtype)
+    space.register("a", 4)
+    space.register("b", 5)
+    space.save(tmp_path / "untrained.npz")
+    assert _io.read_header(tmp_path / "untrained.npz")["config"] is None
+    rng = np.random.default_rng(1)
+    data = {"a": rng.normal(size=(20, 4)), "b": rng.normal(size=(20, 5))}
+    result = space.train_projections(
+        data, n_epochs=2, learning_rate=0.005, callback=lambda state: False
+    )
+    space.save(tmp_path / "trained.npz")
+    config = _io.read_header(tmp_path / "trained.npz")["config"]
+    assert config == _io.config_record(result.config)
+    assert config["n_epochs"] == 2 and config["learning_rate"] == 0.005
+    assert config["solver"] == "sgd" and config["callback"] is None
+    # The record travels through load, save and pickle unchanged.
+    loaded = LatentSpace.load(tmp_path / "trained.npz")
+    loaded.save(tmp_path / "again.npz")
+    assert _io.read_header(tmp_path / "again.npz")["config"] == config
+    pickle.loads(pickle.dumps(space)).save(tmp_path / "pickled.npz")
+    assert _io.read_header(tmp_path / "pickled.npz")["config"] == config
+    # A failed training keeps the record of the weights the space still has.
+    with pytest.raises(ValueError):
+        space.train_projections({"a": data["a"], "b": data["b"][:3]}, n_epochs=7)
+    space.save(tmp_path / "failed.npz")
+    assert _io.read_header(tmp_path / "failed.npz")["config"] == config
+    # A newly registered model was not trained with it: no record.
+    space.register("c", 2)
+    space.save(tmp_path / "registered.npz")
+    assert _io.read_header(tmp_path / "registered.npz")["config"] is None
 
 
 def test_config_with_unserialisable_values():

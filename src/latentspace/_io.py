@@ -169,8 +169,9 @@ def space_state(space):
 
 
 def _recorded_config(space, snapshot):
-    """The config recorded with ``space`` if its weights are still those it
-    was recorded with (a loaded space that is retrained forgets it)."""
+    """The config recorded with ``space`` (by its last training, or by the
+    file it was loaded from) if its models are still those it was recorded
+    with."""
     recorded = getattr(space, "_saved_config", None)
     if recorded is None or recorded[0] is not snapshot:
         return None

@@ -396,7 +396,7 @@ class LatentSpace:
             )
         }
         with self._lock:
-            self._publish(snapshot, dim, start, trained, rng)
+            self._publish(snapshot, dim, start, trained, rng, config)
         return TrainingResult(
             n_epochs=len(outcome.history),
             initial_loss=outcome.initial_loss,
@@ -409,8 +409,11 @@ class LatentSpace:
             agreement=outcome.agreement,
         )
 
-    def _publish(self, snapshot, dim, start, trained, rng):
-        """Install trained models; the caller holds the lock."""
+    def _publish(self, snapshot, dim, start, trained, rng, config):
+        """Install trained models and remember ``config`` for `save`; the
+        caller holds the lock."""
+        from ._io import config_record
+
         current = self._snapshot
         if current is not snapshot:
             moved = [n for n in trained if current.models.get(n) is not start.get(n)]
@@ -423,6 +426,7 @@ class LatentSpace:
             start = current.models
         self._snapshot = _Snapshot(dim, {**start, **trained})
         self._rng = rng
+        self._saved_config = (self._snapshot, config_record(config))
 
     # Persistence, pickling, search and evaluation: thin wrappers over the
     # modules _io, _search and metrics.
@@ -445,8 +449,10 @@ class LatentSpace:
             Where to write; used as given (no suffix is added).
         config : ProjectionConfig, TrainingResult or dict, optional
             The training configuration to record in the header. By default
-            the one recorded when this space was loaded, if its weights have
-            not changed since.
+            that of the last successful `train_projections` (callback
+            omitted), or the one in the file this space was loaded from:
+            either as long as no model was registered or trained since, else
+            none.
         """
         from . import _io
 
