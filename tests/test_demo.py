@@ -71,6 +71,39 @@ def test_timings_are_reported(numbers):
         assert info["latent_norm"]["trained"] > 0
 
 
+def _assert_png(path):
+    """``path`` is a complete PNG file (signature, IHDR first, IEND last)."""
+    with open(path, "rb") as file:
+        data = file.read()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR"
+    assert data.endswith(b"IEND\xaeB`\x82")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width > 100 and height > 100
+
+
+def test_run_saves_pictures(tmp_path):
+    pytest.importorskip("matplotlib")
+    prefix = str(tmp_path / "demo")
+    numbers = _demo.run(seed=0, plot=prefix, **SMALL)
+    assert numbers["pictures"] == [f"{prefix}-loss.png", f"{prefix}-map.png"]
+    for path in numbers["pictures"]:
+        _assert_png(path)
+    assert f"Pictures: {prefix}-loss.png" in _demo.format_report(numbers)
+    json.dumps(numbers)
+
+
+def test_no_pictures_unless_asked(numbers):
+    assert numbers["pictures"] == []
+    assert "Pictures" not in _demo.format_report(numbers)
+
+
+def test_run_without_matplotlib_fails_before_work(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(_demo, "_run", lambda *args: pytest.fail("ran the demo"))
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        _demo.run(plot="unused", **SMALL)
+
+
 def test_report_shows_the_table(numbers):
     text = _demo.format_report(numbers)
     assert "pca    -> kernel" in text
@@ -116,3 +149,28 @@ def test_cli_reports_divergence(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "diverged" in captured.err and captured.err.count("\n") == 1
+
+
+def test_cli_saves_pictures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    prefix = tmp_path / "run"
+    argv = ["demo", "--dim", "8", "--epochs", "2", "--latency-calls", "1"]
+    assert main([*argv, "--plot", str(prefix)]) == 0
+    assert f"Pictures: {prefix}-loss.png, {prefix}-map.png" in capsys.readouterr().out
+    _assert_png(f"{prefix}-loss.png")
+    _assert_png(f"{prefix}-map.png")
+
+
+def test_cli_pictures_without_matplotlib(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(_demo, "_run", lambda *args: pytest.fail("ran the demo"))
+    assert main(["demo", "--plot", str(tmp_path / "run")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "pip install matplotlib" in captured.err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_pictures_into_a_missing_directory(capsys, tmp_path):
+    assert main(["demo", "--plot", str(tmp_path / "missing" / "run")]) == 2
+    assert "no directory" in capsys.readouterr().err

@@ -629,6 +629,8 @@ def _demo(args, report):
     from ._exceptions import TrainingDivergedError
 
     try:
+        if args.plot:
+            _check_plot(args.plot)
         numbers = run(
             seed=args.seed,
             dim=args.dim,
@@ -637,9 +639,13 @@ def _demo(args, report):
             alignment_weight=args.alignment_weight,
             test_size=args.test_size,
             latency_calls=args.latency_calls,
+            plot=args.plot,
         )
     except MissingDependencyError:
         print(f"latentspace demo: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    except (ImportError, UsageError) as exc:  # no matplotlib, or a bad --plot
+        print(f"latentspace demo: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDivergedError as exc:
         print(f"latentspace demo: {exc}", file=sys.stderr)
@@ -707,6 +713,13 @@ def _add_demo(commands):
         "--json",
         action="store_true",
         help="print the numbers as JSON instead of the table",
+    )
+    demo.add_argument(
+        "--plot",
+        metavar="PREFIX",
+        help="also save PREFIX-loss.png (loss per epoch) and PREFIX-map.png (the "
+        "test images of every model in the trained space, in 2-D, the same image "
+        "joined); needs matplotlib",
     )
     demo.set_defaults(run=_demo)
 

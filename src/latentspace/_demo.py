@@ -16,7 +16,9 @@ It does the library's main job on real data that ships with scikit-learn (the
    the B items by cosine similarity: how often is the same image the top hit
    or among the top 10, and how often is the top hit the same digit? The same
    numbers for the untrained (Xavier-initialised) space and the chance levels
-   are printed next to them, so that the effect of training is visible.
+   are printed next to them, so that the effect of training is visible;
+5. optionally (``plot``, needs matplotlib) save the loss curve and a 2-D map
+   of the test items in the shared space (`latentspace._plots`).
 
 `run` returns every number as a dict (tests call it with a small
 configuration); `main` runs it and prints a table.
@@ -29,6 +31,7 @@ import warnings
 
 import numpy as np
 
+from . import _plots
 from ._space import LatentSpace
 
 __all__ = ["MissingDependencyError", "format_report", "main", "run"]
@@ -202,6 +205,7 @@ def run(
     mlp_max_iter=100,
     latency_calls=2000,
     blas_threads=1,
+    plot=None,
 ):
     """Run the demo and return its numbers.
 
@@ -224,6 +228,10 @@ def run(
         BLAS threads while the demo runs (None: leave as is). The matrices
         are tiny: on a small shared machine several BLAS threads only compete
         (the MLP fit measured 5x slower with two threads than with one).
+    plot : str, optional
+        Also save ``{plot}-loss.png`` (the training loss per epoch) and
+        ``{plot}-map.png`` (the test items of every model in the trained
+        space, reduced to 2-D, the same image joined across models).
 
     Returns
     -------
@@ -236,12 +244,15 @@ def run(
         ``n_epochs``, ``initial_loss``, ``final_loss``, ``test_loss`` before
         and after), ``chance`` and ``retrieval`` (``{"untrained", "trained"}``
         -> source -> target -> ``top1``, ``top10``, ``class_top1``: fractions
-        of the test items) and ``seconds`` (whole run).
+        of the test items), ``pictures`` (the files written, if ``plot``)
+        and ``seconds`` (whole run).
 
     Raises
     ------
     MissingDependencyError
         If scikit-learn is not installed.
+    ImportError
+        If ``plot`` is given and matplotlib is not installed (before any work).
     """
     started = time.perf_counter()
     config = {
@@ -254,8 +265,11 @@ def run(
         "mlp_max_iter": mlp_max_iter,
         "latency_calls": latency_calls,
         "blas_threads": blas_threads,
+        "plot": plot,
     }
     sk = _sklearn()
+    if plot is not None:
+        _plots.require()
     limits = (
         contextlib.nullcontext()
         if blas_threads is None
@@ -313,6 +327,13 @@ def _run(sk, config):
             space, name, x, config["latency_calls"]
         )
 
+    pictures = []
+    if config["plot"] is not None:
+        pictures = [
+            _plots.loss_curve(result, f"{config['plot']}-loss.png"),
+            _plots.space_map(space, test, f"{config['plot']}-map.png"),
+        ]
+
     n_test = len(y_test)
     class_shares = np.bincount(y_test) / n_test
     return {
@@ -342,6 +363,7 @@ def _run(sk, config):
             "class_top1": float(np.sum(class_shares**2)),
         },
         "retrieval": {"untrained": untrained, "trained": trained},
+        "pictures": pictures,
     }
 
 
@@ -440,6 +462,8 @@ def format_report(numbers):
         "inputs or modalities.",
         f"Whole demo: {numbers['seconds']:.1f} s.",
     ]
+    if numbers["pictures"]:
+        lines.append("Pictures: " + ", ".join(numbers["pictures"]))
     return "\n".join(line.rstrip() for line in lines)
 
 
