@@ -495,3 +495,66 @@ def test_registration_after_training_continues_the_generator(dtype):
     P, R = xavier(rng, 6, 4, dtype)
     assert np.array_equal(space.weights("late")[0], P)
     assert np.array_equal(space.weights("late")[1], R)
+
+
+# (p, q) of x @ W around the kernel's thresholds: 64 entries (plain loop below,
+# BLAS from there on) and blocks of 8192 entries (one-vector products are
+# streamed through BLAS in blocks of rows: exactly one block, one more row, a
+# last block of one row, rows wider than a block).
+THRESHOLD_SHAPES = [
+    (7, 9), (8, 8), (5, 13), (128, 64), (129, 64), (8193, 1), (2, 9000), (384, 64),
+]
+
+
+def _map_tol(dtype, terms):
+    """Absolute tolerance against float64 NumPy of sums of ``terms`` products
+    of values of about unit size, computed in ``dtype``."""
+    eps = 1e-12 if dtype == np.float64 else 2e-6
+    return {"rtol": 0, "atol": 4 * eps * np.sqrt(terms)}
+
+
+@dtype_params
+@pytest.mark.parametrize("p, q", THRESHOLD_SHAPES, ids=lambda v: str(v))
+@pytest.mark.parametrize("n", [None, 1, 3], ids=lambda n: f"n={n}")
+@pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shift"])
+def test_affine_map_around_thresholds(dtype, p, q, n, shifted):
+    rng = np.random.default_rng(p * q)
+    W = rng.standard_normal((p, q)).astype(dtype)
+    shift = rng.standard_normal(q).astype(dtype) if shifted else None
+    affine_map = latentspace._core.AffineMap(W, shift)
+    x = rng.standard_normal((p,) if n is None else (n, p)).astype(dtype)
+    expected = x.astype(np.float64) @ W.astype(np.float64)
+    if shifted:
+        expected += shift
+    result = affine_map(x)
+    assert result.dtype == dtype and result.shape == expected.shape
+    assert_allclose(result, expected, **_map_tol(dtype, p))
+    out = np.full(expected.shape, np.nan, dtype)
+    assert affine_map(x, out) is out
+    assert np.array_equal(out, result)
+    # A non-finite entry anywhere gives None (the caller explains).
+    x[..., p // 2] = np.inf
+    assert affine_map(x) is None
+
+
+@dtype_params
+@pytest.mark.parametrize("d, k", [(129, 64), (2, 9000), (8193, 1)], ids=str)
+def test_project_and_retrieve_of_blocked_sizes(dtype, d, k):
+    space, _ = make_space(k, (d,), dtype=dtype)
+    P, R = float64_weights(space, ["m0"])
+    rng = np.random.default_rng(5)
+    for shape in [(d,), (1, d), (4, d)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        latent = space.project("m0", x)
+        assert_allclose(latent, x.astype(np.float64) @ P[0], **_map_tol(dtype, d))
+        out = np.empty(latent.shape, dtype)
+        assert space.project("m0", x, out=out) is out
+        assert np.array_equal(out, latent)
+        back = space.retrieve("m0", latent)
+        assert_allclose(
+            back, latent.astype(np.float64) @ R[0], **_map_tol(dtype, k)
+        )
+        bad = x.copy()
+        bad[..., -1] = np.nan
+        with pytest.raises(ValueError, match="contains NaN or Inf"):
+            space.project("m0", bad)

@@ -218,7 +218,12 @@ class LatentSpace:
         TypeError
             If the input is not numeric.
         """
-        affine_map = self._model(name).project
+        # The lookup is inlined (no helper call): a one-vector call costs
+        # little more than its Python overhead.
+        try:
+            affine_map = self._snapshot.models[name].project
+        except (KeyError, TypeError):
+            affine_map = self._model(name).project  # raises UnknownModelError
         result = affine_map(features, out)  # None unless valid arrays of our dtype
         if result is None:
             return self._apply(affine_map, features, name, "features", out)
@@ -243,7 +248,10 @@ class LatentSpace:
         KeyError, ValueError, TypeError
             As for `project`.
         """
-        affine_map = self._model(name).retrieve
+        try:
+            affine_map = self._snapshot.models[name].retrieve
+        except (KeyError, TypeError):
+            affine_map = self._model(name).retrieve  # raises UnknownModelError
         result = affine_map(latent, out)
         if result is None:
             return self._apply(affine_map, latent, name, "latent", out)
