@@ -14,7 +14,9 @@ Prints two tables of medians and ratios:
    every sample reads and writes every model's ``P`` and ``R`` once, at the
    read+write bandwidth measured here on an array of the same size.
 2. `LatentSpace.project` of one vector against NumPy's ``x @ P``, with
-   NumPy's BLAS on its default threads and on one thread.
+   NumPy's BLAS on its default threads and on one thread, timed in
+   interleaved rounds; plus the cost of a call at (4, 4), and the ratio that
+   this call overhead alone would allow at each size.
 """
 
 import argparse
@@ -128,29 +130,66 @@ def bench_sgd(repeats):
         print(line)
 
 
+def interleaved_medians(fns, repeats, number):
+    """Median seconds per call of every ``fns`` value over ``repeats`` rounds,
+    each round timing ``number`` calls of each in turn (so that a change in
+    the machine's load hits all of them alike). ``fns`` maps a label to a
+    function, or to ``(function, blas_threads)``."""
+    times = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, fn in fns.items():
+            fn, threads = fn if isinstance(fn, tuple) else (fn, None)
+            with threadpool_limits(threads, user_api="blas"):
+                times[label].append(median_seconds(fn, 1, number))
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
 def bench_project(repeats):
+    def timings(d, k, dtype, number):
+        space = latentspace.LatentSpace(k, dtype=dtype)
+        space.register("m", d)
+        P = space.weights("m")[0]
+        x = np.random.default_rng(0).standard_normal(d).astype(dtype)
+        return interleaved_medians(
+            {
+                "ours": lambda: space.project("m", x),
+                "numpy": lambda: x @ P,
+                "numpy1": (lambda: x @ P, 1),
+            },
+            repeats,
+            number,
+        )
+
     rows = []
     for dtype in (np.float64, np.float32):
+        # The cost of a call that does (almost) no arithmetic.
+        overhead = timings(4, 4, dtype, 20_000)
         for d, k in [(384, 64), (768, 256), (4096, 1024)]:
-            space = latentspace.LatentSpace(k, dtype=dtype)
-            space.register("m", d)
-            P = space.weights("m")[0]
-            x = np.random.default_rng(0).standard_normal(d).astype(dtype)
-            number = max(10, 200_000 // (d * k // 64))
-            ours = median_seconds(lambda: space.project("m", x), repeats, number)
-            ref = median_seconds(lambda: x @ P, repeats, number)
-            with threadpool_limits(1, user_api="blas"):
-                ref1 = median_seconds(lambda: x @ P, repeats, number)
-            rows.append((np.dtype(dtype).name, f"({d}, {k})", ours * 1e6, ref * 1e6,
-                         ours / ref, ref1 * 1e6, ours / ref1))
+            t = timings(d, k, dtype, max(10, 200_000 // (d * k // 64)))
+            # Our time if our product took exactly as long as NumPy's
+            # single-threaded one: what our call overhead alone allows.
+            bound = (t["numpy1"] - overhead["numpy1"] + overhead["ours"]) / t["numpy"]
+            rows.append((np.dtype(dtype).name, f"({d}, {k})", t["ours"] * 1e6,
+                         t["numpy"] * 1e6, t["ours"] / t["numpy"],
+                         t["numpy1"] * 1e6, t["ours"] / t["numpy1"], bound))
+        rows.append((np.dtype(dtype).name, "(4, 4)", overhead["ours"] * 1e6,
+                     overhead["numpy"] * 1e6, overhead["ours"] / overhead["numpy"],
+                     overhead["numpy1"] * 1e6, overhead["ours"] / overhead["numpy1"],
+                     float("nan")))
     print("\nproject() of one vector: microseconds per call (median of", repeats,
-          "runs)")
+          "interleaved rounds)")
     header = ("dtype", "shape of P", "latentspace", "x @ P", "ratio",
-              "x @ P (1 thr)", "ratio")
-    print("{:<8} {:<13} {:>12} {:>9} {:>7} {:>14} {:>7}".format(*header))
+              "x @ P (1 thr)", "ratio", "bound")
+    print("{:<8} {:<13} {:>12} {:>9} {:>7} {:>14} {:>7} {:>7}".format(*header))
     for r in rows:
-        print("{:<8} {:<13} {:>12.2f} {:>9.2f} {:>6.2f}x {:>14.2f} {:>6.2f}x"
-              .format(*r))
+        line = ("{:<8} {:<13} {:>12.2f} {:>9.2f} {:>6.2f}x {:>14.2f} {:>6.2f}x"
+                .format(*r[:7]))
+        if r[7] == r[7]:  # not NaN
+            line += f" {r[7]:>6.2f}x"
+        print(line)
+    print("(4, 4) is the cost of a call; bound: the ratio if our product took as "
+          "long as\nsingle-threaded NumPy's, i.e. what the call overhead alone "
+          "allows")
 
 
 def main():
@@ -159,7 +198,8 @@ def main():
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
     print(f"latentspace {latentspace.__version__}, numpy {np.__version__}, "
-          f"python {platform.python_version()}, {os.cpu_count()} CPUs")
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs, load "
+          f"average {os.getloadavg()[0]:.1f} at the start")
     for lib in threadpool_info():
         print(f"  {lib['internal_api']} {lib.get('version')} "
               f"({lib.get('architecture')}, {lib['num_threads']} threads): "

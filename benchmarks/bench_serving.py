@@ -14,6 +14,7 @@ Prints, in one run:
 """
 
 import argparse
+import os
 import statistics
 import threading
 import time
@@ -47,38 +48,43 @@ def bench_batch(repeats):
 
 
 def _calls_per_second(space, x, n_threads, seconds):
+    """Calls of ``space.project("a", x)`` per second from ``n_threads`` threads
+    that call it in a loop for about ``seconds``."""
     counts = [0] * n_threads
     stop = threading.Event()
 
     def worker(i):
         while not stop.is_set():
-            for _ in range(100):
-                space.project("a", x)
-            counts[i] += 100
+            space.project("a", x)
+            counts[i] += 1
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    start = time.perf_counter()
     for t in threads:
         t.start()
     time.sleep(seconds)
     stop.set()
     for t in threads:
         t.join()
-    return sum(counts) / seconds
+    return sum(counts) / (time.perf_counter() - start)
 
 
 def bench_threads(repeats):
     print("\nSingle-vector project from 1 and 2 threads: thousand calls per second "
-          "(median)")
-    print(f"{'shape of P':<13} {'1 thread':>9} {'2 threads':>10} {'scaling':>8}")
-    for d, k in [(384, 64), (768, 256)]:
-        space = _space(d, k)
-        x = np.random.default_rng(0).standard_normal(d)
-        one = statistics.median(_calls_per_second(space, x, 1, 1.0)
-                                for _ in range(repeats))
-        two = statistics.median(_calls_per_second(space, x, 2, 1.0)
-                                for _ in range(repeats))
-        print(f"{f'({d}, {k})':<13} {one / 1e3:>9.1f} {two / 1e3:>10.1f} "
-              f"{two / one:>7.2f}x")
+          f"(median of {repeats} interleaved rounds of 0.5 s each)")
+    print(f"{'dtype':<8} {'shape of P':<13} {'1 thread':>9} {'2 threads':>10} "
+          f"{'scaling':>8}")
+    for dtype in (np.float64, np.float32):
+        for d, k in [(384, 64), (768, 256), (4096, 1024)]:
+            space = _space(d, k, dtype)
+            x = np.random.default_rng(0).standard_normal(d).astype(dtype)
+            rates = {1: [], 2: []}
+            for _ in range(repeats):
+                for n_threads, values in rates.items():
+                    values.append(_calls_per_second(space, x, n_threads, 0.5))
+            one, two = (statistics.median(rates[n]) for n in (1, 2))
+            print(f"{np.dtype(dtype).name:<8} {f'({d}, {k})':<13} {one / 1e3:>9.2f} "
+                  f"{two / 1e3:>10.2f} {two / one:>7.2f}x")
 
 
 def _latencies(space, x, n_calls):
@@ -125,6 +131,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
     repeats = 3 if args.quick else 7
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
     bench_batch(repeats)
     bench_threads(repeats)
     bench_latency_under_training(2000 if args.quick else 10000)
