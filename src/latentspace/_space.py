@@ -218,8 +218,8 @@ class LatentSpace:
         TypeError
             If the input is not numeric.
         """
-        # The lookup is inlined (no helper call): a one-vector call costs
-        # little more than its Python overhead.
+        # The lookup is inlined: a helper call is a fair part of the Python
+        # cost of a one-vector call.
         try:
             affine_map = self._snapshot.models[name].project
         except (KeyError, TypeError):
