@@ -14,6 +14,7 @@ class AffineMap:
 def loss_sum(
     X: NDArray[Any],
     widths: NDArray[Any],
+    observed: NDArray[Any] | None,
     P: NDArray[Any],
     R: NDArray[Any],
     alignment_weight: float,
@@ -32,6 +33,8 @@ def sgd_prime(
 def sgd_epoch(
     X: NDArray[Any],
     widths: NDArray[Any],
+    observed: NDArray[Any] | None,
+    rates: NDArray[Any],
     P: NDArray[Any],
     R: NDArray[Any],
     Z: NDArray[Any],

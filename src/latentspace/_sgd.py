@@ -38,17 +38,23 @@ def _diverged(epoch, loss, config, blocks):
     )
 
 
-def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
-              alignment_weight=None, retract=None, loss=None):
+def train_sgd(blocks, projections, reconstructions, config, *, observed=None,
+              rates=None, monitor=None, alignment_weight=None, retract=None,
+              loss=None):
     """Train copies of the weights with SPEC.md's per-sample SGD.
 
     Parameters
     ----------
     blocks : list of (n, d_m) ndarray
-        Aligned, validated, C-contiguous samples, one block per model.
+        Aligned, validated, C-contiguous samples, one block per model, zero
+        where the model did not observe a sample.
     projections, reconstructions : list of ndarray
         Starting ``P_m`` (d_m, k) and ``R_m`` (k, d_m); not modified.
     config : ProjectionConfig
+    observed : (n, M) bool ndarray, optional
+        Which model observed which sample (default: all of them).
+    rates : sequence of float, optional
+        Relative step size of every model (default 1; 0 freezes a model).
     monitor : Monitor, optional
         Records the loss after every epoch and may stop training early.
     alignment_weight : float, optional
@@ -93,9 +99,11 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
     XW = np.empty((window, X.shape[1]), dtype)
     t = np.empty(window, dtype)
     check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
+    mask = None if observed is None else observed.view(np.uint8)
+    rates = np.ones(n_models, dtype) if rates is None else np.asarray(rates, dtype)
     w = config.alignment_weight if alignment_weight is None else alignment_weight
     if loss is None:
-        objective = Objective(X, widths, k)
+        objective = Objective(X, widths, k, observed)
 
         def loss(Ps, Rs):
             return objective(P, R, w)  # Ps and Rs are views of P and R
@@ -109,8 +117,8 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
     learning_rate = config.learning_rate
     history = []
     for epoch in range(1, config.n_epochs + 1):
-        done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, ZW, GW, EW, XW, t,
-                               learning_rate, w, check_every)
+        done = _core.sgd_epoch(X, widths, mask, rates, P, R, Z, E, V, A, g, ZW, GW,
+                               EW, XW, t, learning_rate, w, check_every)
         if done == n and retract is not None:
             retract(Ps, Rs)
             _core.sgd_prime(X, widths, P, R, Z, E, V)

@@ -14,14 +14,16 @@ from ._objective import mean_loss
 from ._exceptions import TrainingDivergedError
 from ._monitor import check_progress_available
 from ._solvers import train
+from ._data import training_data
+from ._exceptions import InvalidParameterError
 from ._validation import (
     as_rows,
     check_out,
     check_alignment_weight,
     check_dim,
     check_dtype,
+    check_frozen,
     check_name,
-    check_training_data,
     unknown_model,
 )
 
@@ -283,11 +285,9 @@ class LatentSpace:
         return self._model(name).offset
 
     def _blocks(self, data, models, min_models):
-        names, blocks = check_training_data(data, models, self._dtype, min_models)
-        for i, name in enumerate(names):
-            if models[name].offset is not None:
-                blocks[i] = blocks[i] - models[name].offset
-        return names, blocks
+        source = training_data(data, models, self._dtype, min_models=min_models)
+        offsets = [models[name].offset for name in source.names]
+        return source.names, source.samples(offsets)[0]
 
     def loss(self, data, alignment_weight=1.0):
         """SPEC.md's mean per-sample loss ``L / n`` on aligned data.
@@ -312,7 +312,8 @@ class LatentSpace:
             w,
         )
 
-    def train_projections(self, data, config=None, **overrides):
+    def train_projections(self, data, config=None, *, observed=None, frozen=(),
+                          **overrides):
         """Learn the projections and reconstructions of the models in ``data``.
 
         Runs ``config.solver`` (by default SPEC.md's reference optimiser,
@@ -325,11 +326,31 @@ class LatentSpace:
 
         Parameters
         ----------
-        data : mapping of str to array-like of shape (n, d_m)
+        data : mapping of str to array-like of shape (n, d_m), or iterable of such mappings
             Aligned samples (row ``i`` of every array is the same item) of at
-            least two registered models.
+            least two registered models. The arrays may be memory-mapped
+            (read a chunk at a time by "cca" and "lbfgs") or Dask arrays (the
+            statistics of "cca" and "lbfgs" are then a Dask reduction, which
+            runs on a ``dask.distributed`` cluster if one is active; the
+            other solvers load the samples). An iterable of mappings is a
+            stream of chunks of rows, read once, for "cca" and "lbfgs": the
+            models of the first chunk are those trained, and a model missing
+            from a chunk did not observe its rows.
         config : ProjectionConfig, optional
             Defaults to ``ProjectionConfig()``.
+        observed : mapping of str to bool array-like of shape (n,), optional
+            Missing views: which samples a model observed (models not named
+            observed all). Rows a model did not observe are ignored (they may
+            hold NaN); a sample's consensus is the mean latent of the models
+            that observed it, and a sample seen by one model still trains its
+            reconstruction. Every solver supports it.
+        frozen : iterable of str, default=()
+            Models of ``data`` whose weights and offsets stay bit-identical:
+            the others learn to land on the space the frozen ones define
+            (knowledge transfer to a new model). The objective is then
+            "reference" and the free models are centred (their offsets are
+            their data means); "cca" solves for them in closed form (a ridge
+            regression on the mean latent of the frozen models).
         **overrides
             `ProjectionConfig` fields that replace those of ``config``.
 
@@ -369,15 +390,25 @@ class LatentSpace:
                     name: _xavier(rng, m.input_dim, dim, self._dtype)
                     for name, m in start.items()
                 }
-        names, blocks = self._blocks(data, start, min_models=2)
+        source = training_data(data, start, self._dtype, observed=observed)
+        names = source.names
+        frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
+        if source.streamed and config.solver not in ("cca", "lbfgs"):
+            raise InvalidParameterError(
+                f"solver={config.solver!r} visits samples; a stream of chunks "
+                "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
+                "memory-mapped files work)"
+            )
         check_progress_available(config.progress)
         try:
             outcome = train(
-                blocks,
+                source,
+                [start[n].offset for n in names],
                 [start[n].projection for n in names],
                 [start[n].reconstruction for n in names],
                 config,
                 {"started": started},
+                [n in frozen for n in names],
             )
         except KeyboardInterrupt as exc:
             exc.add_note("latentspace: training interrupted; the space is unchanged")
@@ -394,6 +425,7 @@ class LatentSpace:
             for name, p, r, shift in zip(
                 names, outcome.projections, outcome.reconstructions, outcome.shifts
             )
+            if name not in frozen
         }
         with self._lock:
             self._publish(snapshot, dim, start, trained, rng)
