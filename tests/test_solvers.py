@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
-from support import assert_unchanged, dtype_params, make_space, snapshot
+from support import assert_unchanged, correlated, dtype_params, make_space, snapshot
 
 import latentspace
 from latentspace import (
@@ -37,23 +37,6 @@ def accumulate(blocks):
     names = list(range(len(blocks)))
     sums = chunk_sums(names, blocks, None, None)
     return statistics(names, [X.shape[1] for X in blocks], blocks[0].dtype, sums)
-
-
-def correlated(widths, n, *, shared=3, noise=0.5, seed=0):
-    """Aligned views: ``shared`` common factors of decreasing strength, mixed
-    into every model, plus noise and a non-zero mean."""
-    rng = np.random.default_rng(seed)
-    S = rng.standard_normal((n, shared)) * np.linspace(2.0, 0.7, shared)
-    # features of order 1 / sqrt(d): rows of norm about 1, as embeddings have
-    return [
-        (
-            S @ rng.standard_normal((shared, d))
-            + noise * rng.standard_normal((n, d))
-            + rng.uniform(-3, 3, d)
-        )
-        / (2 * d)
-        for d in widths
-    ]
 
 
 def trained(widths, k, Xs, dtype="float64", **overrides):

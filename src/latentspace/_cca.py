@@ -113,7 +113,8 @@ def _pairwise_correlations(grams, widths, directions):
     return rho
 
 
-def canonical_directions(grams, widths, n_components, regularization, cross=None):
+def canonical_directions(grams, widths, n_components, regularization, cross=None,
+                         diagonal=None):
     """Unit-variance MAXVAR directions and their pairwise correlations.
 
     Parameters
@@ -126,9 +127,11 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
         problem has fewer dimensions.
     regularization : float
     cross : callable, optional
-        ``cross(m, l)``: the blocks whose whitened matrix ``T`` is
-        eigendecomposed, diagonal blocks included (`consensus_blocks`, for
-        missing views). By default ``T_ml = B_m.T G_ml B_l`` and ``T_mm = I``.
+        ``cross(m, l)`` for ``m != l``: the off-diagonal blocks of ``T`` before
+        whitening (default ``grams``; see `consensus_blocks` for missing views).
+    diagonal : callable, optional
+        ``diagonal(m)``: the diagonal blocks of ``T`` before whitening (default:
+        ``T_mm = I``).
 
     Returns
     -------
@@ -142,11 +145,12 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
         _whitener(grams(m, m), ridge(grams(m, m), regularization)) for m in range(M)
     ]
     ranks = [B.shape[1] for B in whiteners]
-    if M == 2 and cross is None:
+    cross = cross or grams
+    if M == 2 and diagonal is None:
         # T_12 = B_1.T @ G_12 @ B_2, whose singular triplets are the canonical
         # pairs; the eigenvectors of T are [u; v] / sqrt(2), eigenvalues 1 + s.
-        cross = whiteners[0].T @ grams(0, 1) @ whiteners[1]
-        U, _, Vt = scipy.linalg.svd(cross, full_matrices=False, check_finite=False)
+        T12 = whiteners[0].T @ cross(0, 1) @ whiteners[1]
+        U, _, Vt = scipy.linalg.svd(T12, full_matrices=False, check_finite=False)
         c = min(n_components, len(_))
         parts = [U[:, :c], Vt[:c].T]
     else:
@@ -158,10 +162,10 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
                     slice(bounds[m], bounds[m + 1]),
                     slice(bounds[l], bounds[l + 1]),
                 )
-                if m == l and cross is None:
+                if m == l and diagonal is None:
                     T[rows, cols] = np.eye(ranks[m])
                 else:
-                    block = (cross or grams)(m, l)
+                    block = diagonal(m) if m == l else cross(m, l)
                     T[rows, cols] = whiteners[m].T @ block @ whiteners[l]
                     T[cols, rows] = T[rows, cols].T
         c = min(n_components, len(T))
@@ -218,27 +222,36 @@ def fit_cca(stats, n_components, regularization):
         Mean pairwise correlation of the models on every latent dimension, in
         decreasing order (the canonical correlations for two models).
     """
+    cross = consensus_blocks(stats, regularization)
     directions, rho = canonical_directions(
         stats.block,
         stats.widths,
         n_components,
         regularization,
-        consensus_blocks(stats, regularization),
+        cross,
+        None if cross is None else lambda m: cross(m, m),
     )
     return _weigh(directions, rho, n_components, stats.gram.dtype)
 
 
 def consensus_blocks(stats, regularization):
-    """``cross(m, l)`` of `canonical_directions` for data with missing views.
+    """The blocks of ``T`` (`canonical_directions`) for data with missing views.
 
     Generalised CCA with missing rows (van de Velden and Bijmolt, 2006): the
     consensus of a sample is the mean over the models that observed it, which
     makes ``T`` the whitened matrix of ``M E[o_m o_l x_m x_l' / |S|]`` (over
-    the samples, ``S`` the models that observed one); every model is whitened
-    by its covariance over the samples it observed, hence the factor
-    ``1 / sqrt(c_m c_l)`` of the coverages, and the ridge is on the diagonal
-    blocks, as in ``T_mm = I`` for complete data (for which this is ``G``).
-    None for complete data.
+    the samples, ``S`` the models that observed one), diagonal blocks
+    included: the Gram matrix of the whitened data, so that no pair of
+    directions correlates by more than one (whitening by one set of samples
+    and correlating over another does not have this property, and fits noise).
+    Every model is whitened by its covariance over the samples it observed,
+    hence the factor ``1 / sqrt(c_m c_l)`` of the coverages, and the ridge is
+    on the diagonal blocks, as in ``T_mm = I`` for complete data (for which
+    ``cross(m, l)`` is ``G_ml``).
+
+    Returns
+    -------
+    callable ``cross(m, l)``, or None for complete data.
     """
     if stats.complete:
         return None
@@ -355,6 +368,10 @@ def canonicalise(stats, projections, n_components, regularization):
     agreement : (k,) ndarray
     """
     latent_grams = {}
+    # With missing views the pairs are weighted as in the whitened objective's
+    # alignment (by one over the number of models of a sample); the diagonal
+    # blocks are whitened away (T_mm = I): for two models the basis is then a
+    # rotation of the whitened latents, which leaves that objective unchanged.
     data_cross = consensus_blocks(stats, regularization)
 
     def grams(m, l):
