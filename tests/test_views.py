@@ -582,3 +582,46 @@ def test_config_object_and_keywords_together():
     config = ProjectionConfig(solver="cca")
     result = space.train_projections(data, config, frozen=["m0"])
     assert result.solver == "cca" and result.objective == "reference"
+
+
+def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch():
+    from latentspace import _solvers
+    from latentspace._monitor import Monitor
+
+    widths, k, n, lr, w, reg = (4, 3), 2, 30, 0.01, 1.0, 0.01
+    observed = random_observed(n, 2, seed=27, nobody=False)
+    Xs = correlated(widths, n, seed=28)
+    Xs = zero_filled([X - X[o].mean(axis=0) for X, o in zip(Xs, observed.T)], observed)
+    space, names = make_space(k, widths)
+    Ps, Rs = float64_weights(space, names)
+    stats = _stats(Xs, observed)
+    moments = stats.moments(np.zeros(sum(widths)))
+    grams = [X[o].T @ X[o] / o.sum() for X, o in zip(Xs, observed.T)]
+    tau = np.mean([np.trace(G) for G in grams])
+    assert sample_scale(moments, widths) == pytest.approx(tau, rel=1e-12)
+    objective = Objective("whitened", widths, k, w, reg, tau, np.float64)
+    config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
+    problem = _solvers._Problem(
+        Xs, observed, None, stats, moments, objective, config, (False, False)
+    )
+    with Monitor(1, None, None, False, started=0.0) as monitor:
+        P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
+
+    def whiten(Ps, Rs):
+        out = []
+        for G, P, R in zip(grams, Ps, Rs):
+            S = P.T @ G @ P + reg * np.trace(G) / len(G) * P.T @ P
+            S += np.sqrt(np.finfo(float).eps) * np.trace(S) / k * np.eye(k)
+            lam, V = np.linalg.eigh(S)
+            g = np.sqrt(tau / k)
+            out.append(
+                (P @ (V / np.sqrt(lam)) @ V.T * g, (V * np.sqrt(lam)) @ V.T @ R / g)
+            )
+        return [p for p, _ in out], [r for _, r in out]
+
+    Ps, Rs = whiten(Ps, Rs)
+    Ps, Rs = reference_sgd(Xs, Ps, Rs, lr, 1, w * k, observed)
+    Ps, Rs = whiten(Ps, Rs)
+    for P, R, Pr, Rr in zip(P1, R1, Ps, Rs):
+        assert_allclose(P, Pr, rtol=1e-9, atol=1e-12)
+        assert_allclose(R, Rr, rtol=1e-9, atol=1e-12)
