@@ -10,6 +10,7 @@ of three sources with the same two methods:
   a chunk did not observe its rows), read once;
 - a mapping of Dask arrays, whose statistics are a Dask reduction.
 
+Sources are context managers (a stream is spent on exit).
 ``statistics(offsets)`` makes one pass, a chunk of rows at a time, and returns
 the `Statistics` of the samples minus the models' offsets; ``samples(offsets)``
 returns them in memory, shifted, zero where a model did not observe a sample,
@@ -17,6 +18,7 @@ for the solvers that visit samples. Values are checked (finite where observed)
 as they are read, so a memory-mapped file larger than memory is never loaded.
 """
 
+import inspect
 import itertools
 from collections.abc import Iterable, Mapping
 
@@ -114,11 +116,11 @@ def _masks(observed, names, n, lazy):
     return None if counts.min() == n else matrix
 
 
-def _check_counts(names, counts):
+def _check_counts(names, counts, where="(observed)"):
     """Raise if a model observed no sample."""
     for name, count in zip(names, counts):
         if not count:
-            raise InvalidParameterError(f"model {name!r} observed no sample (observed)")
+            raise InvalidParameterError(f"model {name!r} observed no sample {where}")
 
 
 class _Source:
@@ -134,6 +136,15 @@ class _Source:
 
     def _chunk_rows(self):
         return max(1, CHUNK_ENTRIES // sum(self.widths))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Let go of the data; a stream is then spent (see `_Stream.close`)."""
 
 
 class _Arrays(_Source):
@@ -196,6 +207,14 @@ class _Stream(_Source):
                 "observed is for a mapping of arrays; in a stream, a model missing "
                 "from a chunk did not observe its rows"
             )
+        if inspect.isgenerator(data) and (
+            inspect.getgeneratorstate(data) == inspect.GEN_CLOSED
+        ):
+            raise InvalidParameterError(
+                "data is a generator that was read already (a stream of chunks is "
+                "read once): pass a new generator, or a list of chunks to train "
+                "on them again"
+            )
         chunks = iter(data)
         first = next(chunks, None)
         if first is None:
@@ -210,7 +229,16 @@ class _Stream(_Source):
         super().__init__(_names(first, models), models, dtype)
         self.models = models
         self.chunks = itertools.chain([first], chunks)
+        self.generator = data if inspect.isgenerator(data) else None
         self.n_samples = None
+
+    def close(self):
+        """Spend the stream: a generator is closed even if it was not read to
+        the end (training failed), so that reading it again is refused rather
+        than silently training on the chunks that were left."""
+        self.chunks = None
+        if self.generator is not None:
+            self.generator.close()
 
     def statistics(self, offsets):
         if self.chunks is None:
@@ -219,7 +247,7 @@ class _Stream(_Source):
         index = {name: m for m, name in enumerate(self.names)}
         sums, start = {}, 0
         for number, chunk in enumerate(chunks):
-            where = f" in chunk {number}"
+            where = f" in chunk {number} (from row {start} of the stream)"
             if not isinstance(chunk, Mapping):
                 raise InvalidParameterError(
                     f"chunk {number} of data must be a mapping of model name to "
@@ -240,7 +268,7 @@ class _Stream(_Source):
             blocks = []
             for name, array in zip(names, arrays):
                 block = as_kernel_array(array, self.dtype)
-                check_finite(block, f"data for model {name!r}{where}")
+                check_finite(block, f"data for model {name!r}{where}", None, start)
                 blocks.append(block)
             shift = [offsets[index[name]] for name in names]
             sums = merge_sums(sums, chunk_sums(names, blocks, None, shift))
@@ -248,7 +276,9 @@ class _Stream(_Source):
         if start == 0:
             raise InvalidParameterError("data holds zero samples")
         self.n_samples = start
-        return statistics(self.names, self.widths, self.dtype, sums)
+        stats = statistics(self.names, self.widths, self.dtype, sums)
+        _check_counts(self.names, stats.counts, "in any chunk")
+        return stats
 
     def samples(self, offsets):
         raise InvalidParameterError(

@@ -14,7 +14,7 @@ from ._objective import mean_loss
 from ._exceptions import TrainingDivergedError
 from ._monitor import check_progress_available
 from ._solvers import train
-from ._data import training_data
+from ._data import is_dask_array, training_data
 from ._exceptions import InvalidParameterError
 from ._validation import (
     as_rows,
@@ -180,7 +180,17 @@ class LatentSpace:
             self._snapshot = snapshot._replace(models={**snapshot.models, name: model})
 
     def _apply(self, affine_map, values, name, what, out=None):
-        """``affine_map(values, out)``, converting ``values`` or explaining why not."""
+        """``affine_map(values, out)``, converting ``values`` or explaining why not;
+        lazily, block by block, if ``values`` is a Dask array (no ``out``)."""
+        if is_dask_array(values):
+            if out is not None:
+                raise InvalidParameterError(
+                    f"out cannot receive the {what} of a Dask array (the result "
+                    "is a Dask array); call compute() on the result instead"
+                )
+            from . import _dask
+
+            return _dask.apply(affine_map, values, name, what, self._dtype)
         W = affine_map.W
         x = as_rows(values, len(W), self._dtype, f"{what} for model {name!r}")
         if out is not None:
@@ -203,9 +213,12 @@ class LatentSpace:
         ----------
         name : str
         features : array-like of shape (d,) or (n, d)
+            A Dask array gives a Dask array: lazy, computed block by block of
+            rows with the weights of this call (values are checked then).
         out : ndarray of shape (k,) or (n, k), optional
             C-contiguous, writeable array of the space's dtype that receives
-            the result (its content is unspecified if an error is raised).
+            the result (its content is unspecified if an error is raised);
+            not for a Dask input.
 
         Returns
         -------
@@ -233,6 +246,7 @@ class LatentSpace:
         ----------
         name : str
         latent : array-like of shape (k,) or (n, k)
+            Or a Dask array, as for `project`.
         out : ndarray of shape (d,) or (n, d), optional
             As for `project`.
 
@@ -258,6 +272,7 @@ class LatentSpace:
         ----------
         source, target : str
         features : array-like of shape (d_source,) or (n, d_source)
+            Or a Dask array, as for `project`.
         out : ndarray of shape (d_target,) or (n, d_target), optional
             As for `project`.
 
@@ -285,9 +300,9 @@ class LatentSpace:
         return self._model(name).offset
 
     def _blocks(self, data, models, min_models):
-        source = training_data(data, models, self._dtype, min_models=min_models)
-        offsets = [models[name].offset for name in source.names]
-        return source.names, source.samples(offsets)[0]
+        with training_data(data, models, self._dtype, min_models=min_models) as source:
+            offsets = [models[name].offset for name in source.names]
+            return source.names, source.samples(offsets)[0]
 
     def loss(self, data, alignment_weight=1.0):
         """SPEC.md's mean per-sample loss ``L / n`` on aligned data.
@@ -335,7 +350,8 @@ class LatentSpace:
             other solvers load the samples). An iterable of mappings is a
             stream of chunks of rows, read once, for "cca" and "lbfgs": the
             models of the first chunk are those trained, and a model missing
-            from a chunk did not observe its rows.
+            from a chunk did not observe its rows. A generator is closed when
+            training ends, even if it fails (reading it again is refused).
         config : ProjectionConfig, optional
             Defaults to ``ProjectionConfig()``.
         observed : mapping of str to bool array-like of shape (n,), optional
@@ -390,29 +406,31 @@ class LatentSpace:
                     name: _xavier(rng, m.input_dim, dim, self._dtype)
                     for name, m in start.items()
                 }
-        source = training_data(data, start, self._dtype, observed=observed)
-        names = source.names
-        frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
-        if source.streamed and config.solver not in ("cca", "lbfgs"):
-            raise InvalidParameterError(
-                f"solver={config.solver!r} visits samples; a stream of chunks "
-                "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
-                "memory-mapped files work)"
-            )
-        check_progress_available(config.progress)
-        try:
-            outcome = train(
-                source,
-                [start[n].offset for n in names],
-                [start[n].projection for n in names],
-                [start[n].reconstruction for n in names],
-                config,
-                {"started": started},
-                [n in frozen for n in names],
-            )
-        except KeyboardInterrupt as exc:
-            exc.add_note("latentspace: training interrupted; the space is unchanged")
-            raise
+        with training_data(data, start, self._dtype, observed=observed) as source:
+            names = source.names
+            frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
+            if source.streamed and config.solver not in ("cca", "lbfgs"):
+                raise InvalidParameterError(
+                    f"solver={config.solver!r} visits samples; a stream of chunks "
+                    "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
+                    "memory-mapped files work)"
+                )
+            check_progress_available(config.progress)
+            try:
+                outcome = train(
+                    source,
+                    [start[n].offset for n in names],
+                    [start[n].projection for n in names],
+                    [start[n].reconstruction for n in names],
+                    config,
+                    {"started": started},
+                    [n in frozen for n in names],
+                )
+            except KeyboardInterrupt as exc:
+                exc.add_note(
+                    "latentspace: training interrupted; the space is unchanged"
+                )
+                raise
         if outcome is None:
             raise TrainingDivergedError(
                 f"training with solver={config.solver!r} diverged (non-finite "

@@ -90,9 +90,9 @@ def _prepare(space, data, k, method, csls_k, batch_size, min_models):
 
 def _aligned(space, data, min_models):
     models = space._snapshot.models
-    source = training_data(data, models, space.dtype, min_models=min_models)
-    blocks, _ = source.samples([None] * len(source.names))
-    return models, source.names, blocks
+    with training_data(data, models, space.dtype, min_models=min_models) as source:
+        blocks, _ = source.samples([None] * len(source.names))
+        return models, source.names, blocks
 
 
 def retrieval_ranks(
