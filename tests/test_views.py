@@ -70,6 +70,8 @@ SGD_CASES = [
     # id, widths, k, n, epochs, lr, w
     ("two", (3, 5), 4, 12, 3, 0.01, 1.0),
     ("three", (6, 2, 3), 3, 15, 4, 0.01, 1.5),
+    # past the plain loop: the look-ahead kernel without a window
+    ("look-ahead", (40, 30), 24, 20, 2, 0.002, 1.0),
     # wide: the delayed, windowed updates of the kernel, folded mid-epoch
     ("window", (100, 70, 20), 64, 37, 2, 0.001, 1.0),
 ]

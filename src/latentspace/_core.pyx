@@ -318,6 +318,121 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     return 0.5 * total + 0.5 * alignment_weight * align
 
 
+def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
+                     const unsigned char[:, ::1] observed, const floating[::1] rates,
+                     floating[::1] P, floating[::1] R, floating[:, ::1] Z,
+                     floating[:, ::1] A, floating[::1] e, floating[::1] g,
+                     double learning_rate, double alignment_weight,
+                     Py_ssize_t check_every):
+    """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, as written.
+
+    For every sample, the latents ``z_m = x_m @ P_m`` of all models, then for
+    every model (``a = z - mean_m z``)::
+
+        e = z @ R - x
+        R -= lr * outer(z, e)
+        P -= lr * outer(x, e @ R.T + w * a)
+
+    The plain loop, for weights small enough to stay in the L1 cache, where
+    the bookkeeping of `sgd_epoch` costs more than it saves. With
+    ``observed``, a sample only involves the models that observed it (and
+    the mean is theirs); ``lr * rates[m]`` is model ``m``'s step size.
+
+    Parameters
+    ----------
+    X : (n, D) array
+    widths : (M,) array
+    observed : (n, M) array of 0/1, or None
+    rates : (M,) array
+    P, R : (sum(widths) * k,) arrays
+        Updated in place.
+    Z, A : (M, k) arrays
+        Scratch.
+    e : (max(widths),) array
+        Scratch.
+    g : (k,) array
+        Scratch.
+    learning_rate, alignment_weight : float
+    check_every : int
+        Samples between two checks for a pending signal (0: never).
+
+    Returns
+    -------
+    int
+        ``n``, or the index of the first sample whose gradient was not finite.
+    """
+    cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
+    cdef Py_ssize_t i, m, j, r, col, off, status = n
+    cdef int k = Z.shape[1], d, count = M
+    cdef bint masked = observed is not None
+    cdef floating lr, w = alignment_weight, zbar, s
+    cdef const floating* x
+    cdef floating* z
+    cdef floating* Pm
+    cdef floating* Rm
+    with nogil:
+        for i in range(n):
+            col = 0
+            off = 0
+            for m in range(M):
+                d = widths[m]
+                for j in range(k):
+                    Z[m, j] = 0
+                _vecmat(d, k, &X[i, col], &P[off], &Z[m, 0])
+                col += d
+                off += d * k
+            if masked:
+                count = 0
+                for m in range(M):
+                    count = count + observed[i, m]
+            for j in range(k):
+                zbar = 0
+                for m in range(M):
+                    if not masked or observed[i, m]:
+                        zbar = zbar + Z[m, j]
+                zbar = zbar / max(count, 1)
+                for m in range(M):
+                    A[m, j] = Z[m, j] - zbar
+            col = 0
+            off = 0
+            for m in range(M):
+                d = widths[m]
+                if not masked or observed[i, m]:
+                    lr = learning_rate * rates[m]
+                    x = &X[i, col]
+                    z = &Z[m, 0]
+                    Pm = &P[off]
+                    Rm = &R[off]
+                    # e = z @ R - x
+                    for r in range(d):
+                        e[r] = -x[r]
+                    _vecmat(k, d, z, Rm, &e[0])
+                    # R -= lr * outer(z, e)
+                    for j in range(k):
+                        s = lr * z[j]
+                        for r in range(d):
+                            Rm[j * d + r] -= s * e[r]
+                    # g = R @ e + w * a
+                    for j in range(k):
+                        g[j] = w * A[m, j] + _dot(d, Rm + j * d, &e[0])
+                    if not _finite(_dot(k, &g[0], &g[0])):
+                        status = i
+                        break
+                    # P -= lr * outer(x, g)
+                    for r in range(d):
+                        s = lr * x[r]
+                        for j in range(k):
+                            Pm[r * k + j] -= s * g[j]
+                col += d
+                off += d * k
+            if status < n:
+                break
+            if check_every and (i + 1) % check_every == 0:
+                with gil:
+                    PyErr_CheckSignals()
+    return status
+
+
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
               const floating[::1] P, const floating[::1] R, floating[:, ::1] Z,
               floating[:, ::1] E, floating[:, :, ::1] V):
