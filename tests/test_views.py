@@ -627,3 +627,15 @@ def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch
     for P, R, Pr, Rr in zip(P1, R1, Ps, Rs):
         assert_allclose(P, Pr, rtol=1e-9, atol=1e-12)
         assert_allclose(R, Rr, rtol=1e-9, atol=1e-12)
+
+
+def test_loss_with_missing_views_matches_reference():
+    widths, k, n = (3, 4), 2, 25
+    space, names = make_space(k, widths)
+    Xs = random_data(widths, n, seed=29)
+    observed = random_observed(n, 2, seed=30)
+    Ps, Rs = float64_weights(space, names)
+    got = space.loss(dict(zip(names, masked(Xs, observed))), 0.7,
+                     observed=observed_dict(names, observed))
+    expected = reference_loss(zero_filled(Xs, observed), Ps, Rs, 0.7, observed)
+    assert got == pytest.approx(expected, rel=1e-12)

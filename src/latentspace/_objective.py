@@ -48,11 +48,13 @@ class Objective:
         return total / len(self.X)
 
 
-def mean_loss(blocks, projections, reconstructions, alignment_weight):
-    """`Objective` for aligned ``(n, d_m)`` blocks and per-model weights."""
+def mean_loss(blocks, projections, reconstructions, alignment_weight, observed=None):
+    """`Objective` for aligned ``(n, d_m)`` blocks (zero where ``observed``,
+    an (n, M) bool array, says a model did not observe a sample) and per-model
+    weights."""
     widths = np.array([X.shape[1] for X in blocks], dtype=np.intp)
     objective = Objective(np.concatenate(blocks, axis=1), widths,
-                          projections[0].shape[1])
+                          projections[0].shape[1], observed)
     return objective(
         np.concatenate([P.ravel() for P in projections]),
         np.concatenate([R.ravel() for R in reconstructions]),

@@ -299,12 +299,7 @@ class LatentSpace:
         """The input offset ``mu`` of model ``name`` (read-only), or None."""
         return self._model(name).offset
 
-    def _blocks(self, data, models, min_models):
-        with training_data(data, models, self._dtype, min_models=min_models) as source:
-            offsets = [models[name].offset for name in source.names]
-            return source.names, source.samples(offsets)[0]
-
-    def loss(self, data, alignment_weight=1.0):
+    def loss(self, data, alignment_weight=1.0, *, observed=None):
         """SPEC.md's mean per-sample loss ``L / n`` on aligned data.
 
         Parameters
@@ -312,6 +307,9 @@ class LatentSpace:
         data : mapping of str to array-like of shape (n, d_m)
             Aligned samples of one or more registered models.
         alignment_weight : float, default=1.0
+        observed : mapping of str to bool array-like of shape (n,), optional
+            Missing views, as for `train_projections`: a sample counts for the
+            models that observed it, about the mean of their latents.
 
         Returns
         -------
@@ -319,12 +317,17 @@ class LatentSpace:
         """
         w = check_alignment_weight(alignment_weight)
         models = self._snapshot.models
-        names, blocks = self._blocks(data, models, min_models=1)
+        with training_data(
+            data, models, self._dtype, observed=observed, min_models=1
+        ) as source:
+            names = source.names
+            blocks, mask = source.samples([models[n].offset for n in names])
         return mean_loss(
             blocks,
             [models[n].projection for n in names],
             [models[n].reconstruction for n in names],
             w,
+            mask,
         )
 
     def train_projections(self, data, config=None, *, observed=None, frozen=(),
