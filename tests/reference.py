@@ -12,19 +12,30 @@ def xavier(rng, input_dim, dim, dtype):
     return P, R
 
 
-def reference_sgd(Xs, Ps, Rs, learning_rate, n_epochs, alignment_weight):
-    """SPEC.md's reference optimiser, line by line; returns new (Ps, Rs)."""
+def reference_sgd(Xs, Ps, Rs, learning_rate, n_epochs, alignment_weight,
+                  observed=None, frozen=()):
+    """SPEC.md's reference optimiser, line by line; returns new (Ps, Rs).
+
+    With ``observed`` ((n, M) bool), sample ``i`` only involves the models
+    that observed it (its mean latent is theirs); models in ``frozen``
+    (indices) are not updated.
+    """
     Ps = [P.copy() for P in Ps]
     Rs = [R.copy() for R in Rs]
     lr = learning_rate
     w = alignment_weight
     n = len(Xs[0])
+    if observed is None:
+        observed = np.ones((n, len(Xs)), dtype=bool)
     for _ in range(n_epochs):
         for i in range(n):
-            zs = [X[i] @ P for X, P in zip(Xs, Ps)]
-            zbar = np.mean(zs, axis=0)
-            for m, X in enumerate(Xs):
-                z, x = zs[m], X[i]
+            present = [m for m in range(len(Xs)) if observed[i, m]]
+            zs = {m: Xs[m][i] @ Ps[m] for m in present}
+            zbar = np.mean([zs[m] for m in present], axis=0) if present else None
+            for m in present:
+                if m in frozen:
+                    continue
+                z, x = zs[m], Xs[m][i]
                 e = z @ Rs[m] - x
                 a = z - zbar
                 Rs[m] -= lr * np.outer(z, e)
@@ -33,12 +44,17 @@ def reference_sgd(Xs, Ps, Rs, learning_rate, n_epochs, alignment_weight):
     return Ps, Rs
 
 
-def reference_loss(Xs, Ps, Rs, alignment_weight):
-    """SPEC.md's L / n."""
+def reference_loss(Xs, Ps, Rs, alignment_weight, observed=None):
+    """SPEC.md's L / n (with ``observed``, (n, M) bool: a sample counts for
+    the models that observed it, about the mean of their latents)."""
+    n = len(Xs[0])
+    if observed is None:
+        observed = np.ones((n, len(Xs)), dtype=bool)
     Zs = [X @ P for X, P in zip(Xs, Ps)]
-    zbar = np.mean(Zs, axis=0)
+    count = np.maximum(observed.sum(axis=1), 1)[:, None]
+    zbar = sum(o[:, None] * Z for o, Z in zip(observed.T, Zs)) / count
     total = 0.0
-    for X, Z, R in zip(Xs, Zs, Rs):
-        total += 0.5 * np.sum((Z @ R - X) ** 2)
-        total += 0.5 * alignment_weight * np.sum((Z - zbar) ** 2)
-    return total / len(Xs[0])
+    for o, X, Z, R in zip(observed.T, Xs, Zs, Rs):
+        total += 0.5 * np.sum(o[:, None] * (Z @ R - X) ** 2)
+        total += 0.5 * alignment_weight * np.sum(o[:, None] * (Z - zbar) ** 2)
+    return total / n

@@ -75,3 +75,20 @@ def random_data(widths, n, *, seed=0, scale=1.0):
     """Aligned float64 samples: a list of ``(n, d)`` arrays."""
     rng = np.random.default_rng(seed)
     return [scale * rng.standard_normal((n, d)) for d in widths]
+
+
+def correlated(widths, n, *, shared=3, noise=0.5, seed=0):
+    """Aligned views: ``shared`` common factors of decreasing strength, mixed
+    into every model, plus noise and a non-zero mean."""
+    rng = np.random.default_rng(seed)
+    S = rng.standard_normal((n, shared)) * np.linspace(2.0, 0.7, shared)
+    # features of order 1 / sqrt(d): rows of norm about 1, as embeddings have
+    return [
+        (
+            S @ rng.standard_normal((shared, d))
+            + noise * rng.standard_normal((n, d))
+            + rng.uniform(-3, 3, d)
+        )
+        / (2 * d)
+        for d in widths
+    ]

@@ -199,6 +199,79 @@ def test_train_continues_a_saved_space(trained, capsys):
     assert after.weights("a")[0].tobytes() == before.weights("a")[0].tobytes()
 
 
+def test_train_adds_a_model_to_a_frozen_space(trained, capsys):
+    rng = np.random.default_rng(3)
+    a, b = _aligned()
+    np.save(trained / "c.npy", a @ rng.normal(size=(6, 5)))
+    out = trained / "grown.npz"
+    argv = [
+        "train", str(out), f"a={trained / 'a.npy'}", f"c={trained / 'c.npy'}",
+        "--continue", str(trained / "space.npz"), "--freeze", "a",
+        "--solver", "cca", "-q",
+    ]
+    assert main(argv) == 0
+    before = LatentSpace.load(trained / "space.npz")
+    grown = LatentSpace.load(out)
+    for name in ("a", "b"):
+        for x, y in zip(before.weights(name), grown.weights(name)):
+            assert x.tobytes() == y.tobytes()
+    expected = LatentSpace.load(trained / "space.npz")
+    expected.register("c", 5)
+    expected.train_projections(
+        {"a": a, "c": np.load(trained / "c.npy")}, frozen=["a"], solver="cca"
+    )
+    assert grown.weights("c")[0].tobytes() == expected.weights("c")[0].tobytes()
+
+
+def test_train_with_missing_views(files, capsys):
+    a, b = _aligned()
+    seen = np.ones(len(b), dtype=bool)
+    seen[::3] = False
+    b[~seen] = np.nan
+    np.save(files / "b-missing.npy", b)
+    np.save(files / "b-seen.npy", seen)
+    argv = [
+        "train", str(files / "space.npz"), f"a={files / 'a.npy'}",
+        f"b={files / 'b-missing.npy'}", "--observed", f"b={files / 'b-seen.npy'}",
+        "--solver", "cca", "--dim", "3", "-q",
+    ]
+    assert main(argv) == 0
+    space = LatentSpace(3, seed=42)
+    space.register("a", 6)
+    space.register("b", 9)
+    space.train_projections({"a": a, "b": b}, observed={"b": seen}, solver="cca")
+    saved = LatentSpace.load(files / "space.npz")
+    assert saved.weights("b")[0].tobytes() == space.weights("b")[0].tobytes()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--observed", "z={dir}/seen.npy"], "--observed z: no model 'z' among"),
+        (["--observed", "a={dir}/nope.npy"], "--observed a: no such file"),
+        (["--observed", "a={dir}/a.npy"], "must hold a boolean vector of 40 entries"),
+        (["--freeze", "a"], "--freeze keeps trained weights: use it with --continue"),
+    ],
+)
+def test_bad_missing_view_and_freeze_options(files, capsys, extra, message):
+    np.save(files / "seen.npy", np.ones(40, dtype=bool))
+    argv = [
+        "train", str(files / "space.npz"), f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}", "-q",
+        *[e.format(dir=files) for e in extra],
+    ]
+    assert message in _error(capsys, argv)
+
+
+def test_freeze_an_unknown_model(trained, capsys):
+    argv = [
+        "train", str(trained / "x.npz"), f"a={trained / 'a.npy'}",
+        f"b={trained / 'b.npz'}", "--continue", str(trained / "space.npz"),
+        "--freeze", "zz", "-q",
+    ]
+    assert "--freeze zz: " in _error(capsys, argv)
+
+
 def test_project_and_translate(trained, capsys):
     space = LatentSpace.load(trained / "space.npz")
     a, _ = _aligned()

@@ -30,6 +30,8 @@ TRAINING_CASES = [
     ("n1-one-wide", (1, 2), 3, 1, 4, 0.05, 1.0),
     ("no-alignment", (4, 6), 3, 12, 3, 0.01, 0.0),
     ("heavy-alignment", (20, 30), 8, 30, 6, 0.005, 2.5),
+    # Past the plain loop (sgd_epoch_direct): the look-ahead kernel, no window.
+    ("look-ahead", (40, 30), 24, 20, 2, 0.002, 1.0),
     # Wide enough for the BLAS and the blocked code paths of the kernel.
     ("blocked", (100, 70), 64, 12, 2, 0.001, 1.0),
     # Past 16 samples: the delayed updates are folded in mid-epoch, and a partial
@@ -558,3 +560,13 @@ def test_project_and_retrieve_of_blocked_sizes(dtype, d, k):
         bad[..., -1] = np.nan
         with pytest.raises(ValueError, match="contains NaN or Inf"):
             space.project("m0", bad)
+
+
+def test_training_cases_cover_every_epoch_kernel():
+    """The plain loop, the look-ahead without a window and the windowed one."""
+    from latentspace import _sgd
+
+    sizes = [sum(widths) * k for _, widths, k, *_ in TRAINING_CASES]
+    assert any(s < _sgd._DIRECT_MAX_WEIGHTS for s in sizes)
+    assert any(_sgd._DIRECT_MAX_WEIGHTS <= s < _sgd._WINDOW_MIN_WEIGHTS for s in sizes)
+    assert any(s >= _sgd._WINDOW_MIN_WEIGHTS for s in sizes)

@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
-from support import assert_unchanged, dtype_params, make_space, snapshot
+from support import assert_unchanged, correlated, dtype_params, make_space, snapshot
 
 import latentspace
 from latentspace import (
@@ -27,26 +27,16 @@ from latentspace import (
     TrainingState,
 )
 from latentspace._losses import Objective, sample_scale
-from latentspace._statistics import accumulate
+from latentspace._statistics import chunk_sums, statistics
 
 TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-4}
 
 
-def correlated(widths, n, *, shared=3, noise=0.5, seed=0):
-    """Aligned views: ``shared`` common factors of decreasing strength, mixed
-    into every model, plus noise and a non-zero mean."""
-    rng = np.random.default_rng(seed)
-    S = rng.standard_normal((n, shared)) * np.linspace(2.0, 0.7, shared)
-    # features of order 1 / sqrt(d): rows of norm about 1, as embeddings have
-    return [
-        (
-            S @ rng.standard_normal((shared, d))
-            + noise * rng.standard_normal((n, d))
-            + rng.uniform(-3, 3, d)
-        )
-        / (2 * d)
-        for d in widths
-    ]
+def accumulate(blocks):
+    """The `Statistics` of complete in-memory blocks, in one chunk."""
+    names = list(range(len(blocks)))
+    sums = chunk_sums(names, blocks, None, None)
+    return statistics(names, [X.shape[1] for X in blocks], blocks[0].dtype, sums)
 
 
 def trained(widths, k, Xs, dtype="float64", **overrides):
@@ -328,7 +318,7 @@ def test_objective_and_gradient_match_per_sample_formulas(kind, widths, k):
     rng = np.random.default_rng(11)
     Xs = [rng.standard_normal((60, d)) + rng.standard_normal(d) for d in widths]
     stats = accumulate(Xs)
-    gram = stats.second_moment(np.zeros_like(stats.mean))
+    gram = stats.moments(np.zeros_like(stats.mean))
     tau = sample_scale(gram, widths)
     objective = Objective(kind, widths, k, 1.3, 0.05, tau, np.float64)
     Ps = [rng.standard_normal((d, k)) for d in widths]
@@ -354,7 +344,7 @@ def test_whitened_objective_has_no_shrinking_direction(eps):
     rng = np.random.default_rng(12)
     widths, k = (6, 5), 3
     Xs = [rng.standard_normal((80, d)) for d in widths]
-    gram = accumulate(Xs).second_moment(np.zeros(11))
+    gram = accumulate(Xs).moments(np.zeros(11))
     Ps = [rng.standard_normal((d, k)) for d in widths]
     Rs = [rng.standard_normal((k, d)) for d in widths]
     scaled = ([P * eps for P in Ps], [R / eps for R in Rs])
@@ -428,7 +418,7 @@ def test_lbfgs_whitened_reaches_a_stationary_point_of_the_per_sample_loss():
     )
     assert result.converged and result.final_loss < result.initial_loss
     Cs = [X - X.mean(axis=0) for X in Xs]
-    tau = sample_scale(accumulate(Cs).gram, widths)
+    tau = sample_scale(accumulate(Cs).moments(np.zeros(sum(widths))), widths)
     objective = Objective("whitened", widths, k, w, reg, tau, np.float64)
     eps = np.finfo(np.float64).eps
 
@@ -501,10 +491,13 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     Ps = [np.array(space.weights(m)[0]) for m in names]
     Rs = [np.array(space.weights(m)[1]) for m in names]
     stats = accumulate(Xs)
-    tau = sample_scale(stats.gram, widths)
+    moments = stats.moments(np.zeros(sum(widths)))
+    tau = sample_scale(moments, widths)
     objective = Objective("whitened", widths, k, w, reg, tau, np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _solvers._Problem(Xs, None, stats, stats.gram, objective, config)
+    problem = _solvers._Problem(
+        Xs, None, None, stats, moments, objective, config, (False, False)
+    )
     with Monitor(1, None, None, False, started=0.0) as monitor:
         P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
 

@@ -140,11 +140,14 @@ DATA_FAILURES = [
     ("ragged", train_data({"a": [[1.0, 2.0, 3.0], [1.0]] * 5, "b": XB}), TypeError,
      r"data for model 'a' is not a numeric array"),
     ("list-of-arrays", train_data([XA, XB]), TypeError,
-     r"data must be a mapping of model name to array, got list"),
+     r"data must be a mapping of model name to array, or an iterable of such "
+     r"mappings \(chunks of rows\), got list of ndarray"),
     ("pairs", train_data((("a", XA), ("b", XB))), TypeError,
-     r"data must be a mapping of model name to array, got tuple"),
+     r"data must be a mapping of model name to array, or an iterable of such "
+     r"mappings \(chunks of rows\), got tuple of tuple"),
     ("none", train_data(None), TypeError,
-     r"data must be a mapping of model name to array, got NoneType"),
+     r"data must be a mapping of model name to array, or an iterable of such "
+     r"mappings \(chunks of rows\), got NoneType"),
 ]
 
 # The Go package's checks, in SPEC.md's order. A case that breaks several rules

@@ -172,6 +172,36 @@ def _read_matrix(spec, what):
     return array
 
 
+def _read_masks(pairs, data):
+    """The ``observed`` mapping of ``--observed NAME=FILE`` options."""
+    import numpy as np
+
+    masks = {}
+    for name, path in pairs:
+        if name not in data:
+            raise UsageError(f"--observed {name}: no model {name!r} among NAME=FILE")
+        if not os.path.isfile(path):
+            raise UsageError(f"--observed {name}: no such file {path!r}")
+        try:
+            mask = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise UsageError(
+                f"--observed {name}: {path!r} is not a readable .npy file ({exc})"
+            ) from None
+        rows = len(data[name])
+        if not isinstance(mask, np.ndarray) or mask.dtype != bool or mask.shape != (
+            rows,
+        ):
+            raise UsageError(
+                f"--observed {name}: {path!r} must hold a boolean vector of "
+                f"{rows} entries (one per row), got "
+                + (f"dtype {mask.dtype}, shape {mask.shape}"
+                   if isinstance(mask, np.ndarray) else "an .npz archive")
+            )
+        masks[name] = mask
+    return masks or None
+
+
 def _read_models(pairs):
     names = [name for name, _ in pairs]
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -409,8 +439,17 @@ def _train(args, report):
             f"the training files must have the same number of rows (row i of "
             f"every file is item i), got {listed}"
         )
+    observed = _read_masks(args.observed, data)
+    if args.freeze and not args.resume:
+        raise UsageError("--freeze keeps trained weights: use it with --continue SPACE")
     if args.resume:
         space = _load_space(args.resume)
+        for name in args.freeze:
+            if name not in space.models:
+                raise UsageError(
+                    f"--freeze {name}: {args.resume!r} has no model {name!r} "
+                    f"(it has {', '.join(space.models) or 'none'})"
+                )
         for name, array in data.items():
             if name not in space.models:
                 space.register(name, array.shape[1])
@@ -438,7 +477,9 @@ def _train(args, report):
         f"({shapes}), solver {solver}"
         + ("" if solver == "cca" else f", at most {args.epochs} epochs")
     )
-    result = space.train_projections(data, **options)
+    result = space.train_projections(
+        data, observed=observed, frozen=args.freeze, **options
+    )
     space.save(args.space, config=result)
     report(f"saved {args.space}")
     print(
@@ -449,10 +490,14 @@ def _train(args, report):
     if args.plot:
         from . import _plots
 
-        written = [
-            _plots.loss_curve(result, f"{args.plot}-loss.png"),
-            _plots.space_map(space, data, f"{args.plot}-map.png"),
-        ]
+        if observed is not None:  # the map shows the items every model observed
+            import numpy as np
+
+            rows = np.logical_and.reduce([observed.get(n, True) for n in data])
+            data = {name: array[rows] for name, array in data.items()}
+        written = [_plots.loss_curve(result, f"{args.plot}-loss.png")]
+        if len(next(iter(data.values()))):
+            written.append(_plots.space_map(space, data, f"{args.plot}-map.png"))
         print("pictures: " + ", ".join(written))
     return 0
 
@@ -782,6 +827,25 @@ def _parser():
         ".npz or FILE.npz:KEY), at least two",
     )
     _add_training_options(train)
+    train.add_argument(
+        "--observed",
+        metavar="NAME=FILE",
+        action="append",
+        type=_model_file,
+        default=[],
+        help="missing views: a boolean .npy vector, one entry per row, true "
+        "where model NAME observed the item (its other rows are ignored and "
+        "may hold NaN); repeatable",
+    )
+    train.add_argument(
+        "--freeze",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="with --continue: keep model NAME's weights as they are and fit "
+        "the other models to the space it defines (to add a new model to a "
+        "trained space); repeatable",
+    )
     train.add_argument(
         "--plot",
         metavar="PREFIX",

@@ -41,9 +41,9 @@ on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
 import numpy as np
 import scipy.linalg
 
-from ._statistics import ridge
+from ._statistics import ridge, slices
 
-__all__ = ["canonicalise", "fit_cca", "least_squares_inverse"]
+__all__ = ["canonicalise", "fit_cca", "fit_to_frozen", "least_squares_inverse"]
 
 # Most alternating least-squares sweeps of the one-factor fit of the pairwise
 # correlations (each costs O(k M^2)); they stop once the loadings settle.
@@ -113,7 +113,8 @@ def _pairwise_correlations(grams, widths, directions):
     return rho
 
 
-def canonical_directions(grams, widths, n_components, regularization):
+def canonical_directions(grams, widths, n_components, regularization, cross=None,
+                         diagonal=None):
     """Unit-variance MAXVAR directions and their pairwise correlations.
 
     Parameters
@@ -125,6 +126,12 @@ def canonical_directions(grams, widths, n_components, regularization):
         Number of directions wanted; fewer are returned if the whitened
         problem has fewer dimensions.
     regularization : float
+    cross : callable, optional
+        ``cross(m, l)`` for ``m != l``: the off-diagonal blocks of ``T`` before
+        whitening (default ``grams``; see `consensus_blocks` for missing views).
+    diagonal : callable, optional
+        ``diagonal(m)``: the diagonal blocks of ``T`` before whitening (default:
+        ``T_mm = I``).
 
     Returns
     -------
@@ -138,11 +145,12 @@ def canonical_directions(grams, widths, n_components, regularization):
         _whitener(grams(m, m), ridge(grams(m, m), regularization)) for m in range(M)
     ]
     ranks = [B.shape[1] for B in whiteners]
-    if M == 2:
+    cross = cross or grams
+    if M == 2 and diagonal is None:
         # T_12 = B_1.T @ G_12 @ B_2, whose singular triplets are the canonical
         # pairs; the eigenvectors of T are [u; v] / sqrt(2), eigenvalues 1 + s.
-        cross = whiteners[0].T @ grams(0, 1) @ whiteners[1]
-        U, _, Vt = scipy.linalg.svd(cross, full_matrices=False, check_finite=False)
+        T12 = whiteners[0].T @ cross(0, 1) @ whiteners[1]
+        U, _, Vt = scipy.linalg.svd(T12, full_matrices=False, check_finite=False)
         c = min(n_components, len(_))
         parts = [U[:, :c], Vt[:c].T]
     else:
@@ -154,10 +162,11 @@ def canonical_directions(grams, widths, n_components, regularization):
                     slice(bounds[m], bounds[m + 1]),
                     slice(bounds[l], bounds[l + 1]),
                 )
-                if m == l:
+                if m == l and diagonal is None:
                     T[rows, cols] = np.eye(ranks[m])
                 else:
-                    T[rows, cols] = whiteners[m].T @ grams(m, l) @ whiteners[l]
+                    block = diagonal(m) if m == l else cross(m, l)
+                    T[rows, cols] = whiteners[m].T @ block @ whiteners[l]
                     T[cols, rows] = T[rows, cols].T
         c = min(n_components, len(T))
         _, V = scipy.linalg.eigh(
@@ -213,10 +222,105 @@ def fit_cca(stats, n_components, regularization):
         Mean pairwise correlation of the models on every latent dimension, in
         decreasing order (the canonical correlations for two models).
     """
+    cross = consensus_blocks(stats, regularization)
     directions, rho = canonical_directions(
-        stats.block, stats.widths, n_components, regularization
+        stats.block,
+        stats.widths,
+        n_components,
+        regularization,
+        cross,
+        None if cross is None else lambda m: cross(m, m),
     )
     return _weigh(directions, rho, n_components, stats.gram.dtype)
+
+
+def consensus_blocks(stats, regularization):
+    """The blocks of ``T`` (`canonical_directions`) for data with missing views.
+
+    Generalised CCA with missing rows (van de Velden and Bijmolt, 2006): the
+    consensus of a sample is the mean over the models that observed it, which
+    makes ``T`` the whitened matrix of ``M E[o_m o_l x_m x_l' / |S|]`` (over
+    the samples, ``S`` the models that observed one), diagonal blocks
+    included: the Gram matrix of the whitened data, so that no pair of
+    directions correlates by more than one (whitening by one set of samples
+    and correlating over another does not have this property, and fits noise).
+    Every model is whitened by its covariance over the samples it observed,
+    hence the factor ``1 / sqrt(c_m c_l)`` of the coverages, and the ridge is
+    on the diagonal blocks, as in ``T_mm = I`` for complete data (for which
+    ``cross(m, l)`` is ``G_ml``).
+
+    Returns
+    -------
+    callable ``cross(m, l)``, or None for complete data.
+    """
+    if stats.complete:
+        return None
+    moments = stats.moments(stats.mean)
+    cols, M = slices(stats.widths), len(stats.widths)
+    scale = M / np.sqrt(np.outer(moments.coverage, moments.coverage))
+
+    def cross(m, l):
+        block = moments.consensus[cols[m], cols[l]] * moments.gram.dtype.type(
+            scale[m, l]
+        )
+        if m == l:
+            shift = ridge(stats.block(m, m), regularization)
+            block = block + shift * np.eye(len(block), dtype=block.dtype)
+        return block
+
+    return cross
+
+
+def fit_to_frozen(moments, widths, projections, frozen, regularization):
+    """Projections of the free models that land on the space of the frozen ones.
+
+    Minimises the alignment ``E sum_m ||z_m - zbar||^2`` (``zbar`` the mean
+    over the models that observed a sample) over the free models' ``P_m``,
+    the frozen ones' fixed, with the ridge ``r_m ||P_m||^2`` of `fit_cca`: a
+    free model seen alongside frozen ones regresses on their mean latent.
+    Setting the gradient to zero gives, for every free ``m``,
+    ``(G_mm + r_m I) P_m - sum_{l free} C_ml P_l = sum_{f frozen} C_mf P_f``
+    with ``G`` and ``C`` the plain and consensus moments: one linear system.
+
+    Parameters
+    ----------
+    moments : Moments
+        Of the samples shifted by the frozen models' offsets and the free
+        models' means.
+    widths : sequence of int
+    projections : list of (d_m, k) ndarray
+        Current weights; those of frozen models are used.
+    frozen : sequence of bool
+    regularization : float
+
+    Returns
+    -------
+    list of (d_m, k) ndarray
+        The frozen models' projections unchanged, the free models' new.
+    """
+    cols = slices(widths)
+    free = [m for m, f in enumerate(frozen) if not f]
+    index = np.concatenate([np.arange(cols[m].start, cols[m].stop) for m in free])
+    A = -moments.consensus[np.ix_(index, index)].astype(np.float64)
+    b = np.zeros((len(index), projections[0].shape[1]))
+    at = 0
+    for m in free:
+        d = widths[m]
+        G = moments.gram[cols[m], cols[m]]
+        A[at : at + d, at : at + d] += G + ridge(G, regularization) * np.eye(d)
+        for f in np.flatnonzero(frozen):
+            b[at : at + d] += moments.consensus[cols[m], cols[f]] @ projections[f]
+        at += d
+    try:
+        solution = scipy.linalg.solve(A, b, assume_a="pos", check_finite=False)
+    except np.linalg.LinAlgError:  # singular without a ridge: least norm
+        solution = scipy.linalg.lstsq(A, b, check_finite=False)[0]
+    out = list(projections)
+    at = 0
+    for m in free:
+        out[m] = solution[at : at + widths[m]].astype(projections[m].dtype)
+        at += widths[m]
+    return out
 
 
 def least_squares_inverse(gram, projection):
@@ -264,6 +368,11 @@ def canonicalise(stats, projections, n_components, regularization):
     agreement : (k,) ndarray
     """
     latent_grams = {}
+    # With missing views the pairs are weighted as in the whitened objective's
+    # alignment (by one over the number of models of a sample); the diagonal
+    # blocks are whitened away (T_mm = I): for two models the basis is then a
+    # rotation of the whitened latents, which leaves that objective unchanged.
+    data_cross = consensus_blocks(stats, regularization)
 
     def grams(m, l):
         if (m, l) not in latent_grams:
@@ -274,7 +383,12 @@ def canonicalise(stats, projections, n_components, regularization):
             latent_grams[m, l] = G
         return latent_grams[m, l]
 
+    def cross(m, l):
+        return projections[m].T @ data_cross(m, l) @ projections[l]
+
     widths = [P.shape[1] for P in projections]
-    directions, rho = canonical_directions(grams, widths, n_components, 0.0)
+    directions, rho = canonical_directions(
+        grams, widths, n_components, 0.0, None if data_cross is None else cross
+    )
     inner, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
     return [P @ A for P, A in zip(projections, inner)], agreement

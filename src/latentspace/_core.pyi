@@ -14,12 +14,28 @@ class AffineMap:
 def loss_sum(
     X: NDArray[Any],
     widths: NDArray[Any],
+    observed: NDArray[Any] | None,
     P: NDArray[Any],
     R: NDArray[Any],
     alignment_weight: float,
     Z: NDArray[Any],
     Xhat: NDArray[Any],
 ) -> float: ...
+def sgd_epoch_direct(
+    X: NDArray[Any],
+    widths: NDArray[Any],
+    observed: NDArray[Any] | None,
+    rates: NDArray[Any],
+    P: NDArray[Any],
+    R: NDArray[Any],
+    Z: NDArray[Any],
+    A: NDArray[Any],
+    e: NDArray[Any],
+    g: NDArray[Any],
+    learning_rate: float,
+    alignment_weight: float,
+    check_every: int,
+) -> int: ...
 def sgd_prime(
     X: NDArray[Any],
     widths: NDArray[Any],
@@ -32,6 +48,8 @@ def sgd_prime(
 def sgd_epoch(
     X: NDArray[Any],
     widths: NDArray[Any],
+    observed: NDArray[Any] | None,
+    rates: NDArray[Any],
     P: NDArray[Any],
     R: NDArray[Any],
     Z: NDArray[Any],

@@ -252,17 +252,21 @@ cdef inline bint _is_kernel_array(object x, int typenum, bint writeable):
 
 
 def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
+             const unsigned char[:, ::1] observed,
              const floating[::1] P, const floating[::1] R, double alignment_weight,
              floating[:, :, ::1] Z, floating[:, ::1] Xhat):
     """SPEC.md's ``L`` over the rows of ``X``, in chunks of ``Z.shape[1]`` rows.
 
     ``L = sum_i sum_m 1/2 ||z_mi @ R_m - x_mi||^2 + w/2 ||z_mi - mean_m z_mi||^2``
-    with ``z_mi = x_mi @ P_m``, summed in double precision.
+    with ``z_mi = x_mi @ P_m``, summed in double precision. With ``observed``,
+    the sum and the mean are over the models that observed sample ``i``, and
+    ``X`` is zero where a model did not (so is its reconstruction error).
 
     Parameters
     ----------
     X : (n, D) array
     widths : (M,) array
+    observed : (n, M) array of 0/1, or None (every model observed every row)
     P, R : (sum(widths) * k,) arrays
     alignment_weight : float
     Z : (M, c, k) array
@@ -274,6 +278,8 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     cdef int D = X.shape[1], c = Z.shape[1], k = Z.shape[2], d, rows
     cdef double total = 0, align = 0, diff, zbar
     cdef floating* xhat = &Xhat[0, 0]
+    cdef bint masked = observed is not None
+    cdef int count
     with nogil:
         while i0 < n:
             rows = min(c, n - i0)
@@ -291,16 +297,140 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 col += d
                 off += d * k
             for r in range(rows):
+                count = M
+                if masked:
+                    count = 0
+                    for m in range(M):
+                        count += observed[i0 + r, m]
+                    if count == 0:
+                        continue
                 for j in range(k):
                     zbar = 0
                     for m in range(M):
-                        zbar += Z[m, r, j]
-                    zbar /= M
+                        if not masked or observed[i0 + r, m]:
+                            zbar += Z[m, r, j]
+                    zbar /= count
                     for m in range(M):
-                        diff = Z[m, r, j] - zbar
-                        align += diff * diff
+                        if not masked or observed[i0 + r, m]:
+                            diff = Z[m, r, j] - zbar
+                            align += diff * diff
             i0 += rows
     return 0.5 * total + 0.5 * alignment_weight * align
+
+
+def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
+                     const unsigned char[:, ::1] observed, const floating[::1] rates,
+                     floating[::1] P, floating[::1] R, floating[:, ::1] Z,
+                     floating[:, ::1] A, floating[::1] e, floating[::1] g,
+                     double learning_rate, double alignment_weight,
+                     Py_ssize_t check_every):
+    """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, as written.
+
+    For every sample, the latents ``z_m = x_m @ P_m`` of all models, then for
+    every model (``a = z - mean_m z``)::
+
+        e = z @ R - x
+        R -= lr * outer(z, e)
+        P -= lr * outer(x, e @ R.T + w * a)
+
+    The plain loop, for weights small enough to stay in the L1 cache, where
+    the bookkeeping of `sgd_epoch` costs more than it saves. With
+    ``observed``, a sample only involves the models that observed it (and
+    the mean is theirs); ``lr * rates[m]`` is model ``m``'s step size.
+
+    Parameters
+    ----------
+    X : (n, D) array
+    widths : (M,) array
+    observed : (n, M) array of 0/1, or None
+    rates : (M,) array
+    P, R : (sum(widths) * k,) arrays
+        Updated in place.
+    Z, A : (M, k) arrays
+        Scratch.
+    e : (max(widths),) array
+        Scratch.
+    g : (k,) array
+        Scratch.
+    learning_rate, alignment_weight : float
+    check_every : int
+        Samples between two checks for a pending signal (0: never).
+
+    Returns
+    -------
+    int
+        ``n``, or the index of the first sample whose gradient was not finite.
+    """
+    cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
+    cdef Py_ssize_t i, m, j, r, col, off, status = n
+    cdef int k = Z.shape[1], d, count = M
+    cdef bint masked = observed is not None
+    cdef floating lr, w = alignment_weight, zbar, s
+    cdef const floating* x
+    cdef floating* z
+    cdef floating* Pm
+    cdef floating* Rm
+    with nogil:
+        for i in range(n):
+            col = 0
+            off = 0
+            for m in range(M):
+                d = widths[m]
+                for j in range(k):
+                    Z[m, j] = 0
+                _vecmat(d, k, &X[i, col], &P[off], &Z[m, 0])
+                col += d
+                off += d * k
+            if masked:
+                count = 0
+                for m in range(M):
+                    count = count + observed[i, m]
+            for j in range(k):
+                zbar = 0
+                for m in range(M):
+                    if not masked or observed[i, m]:
+                        zbar = zbar + Z[m, j]
+                zbar = zbar / max(count, 1)
+                for m in range(M):
+                    A[m, j] = Z[m, j] - zbar
+            col = 0
+            off = 0
+            for m in range(M):
+                d = widths[m]
+                if not masked or observed[i, m]:
+                    lr = learning_rate * rates[m]
+                    x = &X[i, col]
+                    z = &Z[m, 0]
+                    Pm = &P[off]
+                    Rm = &R[off]
+                    # e = z @ R - x
+                    for r in range(d):
+                        e[r] = -x[r]
+                    _vecmat(k, d, z, Rm, &e[0])
+                    # R -= lr * outer(z, e)
+                    for j in range(k):
+                        s = lr * z[j]
+                        for r in range(d):
+                            Rm[j * d + r] -= s * e[r]
+                    # g = R @ e + w * a
+                    for j in range(k):
+                        g[j] = w * A[m, j] + _dot(d, Rm + j * d, &e[0])
+                    if not _finite(_dot(k, &g[0], &g[0])):
+                        status = i
+                        break
+                    # P -= lr * outer(x, g)
+                    for r in range(d):
+                        s = lr * x[r]
+                        for j in range(k):
+                            Pm[r * k + j] -= s * g[j]
+                col += d
+                off += d * k
+            if status < n:
+                break
+            if check_every and (i + 1) % check_every == 0:
+                with gil:
+                    PyErr_CheckSignals()
+    return status
 
 
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
@@ -331,6 +461,7 @@ def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
 
 
 def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
+              const unsigned char[:, ::1] observed, const floating[::1] rates,
               floating[::1] P, floating[::1] R, floating[:, ::1] Z,
               floating[:, ::1] E, floating[:, :, ::1] V, floating[:, ::1] A,
               floating[::1] g, floating[:, :, ::1] ZW, floating[:, :, ::1] GW,
@@ -394,7 +525,9 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     cdef Py_ssize_t i, m, j, r, col, off, cur = 0, nxt, status = n
     cdef int k = Z.shape[1], D = X.shape[1], B = ZW.shape[1], d, j0, rows, rstep
     cdef int b = 0, nb
-    cdef floating lr = learning_rate, w = alignment_weight, c, zbar
+    cdef floating lr, w = alignment_weight, c, zbar
+    cdef bint masked = observed is not None
+    cdef int count = M
     cdef const floating* x
     cdef const floating* x1
     cdef const floating* x2
@@ -411,14 +544,22 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     with nogil:
         for i in range(n):
             nxt = 1 - cur
-            # A = Z - Z.mean(axis=0)
+            # A = Z - Z.mean(axis=0), over the models that observed sample i
+            if masked:
+                count = 0
+                for m in range(M):
+                    count = count + observed[i, m]
             for j in range(k):
                 zbar = 0
                 for m in range(M):
-                    zbar = zbar + Z[m, j]
-                zbar = zbar / M
+                    if not masked or observed[i, m]:
+                        zbar = zbar + Z[m, j]
+                zbar = zbar / max(count, 1)
                 for m in range(M):
-                    A[m, j] = Z[m, j] - zbar
+                    if not masked or observed[i, m]:
+                        A[m, j] = Z[m, j] - zbar
+                    else:
+                        A[m, j] = 0
             x = &X[i, 0]
             x1 = &X[(i + 1) % n, 0]
             x2 = &X[(i + 2) % n, 0]
@@ -427,6 +568,7 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
             off = 0
             for m in range(M):
                 d = widths[m]
+                lr = learning_rate * rates[m]
                 z = &Z[m, 0]
                 e = &E[cur, col]
                 e1 = &E[nxt, col]

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ._statistics import Moments
 from ._threads import scipy_blas_single_threaded
 
 __all__ = ["train_lbfgs", "train_minibatch"]
@@ -16,8 +17,8 @@ _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 _DECAY = 0.999
 
 
-def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
-    """Minimise ``objective`` on second moments ``gram`` with SciPy's L-BFGS-B.
+def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
+    """Minimise ``objective`` on second moments ``moments`` with SciPy's L-BFGS-B.
 
     Every iteration costs one or a few loss-and-gradient evaluations of
     ``O(D^2 k)``; no pass over the samples.
@@ -27,7 +28,7 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
     objective : Objective
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
-    gram : (D, D) ndarray
+    moments : Moments
     max_iter : int
     monitor : Monitor
         Its `step` runs after every iteration; it may stop the run.
@@ -45,7 +46,7 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
 
     def fun(theta):
         Ps, Rs = objective.split(theta.astype(dtype))
-        loss, gPs, gRs = objective(Ps, Rs, gram)
+        loss, gPs, gRs = objective(Ps, Rs, moments)
         if not math.isfinite(loss):
             return math.inf, np.zeros_like(theta)
         return loss, objective.join(gPs, gRs, np.float64)
@@ -55,7 +56,7 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
             raise StopIteration
 
     theta = objective.join(Ps, Rs, np.float64)
-    monitor.start(objective(Ps, Rs, gram, gradient=False))
+    monitor.start(objective(Ps, Rs, moments, gradient=False))
     with scipy_blas_single_threaded():
         result = minimize(
             fun,
@@ -70,23 +71,44 @@ def train_lbfgs(objective, Ps, Rs, gram, max_iter, monitor):
     return Ps, Rs, bool(result.success)
 
 
+def _batch_moments(batch, observed, widths):
+    """The `Moments` of the rows of ``batch`` (b, D), which it may modify.
+
+    ``observed`` (b, M) bool or None says which model observed which row;
+    the batch is zeroed where one did not.
+    """
+    rows = len(batch)
+    if observed is None:
+        # B.T @ B / b
+        return Moments.complete((batch.T @ batch) / rows, len(widths))
+    batch *= np.repeat(observed, widths, axis=1)
+    count = observed.sum(axis=1)
+    weighted = batch * (1 / np.sqrt(np.maximum(count, 1)))[:, None].astype(batch.dtype)
+    return Moments(
+        (batch.T @ batch) / rows,
+        (weighted.T @ weighted) / rows,
+        observed.mean(axis=0),
+    )
+
+
 def train_minibatch(
     objective,
     Ps,
     Rs,
     blocks,
+    observed,
     shift,
     batch_size,
     learning_rate,
     n_epochs,
     monitor,
-    gram,
+    moments,
 ):
     """Minimise ``objective`` with Adam on mini-batches of aligned rows.
 
     Batches are consecutive rows, in order. Each step uses the second moments
     of one batch (``O(b D^2 + D^2 k)``); the whitened objective whitens with
-    the full data's moments ``gram``, so the batch gradient is unbiased. The
+    the full data's ``moments``, so the batch gradient is unbiased. The
     step size decays by 0.999 per epoch, as in the reference optimiser; the
     loss recorded after every epoch is that of the full data.
 
@@ -96,15 +118,18 @@ def train_minibatch(
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
     blocks : list of (n, d_m) ndarray
-        Aligned samples; a batch is their rows concatenated, minus ``shift``
-        (no copy of the whole data is made).
+        Aligned samples, zero where a model did not observe one; a batch is
+        their rows concatenated, minus ``shift`` where observed (no copy of
+        the whole data is made).
+    observed : (n, M) bool ndarray or None
+        Which model observed which sample (None: all of them).
     shift : (D,) ndarray or None
     batch_size : int
     learning_rate : float
     n_epochs : int
     monitor : Monitor
-    gram : (D, D) ndarray
-        Second moments of all the shifted samples.
+    moments : Moments
+        Of all the shifted samples.
 
     Returns
     -------
@@ -115,15 +140,18 @@ def train_minibatch(
     second = np.zeros_like(theta)
     n = len(blocks[0])
     step = 0
-    monitor.start(objective(*objective.split(theta), gram, gradient=False))
+    monitor.start(objective(*objective.split(theta), moments, gradient=False))
+    widths = objective.widths
     for _ in range(n_epochs):
         for start in range(0, n, batch_size):
-            batch = np.concatenate([X[start : start + batch_size] for X in blocks], 1)
+            rows = slice(start, start + batch_size)
+            batch = np.concatenate([X[rows] for X in blocks], 1)
             if shift is not None:
                 batch -= shift
-            # batch second moments: B.T @ B / b
-            moments = (batch.T @ batch) / len(batch)
-            loss, gPs, gRs = objective(*objective.split(theta), moments, gram)
+            mask = None if observed is None else observed[rows]
+            loss, gPs, gRs = objective(
+                *objective.split(theta), _batch_moments(batch, mask, widths), moments
+            )
             grad = objective.join(gPs, gRs)
             if not (math.isfinite(loss) and np.isfinite(grad).all()):
                 return None
@@ -135,7 +163,7 @@ def train_minibatch(
             scale = learning_rate * math.sqrt(1 - _BETA2**step) / (1 - _BETA1**step)
             theta -= scale * first / (np.sqrt(second) + _ADAM_EPS)
         learning_rate *= _DECAY
-        loss = objective(*objective.split(theta), gram, gradient=False)
+        loss = objective(*objective.split(theta), moments, gradient=False)
         if not math.isfinite(loss):
             return None
         if monitor.step(loss):

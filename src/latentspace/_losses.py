@@ -84,9 +84,12 @@ def _inverse_sqrt_adjoint(lam, V, omega, dtype):
     return V @ (F * (V.T @ omega @ V)) @ V.T
 
 
-def sample_scale(gram, widths):
-    """``tau``: the mean over models of ``E||x_m||^2`` (trace of ``G_mm``)."""
-    return float(np.mean([np.trace(gram[s, s]) for s in slices(widths)]))
+def sample_scale(moments, widths):
+    """``tau``: the mean over models of ``E||x_m||^2`` over the samples each
+    observed (trace of its observed second moment)."""
+    return float(
+        np.mean([np.trace(moments.observed(m, s)) for m, s in enumerate(slices(widths))])
+    )
 
 
 class Objective:
@@ -105,6 +108,8 @@ class Objective:
         ``tau`` of the whitened objective (ignored by the reference one).
     dtype : dtype
         Precision of the products with Gram matrices.
+    frozen : sequence of bool, optional
+        Models whose weights are constants: their gradients are zero.
 
     Notes
     -----
@@ -112,7 +117,8 @@ class Objective:
     ``P_m`` (d_m, k) and ``R_m`` (k, d_m), as in the compiled core.
     """
 
-    def __init__(self, kind, widths, k, alignment_weight, regularization, scale, dtype):
+    def __init__(self, kind, widths, k, alignment_weight, regularization, scale, dtype,
+                 frozen=()):
         self.kind = kind
         self.widths = tuple(int(d) for d in widths)
         self.k = int(k)
@@ -121,6 +127,7 @@ class Objective:
         self.scale = float(scale)
         self.dtype = np.dtype(dtype)
         self.size = sum(self.widths) * self.k
+        self.frozen = tuple(frozen) or (False,) * len(self.widths)
 
     def split(self, theta):
         """Views ``(Ps, Rs)`` of flat weights."""
@@ -136,18 +143,18 @@ class Objective:
         flat = np.concatenate([a.ravel() for a in (*Ps, *Rs)])
         return flat.astype(dtype or self.dtype, copy=False)
 
-    def __call__(self, Ps, Rs, gram, norm_gram=None, gradient=True):
-        """The loss (and its gradient) for second moments ``gram``.
+    def __call__(self, Ps, Rs, moments, norm=None, gradient=True):
+        """The loss (and its gradient) for second moments ``moments``.
 
         Parameters
         ----------
         Ps, Rs : lists of ndarray
-        gram : (D, D) ndarray
+        moments : Moments
             Second moments of the (shifted) samples the loss averages over.
-        norm_gram : (D, D) ndarray, optional
+        norm : Moments, optional
             Second moments that define the whitening of the whitened objective
-            (default ``gram``); minibatches pass the full data's here, so that
-            the normaliser is exact and the batch gradient unbiased.
+            (default ``moments``); minibatches pass the full data's here, so
+            that the normaliser is exact and the batch gradient unbiased.
         gradient : bool
 
         Returns
@@ -156,11 +163,11 @@ class Objective:
         gPs, gRs : lists of ndarray (if ``gradient``)
         """
         dtype = self.dtype
-        norm_gram = gram if norm_gram is None else norm_gram
+        norm = moments if norm is None else norm
+        gram = moments.gram
         cols = slices(self.widths)
         Ps = [np.asarray(P, dtype=dtype) for P in Ps]
         Rs = [np.asarray(R, dtype=dtype) for R in Rs]
-        M = len(Ps)
         loss = 0.0
         gPs, gRs = [], []
         # Reconstruction: 1/2 E||x P R - x||^2
@@ -183,25 +190,29 @@ class Objective:
         else:
             c = self.w * self.scale
             Qs, GQs, eigs = [], [], []
-            for s, P, GP in zip(cols, Ps, GPs):
-                shift = ridge(norm_gram[s, s], self.regularization)
-                GPn = GP if norm_gram is gram else norm_gram[s, s] @ P
+            for m, (s, P, GP) in enumerate(zip(cols, Ps, GPs)):
+                # whitened over the samples the model observed
+                G = norm.observed(m, s)
+                shift = ridge(G, self.regularization)
+                same = norm is moments and norm.coverage[m] == 1
+                GPn = GP if same else G @ P
                 S = P.T @ GPn + shift * (P.T @ P)
                 W, lam, V = whitening(S, dtype)
                 Qs.append(P @ W)
                 GQs.append(GP @ W)
                 eigs.append((W, lam, V, GPn, shift))
-        # E||q_m - qbar||^2 summed over m = sum_m tr(Q_m.T G_mm Q_m)
-        #   - 1/M tr(Q.T G Q) for the stacked Q
+        # E sum_m ||q_m - qbar||^2, qbar the mean over the models that
+        # observed a sample, = sum_m tr(Q_m.T G_mm Q_m) - tr(Q.T C Q) for the
+        # stacked Q and the consensus moments C (G / M for complete data)
         Q = np.concatenate(Qs, axis=0)
-        Y = gram @ Q
+        Y = moments.consensus @ Q
         within = sum(_dot(Qm, GQm) for Qm, GQm in zip(Qs, GQs))
-        loss += 0.5 * c * (within - _dot(Q, Y) / M)
+        loss += 0.5 * c * (within - _dot(Q, Y))
         if not gradient:
             return loss
         for m, (s, Qm, GQm) in enumerate(zip(cols, Qs, GQs)):
-            # d/dQ_m = c (G_mm Q_m - (G Q)_m / M)
-            gQ = c * (GQm - Y[s] / M)
+            # d/dQ_m = c (G_mm Q_m - (C Q)_m)
+            gQ = c * (GQm - Y[s])
             if self.kind == "reference":
                 gPs[m] += gQ
                 continue
@@ -215,4 +226,8 @@ class Objective:
             )
             # through S = P.T (G + r I) P
             gPs[m] += 2 * ((GPn + shift * P) @ psi.astype(dtype))
+        for m, frozen in enumerate(self.frozen):
+            if frozen:
+                gPs[m][...] = 0
+                gRs[m][...] = 0
         return loss, gPs, gRs

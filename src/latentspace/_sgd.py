@@ -15,8 +15,12 @@ __all__ = ["train_sgd"]
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
 _DECAY = 0.999
-# Samples whose weight updates the compiled epoch delays and folds in at once:
-# worth it once the weights outgrow the L1 cache (sum of d_m * k entries).
+# Below this many weights (sum of d_m * k) the plain loop of SPEC.md
+# (`sgd_epoch_direct`) beats the look-ahead of `sgd_epoch`: 1.8x faster at
+# 8 -> 4 and 16+16 -> 8, 1.1x at 48 -> 16, slower at 96 -> 32 (measured).
+_DIRECT_MAX_WEIGHTS = 1024
+# Samples whose weight updates `sgd_epoch` delays and folds in at once: worth
+# it once the weights outgrow the L1 cache.
 _WINDOW = 16
 _WINDOW_MIN_WEIGHTS = 4096
 
@@ -38,17 +42,56 @@ def _diverged(epoch, loss, config, blocks):
     )
 
 
-def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
-              alignment_weight=None, retract=None, loss=None):
+def _kernels(X, widths, k, observed, rates, P, R, w):
+    """``restart()``, to call before an epoch after the weights changed, and
+    ``epoch(learning_rate)``, the compiled epoch for the size of the weights."""
+    dtype, n_models, size = X.dtype, len(widths), X.shape[1] * k
+    check_every = max(1, _WORK_PER_SIGNAL_CHECK // size)
+    Z = np.empty((n_models, k), dtype)
+    A = np.empty((n_models, k), dtype)
+    g = np.empty(k, dtype)
+    if size < _DIRECT_MAX_WEIGHTS:
+        e = np.empty(widths.max(), dtype)
+
+        def epoch(lr):
+            return _core.sgd_epoch_direct(
+                X, widths, observed, rates, P, R, Z, A, e, g, lr, w, check_every
+            )
+
+        return (lambda: None), epoch
+    E = np.empty((2, X.shape[1]), dtype)
+    V = np.empty((2, n_models, k), dtype)
+    window = _WINDOW if size >= _WINDOW_MIN_WEIGHTS else 1
+    ZW = np.empty((n_models, window, k), dtype)
+    GW = np.empty((n_models, window, k), dtype)
+    EW = np.empty((window, X.shape[1]), dtype)
+    XW = np.empty((window, X.shape[1]), dtype)
+    t = np.empty(window, dtype)
+
+    def epoch(lr):
+        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, ZW,
+                               GW, EW, XW, t, lr, w, check_every)
+
+    return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
+
+
+def train_sgd(blocks, projections, reconstructions, config, *, observed=None,
+              rates=None, monitor=None, alignment_weight=None, retract=None,
+              loss=None):
     """Train copies of the weights with SPEC.md's per-sample SGD.
 
     Parameters
     ----------
     blocks : list of (n, d_m) ndarray
-        Aligned, validated, C-contiguous samples, one block per model.
+        Aligned, validated, C-contiguous samples, one block per model, zero
+        where the model did not observe a sample.
     projections, reconstructions : list of ndarray
         Starting ``P_m`` (d_m, k) and ``R_m`` (k, d_m); not modified.
     config : ProjectionConfig
+    observed : (n, M) bool ndarray, optional
+        Which model observed which sample (default: all of them).
+    rates : sequence of float, optional
+        Relative step size of every model (default 1; 0 freezes a model).
     monitor : Monitor, optional
         Records the loss after every epoch and may stop training early.
     alignment_weight : float, optional
@@ -81,21 +124,12 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
     P = np.concatenate([p.ravel() for p in projections])
     R = np.concatenate([r.ravel() for r in reconstructions])
     Ps, Rs = _split(P, widths, k, False), _split(R, widths, k, True)
-    Z = np.empty((n_models, k), dtype)
-    A = np.empty((n_models, k), dtype)
-    E = np.empty((2, X.shape[1]), dtype)
-    V = np.empty((2, n_models, k), dtype)
-    g = np.empty(k, dtype)
-    window = _WINDOW if X.shape[1] * k >= _WINDOW_MIN_WEIGHTS else 1
-    ZW = np.empty((n_models, window, k), dtype)
-    GW = np.empty((n_models, window, k), dtype)
-    EW = np.empty((window, X.shape[1]), dtype)
-    XW = np.empty((window, X.shape[1]), dtype)
-    t = np.empty(window, dtype)
-    check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
+    mask = None if observed is None else observed.view(np.uint8)
+    rates = np.ones(n_models, dtype) if rates is None else np.asarray(rates, dtype)
     w = config.alignment_weight if alignment_weight is None else alignment_weight
+    restart, epoch = _kernels(X, widths, k, mask, rates, P, R, w)
     if loss is None:
-        objective = Objective(X, widths, k)
+        objective = Objective(X, widths, k, observed)
 
         def loss(Ps, Rs):
             return objective(P, R, w)  # Ps and Rs are views of P and R
@@ -105,18 +139,17 @@ def train_sgd(blocks, projections, reconstructions, config, *, monitor=None,
     initial_loss = loss(Ps, Rs)
     if monitor is not None:
         monitor.start(initial_loss)
-    _core.sgd_prime(X, widths, P, R, Z, E, V)
+    restart()
     learning_rate = config.learning_rate
     history = []
-    for epoch in range(1, config.n_epochs + 1):
-        done = _core.sgd_epoch(X, widths, P, R, Z, E, V, A, g, ZW, GW, EW, XW, t,
-                               learning_rate, w, check_every)
+    for number in range(1, config.n_epochs + 1):
+        done = epoch(learning_rate)
         if done == n and retract is not None:
             retract(Ps, Rs)
-            _core.sgd_prime(X, widths, P, R, Z, E, V)
+            restart()
         value = loss(Ps, Rs) if done == n else math.nan
         if not math.isfinite(value):
-            raise _diverged(epoch, value, config, blocks)
+            raise _diverged(number, value, config, blocks)
         history.append(value)
         learning_rate *= _DECAY
         if monitor is not None and monitor.step(value):

@@ -14,13 +14,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._cca import canonicalise, fit_cca, least_squares_inverse
+from ._cca import canonicalise, fit_cca, fit_to_frozen, least_squares_inverse
 from ._exceptions import ConvergenceWarning
 from ._gradient import train_lbfgs, train_minibatch
 from ._losses import Objective, sample_scale, whitening
 from ._monitor import Monitor
 from ._sgd import train_sgd
-from ._statistics import accumulate, ridge, slices
+from ._statistics import ridge, slices
 from ._threads import blas_single_threaded, scipy_blas_single_threaded
 
 __all__ = [
@@ -51,12 +51,14 @@ class Outcome(NamedTuple):
 class _Problem(NamedTuple):
     """Everything a solver needs besides the starting weights."""
 
-    blocks: list  # (n, d_m) samples (shifted by the new offsets for "sgd")
+    blocks: list | None  # (n, d_m) samples (shifted by the new offsets for "sgd")
+    observed: np.ndarray | None  # (n, M) bool: which model observed which sample
     shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
-    stats: object  # Statistics of the blocks before the shift, or None
-    gram: np.ndarray | None  # second moments of the shifted samples
+    stats: object  # Statistics of the samples before the shift, or None
+    moments: object  # Moments of the shifted samples, or None
     objective: Objective
     config: object
+    frozen: tuple  # per model: whether its weights stay
 
 
 def _sgd(problem, Ps, Rs, monitor):
@@ -70,12 +72,15 @@ def _sgd(problem, Ps, Rs, monitor):
     projected SGD on the constraint that every model's latent covariance is
     the identity, which is what removes the shrinking direction.
     """
-    objective, config = problem.objective, problem.config
-    if objective.kind == "reference":
-        kwargs = {}
-    else:
-        gram, widths = problem.gram, objective.widths
-        ridges = [ridge(gram[s, s], objective.regularization) for s in slices(widths)]
+    objective, config, moments = problem.objective, problem.config, problem.moments
+    kwargs = {
+        "observed": problem.observed,
+        "rates": [0.0 if f else 1.0 for f in problem.frozen],
+    }
+    if objective.kind == "whitened":
+        cols = slices(objective.widths)
+        grams = [moments.observed(m, s) for m, s in enumerate(cols)]
+        ridges = [ridge(G, objective.regularization) for G in grams]
 
         # Latents are whitened to variance tau / k per dimension rather than
         # 1, so that their squared norm is that of a sample, as in the
@@ -84,8 +89,8 @@ def _sgd(problem, Ps, Rs, monitor):
         gain = np.sqrt(objective.scale / objective.k)
 
         def retract(Ps, Rs):
-            for s, shift, P, R in zip(slices(widths), ridges, Ps, Rs):
-                S = P.T @ (gram[s, s] @ P) + shift * (P.T @ P)
+            for G, shift, P, R in zip(grams, ridges, Ps, Rs):
+                S = P.T @ (G @ P) + shift * (P.T @ P)
                 W, lam, V = whitening(S, P.dtype)
                 if not np.isfinite(lam).all():  # zero latents: nothing to whiten
                     continue
@@ -93,11 +98,11 @@ def _sgd(problem, Ps, Rs, monitor):
                 P[...] = (P @ W) * gain
                 R[...] = (root @ R) / gain
 
-        kwargs = {
-            "alignment_weight": objective.w * objective.k,
-            "retract": retract,
-            "loss": lambda Ps, Rs: objective(Ps, Rs, gram, gradient=False),
-        }
+        kwargs.update(
+            alignment_weight=objective.w * objective.k,
+            retract=retract,
+            loss=lambda Ps, Rs: objective(Ps, Rs, moments, gradient=False),
+        )
     with blas_single_threaded():
         Ps, Rs, _, _ = train_sgd(
             problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs
@@ -113,12 +118,13 @@ def _minibatch(problem, Ps, Rs, monitor):
         Ps,
         Rs,
         problem.blocks,
+        problem.observed,
         problem.shift,
         config.batch_size,
         config.learning_rate,
         config.n_epochs,
         monitor,
-        problem.gram,
+        problem.moments,
     )
     if out is None:
         return None
@@ -128,13 +134,13 @@ def _minibatch(problem, Ps, Rs, monitor):
 def _lbfgs(problem, Ps, Rs, monitor):
     """L-BFGS-B on the sufficient statistics (`train_lbfgs`)."""
     return train_lbfgs(
-        problem.objective, Ps, Rs, problem.gram, problem.config.n_epochs, monitor
+        problem.objective, Ps, Rs, problem.moments, problem.config.n_epochs, monitor
     )
 
 
 def _cca(problem, Ps, Rs, monitor):
     """The closed form: the start (computed by `train`) is the solution."""
-    monitor.step(problem.objective(Ps, Rs, problem.gram, gradient=False))
+    monitor.step(problem.objective(Ps, Rs, problem.moments, gradient=False))
     return Ps, Rs, True
 
 
@@ -156,18 +162,25 @@ def _finite(arrays):
     return all(np.isfinite(a).all() for a in arrays)
 
 
-def train(blocks, projections, reconstructions, config, monitor_args):
+def train(source, offsets, projections, reconstructions, config, monitor_args,
+          frozen):
     """Run ``config.solver`` on copies of the weights.
 
     Parameters
     ----------
-    blocks : list of (n, d_m) ndarray
-        Validated samples, shifted by the models' current offsets.
+    source : training data
+        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._data`).
+    offsets : list of (d_m,) ndarray or None
+        The models' current offsets.
     projections, reconstructions : lists of ndarray
         Starting weights (not modified).
     config : ProjectionConfig
     monitor_args : dict
         ``started`` (perf_counter at the start) for the `Monitor`.
+    frozen : sequence of bool
+        Per model: its weights and offset stay; the others learn to land on
+        the space the frozen ones define, with the reference objective, from
+        centred features.
 
     Returns
     -------
@@ -178,51 +191,75 @@ def train(blocks, projections, reconstructions, config, monitor_args):
         np.errstate(over="ignore", invalid="ignore", divide="ignore"),
         scipy_blas_single_threaded(),
     ):
-        return _train(blocks, projections, reconstructions, config, monitor_args)
+        return _train(source, offsets, projections, reconstructions, config,
+                      monitor_args, tuple(frozen))
 
 
-def _train(blocks, projections, reconstructions, config, monitor_args):
+def _shifted(offset, shift):
+    """An offset plus a shift, either possibly None."""
+    if shift is None:
+        return offset
+    return shift if offset is None else offset + shift
+
+
+def _train(source, offsets, projections, reconstructions, config, monitor_args,
+           frozen):
     solver = config.solver
-    kind = config.objective or DEFAULT_OBJECTIVE[solver]
+    transfer = any(frozen)
+    kind = config.objective or ("reference" if transfer else DEFAULT_OBJECTIVE[solver])
     tol = config.tol if config.tol is not None else DEFAULT_TOL[solver]
-    dtype = blocks[0].dtype
-    widths = [X.shape[1] for X in blocks]
+    dtype = source.dtype
+    widths = source.widths
     k = projections[0].shape[1]
     # Centre (new offsets = data means) unless the reference objective is
-    # minimised from the current weights, as SPEC.md's optimiser does.
-    centre = solver == "cca" or kind == "whitened" or config.init == "cca"
-    stats = gram = None
-    shifts = [None] * len(blocks)
-    pending = None
+    # minimised from the current weights, as SPEC.md's optimiser does; the
+    # frozen models keep their offsets.
+    centre = solver == "cca" or kind == "whitened" or config.init == "cca" or transfer
+    stats = moments = pending = None
+    shifts = [None] * len(widths)
     if centre or solver in ("lbfgs", "minibatch"):
-        stats = accumulate(blocks)
-        shift = stats.mean if centre else np.zeros_like(stats.mean)
-        gram = stats.second_moment(shift)
-        if not np.isfinite(gram).all():  # the features overflow the dtype
-            return None
+        stats = source.statistics(offsets)
         if centre:
-            shifts = [mu.astype(dtype) for mu in stats.means()]
-            if solver == "sgd":  # minibatch shifts its batches, the others
-                blocks = [X - mu for X, mu in zip(blocks, shifts)]  # use statistics
-            else:
-                pending = np.concatenate(shifts)
+            shifts = [
+                None if f else mu.astype(dtype) for f, mu in zip(frozen, stats.means())
+            ]
+        shift = np.concatenate(
+            [np.zeros(d) if s is None else s for d, s in zip(widths, shifts)]
+        )
+        moments = stats.moments(shift)
+        if not np.isfinite(moments.gram).all():  # the features overflow the dtype
+            return None
+        if centre and solver == "minibatch":
+            pending = shift.astype(dtype)  # minibatch shifts its batches
+    blocks = observed = None
+    if solver in ("sgd", "minibatch"):
+        if solver == "sgd":  # the blocks carry the new offsets
+            offsets = [_shifted(o, s) for o, s in zip(offsets, shifts)]
+        blocks, observed = source.samples(offsets)
     objective = Objective(
         kind,
         widths,
         k,
         config.alignment_weight,
         config.regularization,
-        sample_scale(gram, widths) if gram is not None else 1.0,
+        sample_scale(moments, widths) if moments is not None else 1.0,
         dtype,
+        frozen,
     )
     agreement = None
+    Ps = [np.array(P, dtype=dtype) for P in projections]
+    Rs = [np.array(R, dtype=dtype) for R in reconstructions]
     if solver == "cca" or config.init == "cca":
-        Ps, agreement = fit_cca(stats, k, config.regularization)
-        Rs = [least_squares_inverse(stats.block(m, m), P) for m, P in enumerate(Ps)]
-    else:
-        Ps = [np.array(P, dtype=dtype) for P in projections]
-        Rs = [np.array(R, dtype=dtype) for R in reconstructions]
-    problem = _Problem(blocks, pending, stats, gram, objective, config)
+        if transfer:
+            Ps = fit_to_frozen(moments, widths, Ps, frozen, config.regularization)
+        else:
+            Ps, agreement = fit_cca(stats, k, config.regularization)
+        Rs = [
+            R if f else least_squares_inverse(stats.block(m, m), P)
+            for m, (f, P, R) in enumerate(zip(frozen, Ps, Rs))
+        ]
+    problem = _Problem(blocks, observed, pending, stats, moments, objective, config,
+                       frozen)
     total = 1 if solver == "cca" else config.n_epochs
     with Monitor(
         total, tol, config.callback, config.progress, **monitor_args
@@ -232,7 +269,7 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
                 objective(
                     [np.asarray(P, dtype=dtype) for P in projections],
                     [np.asarray(R, dtype=dtype) for R in reconstructions],
-                    gram,
+                    moments,
                     gradient=False,
                 )
             )
@@ -243,7 +280,7 @@ def _train(blocks, projections, reconstructions, config, monitor_args):
         if kind == "whitened" and solver != "cca":
             Ps, agreement = canonicalise(stats, Ps, k, config.regularization)
             Rs = [least_squares_inverse(stats.block(m, m), P) for m, P in enumerate(Ps)]
-            monitor.replace_last(objective(Ps, Rs, gram, gradient=False))
+            monitor.replace_last(objective(Ps, Rs, moments, gradient=False))
         if not math.isfinite(monitor.history[-1] if monitor.history else 0.0):
             return None
     converged = bool(finished or monitor.converged)

@@ -14,14 +14,16 @@ from ._objective import mean_loss
 from ._exceptions import TrainingDivergedError
 from ._monitor import check_progress_available
 from ._solvers import train
+from ._data import is_dask_array, training_data
+from ._exceptions import InvalidParameterError
 from ._validation import (
     as_rows,
     check_out,
     check_alignment_weight,
     check_dim,
     check_dtype,
+    check_frozen,
     check_name,
-    check_training_data,
     unknown_model,
 )
 
@@ -178,7 +180,17 @@ class LatentSpace:
             self._snapshot = snapshot._replace(models={**snapshot.models, name: model})
 
     def _apply(self, affine_map, values, name, what, out=None):
-        """``affine_map(values, out)``, converting ``values`` or explaining why not."""
+        """``affine_map(values, out)``, converting ``values`` or explaining why not;
+        lazily, block by block, if ``values`` is a Dask array (no ``out``)."""
+        if is_dask_array(values):
+            if out is not None:
+                raise InvalidParameterError(
+                    f"out cannot receive the {what} of a Dask array (the result "
+                    "is a Dask array); call compute() on the result instead"
+                )
+            from . import _dask
+
+            return _dask.apply(affine_map, values, name, what, self._dtype)
         W = affine_map.W
         x = as_rows(values, len(W), self._dtype, f"{what} for model {name!r}")
         if out is not None:
@@ -201,9 +213,12 @@ class LatentSpace:
         ----------
         name : str
         features : array-like of shape (d,) or (n, d)
+            A Dask array gives a Dask array: lazy, computed block by block of
+            rows with the weights of this call (values are checked then).
         out : ndarray of shape (k,) or (n, k), optional
             C-contiguous, writeable array of the space's dtype that receives
-            the result (its content is unspecified if an error is raised).
+            the result (its content is unspecified if an error is raised);
+            not for a Dask input.
 
         Returns
         -------
@@ -236,6 +251,7 @@ class LatentSpace:
         ----------
         name : str
         latent : array-like of shape (k,) or (n, k)
+            Or a Dask array, as for `project`.
         out : ndarray of shape (d,) or (n, d), optional
             As for `project`.
 
@@ -264,6 +280,7 @@ class LatentSpace:
         ----------
         source, target : str
         features : array-like of shape (d_source,) or (n, d_source)
+            Or a Dask array, as for `project`.
         out : ndarray of shape (d_target,) or (n, d_target), optional
             As for `project`.
 
@@ -290,14 +307,7 @@ class LatentSpace:
         """The input offset ``mu`` of model ``name`` (read-only), or None."""
         return self._model(name).offset
 
-    def _blocks(self, data, models, min_models):
-        names, blocks = check_training_data(data, models, self._dtype, min_models)
-        for i, name in enumerate(names):
-            if models[name].offset is not None:
-                blocks[i] = blocks[i] - models[name].offset
-        return names, blocks
-
-    def loss(self, data, alignment_weight=1.0):
+    def loss(self, data, alignment_weight=1.0, *, observed=None):
         """SPEC.md's mean per-sample loss ``L / n`` on aligned data.
 
         Parameters
@@ -305,6 +315,9 @@ class LatentSpace:
         data : mapping of str to array-like of shape (n, d_m)
             Aligned samples of one or more registered models.
         alignment_weight : float, default=1.0
+        observed : mapping of str to bool array-like of shape (n,), optional
+            Missing views, as for `train_projections`: a sample counts for the
+            models that observed it, about the mean of their latents.
 
         Returns
         -------
@@ -312,15 +325,21 @@ class LatentSpace:
         """
         w = check_alignment_weight(alignment_weight)
         models = self._snapshot.models
-        names, blocks = self._blocks(data, models, min_models=1)
+        with training_data(
+            data, models, self._dtype, observed=observed, min_models=1
+        ) as source:
+            names = source.names
+            blocks, mask = source.samples([models[n].offset for n in names])
         return mean_loss(
             blocks,
             [models[n].projection for n in names],
             [models[n].reconstruction for n in names],
             w,
+            mask,
         )
 
-    def train_projections(self, data, config=None, **overrides):
+    def train_projections(self, data, config=None, *, observed=None, frozen=(),
+                          **overrides):
         """Learn the projections and reconstructions of the models in ``data``.
 
         Runs ``config.solver`` (by default SPEC.md's reference optimiser,
@@ -333,11 +352,32 @@ class LatentSpace:
 
         Parameters
         ----------
-        data : mapping of str to array-like of shape (n, d_m)
+        data : mapping of str to array-like of shape (n, d_m), or iterable of such mappings
             Aligned samples (row ``i`` of every array is the same item) of at
-            least two registered models.
+            least two registered models. The arrays may be memory-mapped
+            (read a chunk at a time by "cca" and "lbfgs") or Dask arrays (the
+            statistics of "cca" and "lbfgs" are then a Dask reduction, which
+            runs on a ``dask.distributed`` cluster if one is active; the
+            other solvers load the samples). An iterable of mappings is a
+            stream of chunks of rows, read once, for "cca" and "lbfgs": the
+            models of the first chunk are those trained, and a model missing
+            from a chunk did not observe its rows. A generator is closed when
+            training ends, even if it fails (reading it again is refused).
         config : ProjectionConfig, optional
             Defaults to ``ProjectionConfig()``.
+        observed : mapping of str to bool array-like of shape (n,), optional
+            Missing views: which samples a model observed (models not named
+            observed all). Rows a model did not observe are ignored (they may
+            hold NaN); a sample's consensus is the mean latent of the models
+            that observed it, and a sample seen by one model still trains its
+            reconstruction. Every solver supports it.
+        frozen : iterable of str, default=()
+            Models of ``data`` whose weights and offsets stay bit-identical:
+            the others learn to land on the space the frozen ones define
+            (knowledge transfer to a new model). The objective is then
+            "reference" and the free models are centred (their offsets are
+            their data means); "cca" solves for them in closed form (a ridge
+            regression on the mean latent of the frozen models).
         **overrides
             `ProjectionConfig` fields that replace those of ``config``.
 
@@ -377,19 +417,31 @@ class LatentSpace:
                     name: _xavier(rng, m.input_dim, dim, self._dtype)
                     for name, m in start.items()
                 }
-        names, blocks = self._blocks(data, start, min_models=2)
-        check_progress_available(config.progress)
-        try:
-            outcome = train(
-                blocks,
-                [start[n].projection for n in names],
-                [start[n].reconstruction for n in names],
-                config,
-                {"started": started},
-            )
-        except KeyboardInterrupt as exc:
-            exc.add_note("latentspace: training interrupted; the space is unchanged")
-            raise
+        with training_data(data, start, self._dtype, observed=observed) as source:
+            names = source.names
+            frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
+            if source.streamed and config.solver not in ("cca", "lbfgs"):
+                raise InvalidParameterError(
+                    f"solver={config.solver!r} visits samples; a stream of chunks "
+                    "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
+                    "memory-mapped files work)"
+                )
+            check_progress_available(config.progress)
+            try:
+                outcome = train(
+                    source,
+                    [start[n].offset for n in names],
+                    [start[n].projection for n in names],
+                    [start[n].reconstruction for n in names],
+                    config,
+                    {"started": started},
+                    [n in frozen for n in names],
+                )
+            except KeyboardInterrupt as exc:
+                exc.add_note(
+                    "latentspace: training interrupted; the space is unchanged"
+                )
+                raise
         if outcome is None:
             raise TrainingDivergedError(
                 f"training with solver={config.solver!r} diverged (non-finite "
@@ -402,6 +454,7 @@ class LatentSpace:
             for name, p, r, shift in zip(
                 names, outcome.projections, outcome.reconstructions, outcome.shifts
             )
+            if name not in frozen
         }
         with self._lock:
             self._publish(snapshot, dim, start, trained, rng, config)

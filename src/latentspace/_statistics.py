@@ -1,23 +1,38 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Sufficient statistics of aligned data: means and the centred Gram matrix.
+"""Sufficient statistics of aligned data, which may miss some models' views.
 
-Everything the closed-form and full-batch solvers need from the samples is the
-mean of every feature and the ``D x D`` Gram matrix of the centred features,
-``D`` the summed widths of the models: its diagonal blocks are the per-model
-Grams and its off-diagonal blocks the cross-Grams. They are accumulated in one
-pass over the rows, a chunk at a time, so that memory is ``O(D^2)`` beyond the
-data, and every later iteration costs ``O(D^2 k)`` whatever the number of
-samples.
+Everything the closed-form and full-batch solvers need from the samples are
+first and second moments of the features, ``D`` the summed widths of the
+models. A sample may be observed by only some models (its *pattern*, the set
+of models that observed it); the rows of every pattern are summarised by their
+count, mean and scatter (sum of centred outer products) over the pattern's
+features, accumulated a chunk at a time so that memory is ``O(D^2)`` (times
+the number of patterns) beyond one chunk, whatever the number of samples, and
+merged exactly (Chan, Golub and LeVeque's pairwise update), which also merges
+the partial sums of a distributed reduction. From the per-pattern sums come
+the observed means of every model (its offset), pairwise covariances (the
+closed form's input) and the second moments that the objectives average over.
+With complete data there is one pattern and all of this is the mean and
+centred Gram matrix of the concatenated features.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Statistics", "accumulate", "ridge", "slices"]
+__all__ = [
+    "Moments",
+    "Statistics",
+    "Sums",
+    "chunk_sums",
+    "merge_sums",
+    "ridge",
+    "slices",
+    "statistics",
+]
 
-# Entries of one centred chunk (rows x D) copied at a time: 16 MB in float32.
-_CHUNK_ENTRIES = 2**22
+# Entries of one chunk of rows (rows x D) copied at a time: 16 MB in float32.
+CHUNK_ENTRIES = 2**22
 
 
 def slices(widths):
@@ -33,27 +48,165 @@ def ridge(gram, regularization):
     return regularization * (scale if scale > 0 else 1.0)
 
 
+class Sums(NamedTuple):
+    """Count, mean and scatter ``sum (x - mean)(x - mean)'`` of some rows (float64)."""
+
+    count: int
+    mean: np.ndarray
+    scatter: np.ndarray
+
+
+def _merge(a, b):
+    """The `Sums` of the union of two disjoint sets of rows (exact)."""
+    total = a.count + b.count
+    delta = b.mean - a.mean
+    scatter = a.scatter + b.scatter
+    scatter += np.outer(delta, delta * (a.count * b.count / total))
+    return Sums(total, a.mean + delta * (b.count / total), scatter)
+
+
+def merge_sums(a, b):
+    """Merge two mappings of pattern to `Sums` (of disjoint rows)."""
+    merged = dict(a)
+    for pattern, sums in b.items():
+        merged[pattern] = _merge(merged[pattern], sums) if pattern in merged else sums
+    return merged
+
+
+def _sums(chunk):
+    """The `Sums` of the rows of one (rows, w) float array, which it modifies.
+
+    The rows are centred on their own mean before the scatter is taken (one
+    symmetric rank-``rows`` product): no ``E[xx'] - E[x]E[x]'`` cancellation,
+    which float32 features far from zero would not survive.
+    """
+    rows = len(chunk)
+    mean = chunk.mean(axis=0, dtype=np.float64)
+    chunk -= mean.astype(chunk.dtype)
+    # Rounding the shift to the dtype leaves a small residual mean r: the
+    # scatter about the exact mean is chunk.T @ chunk - rows * outer(r, r).
+    residual = chunk.mean(axis=0, dtype=np.float64)
+    # chunk.T @ chunk (NumPy calls syrk for a product with its transpose)
+    scatter = (chunk.T @ chunk).astype(np.float64)
+    scatter -= np.outer(residual, residual * rows)
+    return Sums(rows, mean + residual, scatter)
+
+
+def chunk_sums(names, blocks, observed, offsets):
+    """Per-pattern `Sums` of one chunk of aligned rows.
+
+    Parameters
+    ----------
+    names : sequence of str
+        The models of the chunk, in a fixed order.
+    blocks : sequence of (rows, d_m) ndarray
+        Their features (finite where observed), in one floating dtype.
+    observed : (rows, M) bool ndarray or None
+        Which model observed which row (None: every model every row).
+    offsets : sequence of (d_m,) ndarray or None, optional
+        Subtracted from every model's features first (None: nothing).
+
+    Returns
+    -------
+    dict
+        Tuple of the names of a pattern's models to the `Sums` of the rows
+        with that pattern over their concatenated features; rows observed by
+        no model count under the empty tuple.
+    """
+    if observed is None:
+        groups = [(tuple(range(len(names))), slice(None))]
+    else:
+        codes = observed @ (1 << np.arange(len(names), dtype=np.int64))
+        groups = [
+            (tuple(np.flatnonzero(observed[np.argmax(codes == code)])),
+             np.flatnonzero(codes == code))
+            for code in np.unique(codes)
+        ]
+    out = {}
+    for members, taken in groups:
+        key = tuple(names[m] for m in members)
+        if not members:
+            out[key] = Sums(len(taken), np.zeros(0), np.zeros((0, 0)))
+            continue
+        chunk = np.concatenate([blocks[m][taken] for m in members], axis=1)
+        shift = [None if offsets is None else offsets[m] for m in members]
+        if any(s is not None for s in shift):
+            chunk -= np.concatenate([
+                np.zeros(blocks[m].shape[1]) if s is None else s
+                for m, s in zip(members, shift)
+            ]).astype(chunk.dtype)
+        out[key] = _sums(chunk)
+    return out
+
+
+class Moments(NamedTuple):
+    """Second moments of shifted samples, as the objectives average over them.
+
+    With ``o_mi`` whether model ``m`` observed sample ``i``, ``S_i`` the set
+    of models that did, and ``E`` the mean over all ``n`` samples:
+
+    Attributes
+    ----------
+    gram : (D, D) ndarray
+        Block ``(m, l)``: ``E[o_mi o_li x_mi x_li']``.
+    consensus : (D, D) ndarray
+        Block ``(m, l)``: ``E[o_mi o_li x_mi x_li' / |S_i|]``; ``gram / M``
+        for complete data.
+    coverage : (M,) ndarray
+        Fraction of the samples every model observed; its observed second
+        moment is ``gram[m, m] / coverage[m]``.
+    """
+
+    gram: np.ndarray
+    consensus: np.ndarray
+    coverage: np.ndarray
+
+    @classmethod
+    def complete(cls, gram, n_models):
+        """The moments of complete data with second moments ``gram``."""
+        return cls(gram, gram / gram.dtype.type(n_models), np.ones(n_models))
+
+    def observed(self, m, s):
+        """Model ``m``'s second moment over the samples it observed."""
+        if self.coverage[m] == 1:
+            return self.gram[s, s]
+        return self.gram[s, s] / self.gram.dtype.type(self.coverage[m])
+
+
 class Statistics(NamedTuple):
-    """First and second moments of aligned samples of ``M`` models.
+    """Moments of aligned samples of ``M`` models, from per-pattern `Sums`.
 
     Attributes
     ----------
     n_samples : int
     widths : tuple of int
         ``d_m`` of every model; model ``m`` owns columns ``slices(widths)[m]``.
-    mean : ndarray of shape (D,)
-        Mean of every feature (float64).
-    gram : ndarray of shape (D, D)
-        ``(X - mean).T @ (X - mean) / n_samples``, in the data's dtype.
+    counts : (M,) ndarray of int
+        Samples every model observed.
+    mean : (D,) ndarray
+        Mean of every model's features over the samples it observed (float64).
+    gram : (D, D) ndarray
+        Block ``(m, l)``: covariance of ``x_m`` and ``x_l`` (about their
+        means) over the samples both observed, zero if there are none; for
+        complete data ``(X - mean).T @ (X - mean) / n``. In the data's dtype.
+    patterns : tuple
+        ``(members, Sums)`` for every pattern, ``members`` model indices.
     """
 
     n_samples: int
     widths: tuple
+    counts: np.ndarray
     mean: np.ndarray
     gram: np.ndarray
+    patterns: tuple
+
+    @property
+    def complete(self):
+        """Whether every model observed every sample."""
+        return all(len(m) == len(self.widths) for m, _ in self.patterns)
 
     def block(self, m, l):
-        """Gram block ``(m, l)``: ``X_m.T @ X_l / n`` of centred features."""
+        """Gram block ``(m, l)``: the covariance of models ``m`` and ``l``."""
         s = slices(self.widths)
         return self.gram[s[m], s[l]]
 
@@ -61,64 +214,85 @@ class Statistics(NamedTuple):
         """The mean of every model's features, a list of (d_m,) float64 arrays."""
         return [self.mean[s] for s in slices(self.widths)]
 
-    def second_moment(self, shift):
-        """``(X - shift).T @ (X - shift) / n`` for a shift of length D.
+    def moments(self, shift):
+        """The `Moments` of the samples minus ``shift`` (D,) where observed."""
+        M, dtype = len(self.widths), self.gram.dtype
+        if self.complete:
+            delta = (self.mean - shift).astype(dtype)
+            return Moments.complete(self.gram + np.outer(delta, delta), M)
+        gram, consensus = _pattern_second_moments(self, shift)
+        n = self.n_samples
+        return Moments(
+            (gram / n).astype(dtype),
+            (consensus / n).astype(dtype),
+            self.counts / n,
+        )
 
-        The Gram about another point: ``gram + outer(mean - shift, mean - shift)``.
-        """
-        delta = (self.mean - shift).astype(self.gram.dtype)
-        return self.gram + np.outer(delta, delta)
+
+def _columns(widths, members):
+    cols = slices(widths)
+    return np.concatenate([np.arange(cols[m].start, cols[m].stop) for m in members])
 
 
-def accumulate(blocks, *, chunk_rows=None):
-    """The `Statistics` of aligned blocks, in one pass over their rows.
+def _pattern_second_moments(stats, shift):
+    """Sums over the patterns of the second moments about ``shift``: plain and
+    weighted by one over the number of models of the pattern (float64)."""
+    D = sum(stats.widths)
+    gram, consensus = np.zeros((D, D)), np.zeros((D, D))
+    for members, sums in stats.patterns:
+        if not members:
+            continue
+        idx = _columns(stats.widths, members)
+        delta = sums.mean - shift[idx]
+        block = sums.scatter + np.outer(delta, delta * sums.count)
+        gram[np.ix_(idx, idx)] += block
+        consensus[np.ix_(idx, idx)] += block / len(members)
+    return gram, consensus
 
-    Every chunk of rows is centred on its own mean before its Gram is taken
-    (one symmetric rank-``rows`` update, ``X.T @ X``), and the chunks are merged
-    with the exact pairwise update of Chan, Golub and LeVeque: no
-    ``E[xx'] - E[x]E[x]'`` cancellation, which float32 features far from zero
-    would not survive.
+
+def statistics(names, widths, dtype, sums):
+    """The `Statistics` of per-pattern `Sums`.
 
     Parameters
     ----------
-    blocks : list of (n, d_m) ndarray
-        Aligned, validated samples of one floating dtype.
-    chunk_rows : int, optional
-        Rows per chunk; by default about 4M entries per chunk.
-
-    Returns
-    -------
-    Statistics
+    names : sequence of str
+        The models, in the order of the statistics.
+    widths : sequence of int
+    dtype : dtype
+        Of the Gram matrix.
+    sums : mapping
+        Tuple of model names (a pattern) to `Sums` (`chunk_sums`, `merge_sums`).
     """
-    dtype = blocks[0].dtype
-    n = len(blocks[0])
-    widths = tuple(int(X.shape[1]) for X in blocks)
-    width = sum(widths)
-    if chunk_rows is None:
-        chunk_rows = max(1, _CHUNK_ENTRIES // width)
-    count = 0
-    mean = np.zeros(width)
-    scatter = None  # float64 sum of centred outer products
-    for start in range(0, n, chunk_rows):
-        chunk = np.concatenate([X[start : start + chunk_rows] for X in blocks], axis=1)
-        rows = len(chunk)
-        chunk_mean = chunk.mean(axis=0, dtype=np.float64)
-        chunk -= chunk_mean.astype(dtype)
-        # Rounding the shift to the dtype leaves a small residual mean r: the
-        # scatter about the exact mean is chunk.T @ chunk - rows * outer(r, r).
-        residual = chunk.mean(axis=0, dtype=np.float64)
-        chunk_mean += residual
-        # C = chunk.T @ chunk (NumPy calls syrk for a product with its transpose)
-        chunk_scatter = (chunk.T @ chunk).astype(np.float64)
-        chunk_scatter -= np.outer(residual, residual * rows)
-        if scatter is None:
-            scatter, mean, count = chunk_scatter, chunk_mean, rows
-            continue
-        total = count + rows
-        delta = chunk_mean - mean
-        scatter += chunk_scatter
-        scatter += np.outer(delta, delta * (count * rows / total))
-        mean += delta * (rows / total)
-        count = total
-    gram = scatter / n
-    return Statistics(n, widths, mean, gram.astype(dtype, copy=False))
+    index = {name: m for m, name in enumerate(names)}
+    widths = tuple(int(d) for d in widths)
+    patterns = tuple(
+        (tuple(sorted(index[name] for name in key)), value)
+        for key, value in sums.items()
+    )
+    n = sum(value.count for _, value in patterns)
+    M = len(widths)
+    counts = np.zeros(M, dtype=np.int64)
+    for members, value in patterns:
+        counts[list(members)] += value.count
+    if len(patterns) == 1 and len(patterns[0][0]) == M:
+        value = patterns[0][1]
+        gram = value.scatter / n
+        return Statistics(n, widths, counts, value.mean, gram.astype(dtype), patterns)
+    cols = slices(widths)
+    mean = np.zeros(sum(widths))
+    for members, value in patterns:
+        if members:
+            mean[_columns(widths, members)] += value.mean * value.count
+    for m, s in enumerate(cols):
+        mean[s] /= max(counts[m], 1)
+    # Pairwise covariances: second moments about the model means over the
+    # rows both models observed, divided by their number.
+    pairs = np.zeros((M, M))
+    for members, value in patterns:
+        pairs[np.ix_(members, members)] += value.count
+    stats = Statistics(n, widths, counts, mean, None, patterns)
+    gram, _ = _pattern_second_moments(stats, mean)
+    for m, s in enumerate(cols):
+        for l, t in enumerate(cols):
+            gram[s, t] /= max(pairs[m, l], 1)
+    return stats._replace(gram=gram.astype(dtype))

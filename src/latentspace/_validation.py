@@ -4,8 +4,6 @@
 import math
 import numbers
 import operator
-from collections.abc import Mapping
-
 import numpy as np
 
 from ._exceptions import InvalidParameterError, UnknownModelError
@@ -13,16 +11,17 @@ from ._exceptions import InvalidParameterError, UnknownModelError
 __all__ = [
     "BLAS_INT_MAX",
     "as_kernel_array",
+    "as_numeric",
     "as_rows",
     "check_alignment_weight",
     "check_finite",
     "check_float",
+    "check_frozen",
     "check_int",
     "check_dim",
     "check_dtype",
     "check_name",
     "check_out",
-    "check_training_data",
     "unknown_model",
 ]
 
@@ -100,7 +99,7 @@ def unknown_model(name, models):
     return UnknownModelError(f"model {name!r} is not registered (registered: {known})")
 
 
-def _as_numeric(value, what):
+def as_numeric(value, what):
     """``value`` as an ndarray of a real numeric dtype."""
     try:
         array = np.asarray(value)
@@ -116,7 +115,7 @@ def _as_numeric(value, what):
 def as_rows(value, width, dtype, what):
     """``value``, a vector or a matrix of rows of length ``width``, as C-contiguous
     ``dtype``; finiteness is not checked."""
-    array = _as_numeric(value, what)
+    array = as_numeric(value, what)
     if array.ndim not in (1, 2) or array.shape[-1] != width:
         expected = f"({width},) or (n, {width})"
         raise InvalidParameterError(
@@ -149,68 +148,48 @@ def as_kernel_array(array, dtype):
     return np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
-def _first_nonfinite_row(array):
-    return int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-
-
-def check_finite(array, what):
-    """Raise if a 2-D ``array`` holds NaN or Inf, naming the first bad row."""
-    if not np.isfinite(array).all():
-        row = _first_nonfinite_row(array)
+def check_finite(array, what, mask=None, first_row=0):
+    """Raise if a 2-D ``array`` holds NaN or Inf in a row (where ``mask``, if
+    given), naming the first such row (counted from ``first_row``)."""
+    if np.isfinite(array).all():
+        return
+    bad = ~np.isfinite(array).all(axis=1)
+    if mask is not None:
+        bad &= mask
+    if bad.any():
+        row = first_row + int(np.flatnonzero(bad)[0])
         raise InvalidParameterError(f"{what} contains NaN or Inf (first in row {row})")
 
 
-def check_training_data(data, models, dtype, min_models):
-    """Validate aligned training data against the registered ``models``.
-
-    Checks, in this order: a mapping of at least ``min_models`` models; every
-    model registered; equal sample counts; at least one sample; numeric
-    matrices of each model's width; finite values.
-
-    Returns
-    -------
-    names : list of str
-        The models of ``data`` in registration order.
-    blocks : list of ndarray
-        Their C-contiguous ``(n, d_m)`` matrices in ``dtype``.
-    """
-    if not isinstance(data, Mapping):
+def check_frozen(frozen, names, config, redimension):
+    """The set of frozen model names, checked against the data and ``config``."""
+    if isinstance(frozen, str):
+        frozen = [frozen]
+    try:
+        frozen = list(frozen)
+    except TypeError:
         raise InvalidParameterError(
-            f"data must be a mapping of model name to array, got {type(data).__name__}"
-        )
-    if len(data) < min_models:
-        needed = "two models" if min_models == 2 else "one model"
-        raise InvalidParameterError(
-            f"data must hold at least {needed}, got {len(data)}"
-            + (f" ({', '.join(map(repr, data))})" if data else "")
-        )
-    for name in data:
-        if name not in models:
-            raise unknown_model(name, models)
-    names = [name for name in models if name in data]
-    arrays = [_as_numeric(data[name], f"data for model {name!r}") for name in names]
-    counts = {name: (len(a) if a.ndim else 0) for name, a in zip(names, arrays)}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
-        raise InvalidParameterError(
-            f"models must have the same number of samples (aligned by index), "
-            f"got {listed}"
-        )
-    if next(iter(counts.values())) == 0:
-        raise InvalidParameterError("data holds zero samples")
-    blocks = []
-    for name, array in zip(names, arrays):
-        width = models[name].input_dim
-        if array.ndim != 2 or array.shape[1] != width:
+            f"frozen must be an iterable of model names, got {type(frozen).__name__}"
+        ) from None
+    if not frozen:
+        return frozenset()
+    for name in frozen:
+        if name not in names:
             raise InvalidParameterError(
-                f"data for model {name!r} must have shape (n, {width}), "
-                f"got shape {array.shape}"
+                f"frozen model {name!r} is not in the data "
+                f"({', '.join(map(repr, names))})"
             )
-        if len(array) > BLAS_INT_MAX:
-            raise InvalidParameterError(
-                f"data has {len(array)} samples; at most {BLAS_INT_MAX}"
-            )
-        block = as_kernel_array(array, dtype)
-        check_finite(block, f"data for model {name!r}")
-        blocks.append(block)
-    return names, blocks
+    if len(set(frozen)) == len(names):
+        raise InvalidParameterError("every model of the data is frozen: nothing to train")
+    if redimension:
+        raise InvalidParameterError(
+            "latent_dim re-dimensions every model, frozen ones too: train frozen "
+            "models at the space's dimension"
+        )
+    if config.objective == "whitened":
+        raise InvalidParameterError(
+            "objective='whitened' re-expresses every model's latents; to land "
+            "free models on the space of frozen ones use objective='reference' "
+            "(or None)"
+        )
+    return frozenset(frozen)

@@ -26,7 +26,8 @@ import numpy as np
 
 from ._exceptions import InvalidParameterError
 from ._search import check_batch_size, check_method, score_blocks, unit_latents
-from ._validation import check_int, check_training_data
+from ._data import training_data
+from ._validation import check_int
 
 __all__ = [
     "Evaluation",
@@ -89,8 +90,9 @@ def _prepare(space, data, k, method, csls_k, batch_size, min_models):
 
 def _aligned(space, data, min_models):
     models = space._snapshot.models
-    names, blocks = check_training_data(data, models, space.dtype, min_models)
-    return models, names, blocks
+    with training_data(data, models, space.dtype, min_models=min_models) as source:
+        blocks, _ = source.samples([None] * len(source.names))
+        return models, source.names, blocks
 
 
 def retrieval_ranks(

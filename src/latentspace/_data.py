@@ -1,0 +1,413 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Training data: aligned samples of registered models, checked as they are read.
+
+`training_data` turns what `LatentSpace.train_projections` accepts into one
+of three sources with the same two methods:
+
+- a mapping of array-likes (NumPy arrays, memory-mapped files), optionally
+  with per-model masks of the samples each model observed;
+- a stream, an iterable of such mappings (chunks of rows; a model missing from
+  a chunk did not observe its rows), read once;
+- a mapping of Dask arrays, whose statistics are a Dask reduction.
+
+Sources are context managers (a stream is spent on exit).
+``statistics(offsets)`` makes one pass, a chunk of rows at a time, and returns
+the `Statistics` of the samples minus the models' offsets; ``samples(offsets)``
+returns them in memory, shifted, zero where a model did not observe a sample,
+for the solvers that visit samples. Values are checked (finite where observed)
+as they are read, so a memory-mapped file larger than memory is never loaded.
+"""
+
+import inspect
+import itertools
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from ._exceptions import InvalidParameterError
+from ._statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, statistics
+from ._validation import (
+    BLAS_INT_MAX,
+    as_kernel_array,
+    as_numeric,
+    check_finite,
+    unknown_model,
+)
+
+__all__ = ["is_dask_array", "training_data"]
+
+
+def is_dask_array(value):
+    """Whether ``value`` is a Dask array (without importing Dask)."""
+    return type(value).__module__.startswith("dask.") and hasattr(value, "chunks")
+
+
+def _describe(data, min_models):
+    if len(data) < min_models:
+        needed = "two models" if min_models == 2 else "one model"
+        raise InvalidParameterError(
+            f"data must hold at least {needed}, got {len(data)}"
+            + (f" ({', '.join(map(repr, data))})" if data else "")
+        )
+
+
+def _names(data, models):
+    """The models of a mapping, in registration order."""
+    for name in data:
+        if name not in models:
+            raise unknown_model(name, models)
+    return [name for name in models if name in data]
+
+
+def _aligned(names, arrays, models, where=""):
+    """Check counts and widths of numeric arrays; return the sample count."""
+    counts = {name: (len(a) if a.ndim else 0) for name, a in zip(names, arrays)}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+        raise InvalidParameterError(
+            f"models must have the same number of samples (aligned by index)"
+            f"{where}, got {listed}"
+        )
+    for name, array in zip(names, arrays):
+        width = models[name].input_dim
+        if array.ndim != 2 or array.shape[1] != width:
+            raise InvalidParameterError(
+                f"data for model {name!r}{where} must have shape (n, {width}), "
+                f"got shape {array.shape}"
+            )
+    return next(iter(counts.values()))
+
+
+def _masks(observed, names, n, lazy):
+    """The (n, M) bool matrix of which model observed which sample, or None."""
+    if observed is None:
+        return None
+    if not isinstance(observed, Mapping):
+        raise InvalidParameterError(
+            "observed must be a mapping of model name to a boolean array of "
+            f"shape (n,), got {type(observed).__name__}"
+        )
+    columns = []
+    for name in observed:
+        if name not in names:
+            raise InvalidParameterError(
+                f"observed names model {name!r}, which is not in the data "
+                f"({', '.join(map(repr, names))})"
+            )
+    for name in names:
+        if name not in observed:
+            columns.append(np.ones(n, dtype=bool))
+            continue
+        mask = observed[name]
+        mask = np.asarray(mask) if not (lazy and is_dask_array(mask)) else mask
+        if mask.dtype != bool or mask.shape != (n,):
+            raise InvalidParameterError(
+                f"observed[{name!r}] must be a boolean array of shape ({n},), got "
+                f"dtype {mask.dtype} and shape {mask.shape}"
+            )
+        columns.append(mask)
+    if lazy:
+        import dask.array as da
+
+        return da.stack([da.asarray(c) for c in columns], axis=1)
+    matrix = np.stack(columns, axis=1)
+    counts = matrix.sum(axis=0)
+    _check_counts(names, counts)
+    return None if counts.min() == n else matrix
+
+
+def _check_counts(names, counts, where="(observed)"):
+    """Raise if a model observed no sample."""
+    for name, count in zip(names, counts):
+        if not count:
+            raise InvalidParameterError(f"model {name!r} observed no sample {where}")
+
+
+class _Source:
+    """Common attributes: ``names``, ``widths``, ``dtype`` and ``n_samples``
+    (None for a stream, whose length is known at the end)."""
+
+    streamed = False
+
+    def __init__(self, names, models, dtype):
+        self.names = names
+        self.widths = [models[name].input_dim for name in names]
+        self.dtype = dtype
+
+    def _chunk_rows(self):
+        return max(1, CHUNK_ENTRIES // sum(self.widths))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        """Let go of the data; a stream is then spent (see `_Stream.close`)."""
+
+
+class _Arrays(_Source):
+    def __init__(self, data, models, dtype, observed, min_models):
+        _describe(data, min_models)
+        names = _names(data, models)
+        arrays = [as_numeric(data[name], f"data for model {name!r}") for name in names]
+        n = _aligned(names, arrays, models)
+        if n == 0:
+            raise InvalidParameterError("data holds zero samples")
+        if n > BLAS_INT_MAX:
+            raise InvalidParameterError(f"data has {n} samples; at most {BLAS_INT_MAX}")
+        super().__init__(names, models, dtype)
+        self.arrays = arrays
+        self.n_samples = n
+        self.observed = _masks(observed, names, n, lazy=False)
+
+    def _block(self, m, rows, start):
+        block = as_kernel_array(self.arrays[m][rows], self.dtype)
+        mask = None if self.observed is None else self.observed[rows, m]
+        check_finite(block, f"data for model {self.names[m]!r}", mask, start)
+        return block
+
+    def statistics(self, offsets):
+        sums = {}
+        step = self._chunk_rows()
+        for start in range(0, self.n_samples, step):
+            rows = slice(start, start + step)
+            blocks = [self._block(m, rows, start) for m in range(len(self.names))]
+            mask = None if self.observed is None else self.observed[rows]
+            sums = merge_sums(sums, chunk_sums(self.names, blocks, mask, offsets))
+        return statistics(self.names, self.widths, self.dtype, sums)
+
+    def samples(self, offsets):
+        blocks = [self._block(m, slice(None), 0) for m in range(len(self.names))]
+        return _shifted(blocks, self.observed, offsets), self.observed
+
+
+def _shifted(blocks, observed, offsets):
+    """``blocks`` minus their offsets (None: none), zero where not observed;
+    never modifies the caller's arrays."""
+    out = []
+    for m, (block, offset) in enumerate(zip(blocks, offsets)):
+        if offset is not None:
+            block = block - offset
+        if observed is not None:
+            if offset is None:
+                block = block.copy()
+            block[~observed[:, m]] = 0
+        out.append(block)
+    return out
+
+
+class _Stream(_Source):
+    streamed = True
+
+    def __init__(self, data, models, dtype, observed, min_models):
+        if observed is not None:
+            raise InvalidParameterError(
+                "observed is for a mapping of arrays; in a stream, a model missing "
+                "from a chunk did not observe its rows"
+            )
+        if inspect.isgenerator(data) and (
+            inspect.getgeneratorstate(data) == inspect.GEN_CLOSED
+        ):
+            raise InvalidParameterError(
+                "data is a generator that was read already (a stream of chunks is "
+                "read once): pass a new generator, or a list of chunks to train "
+                "on them again"
+            )
+        chunks = iter(data)
+        first = next(chunks, None)
+        if first is None:
+            raise InvalidParameterError("data holds zero samples (empty stream)")
+        if not isinstance(first, Mapping):
+            raise InvalidParameterError(
+                "data must be a mapping of model name to array, or an iterable of "
+                f"such mappings (chunks of rows), got {type(data).__name__} of "
+                f"{type(first).__name__}"
+            )
+        _describe(first, min_models)
+        super().__init__(_names(first, models), models, dtype)
+        self.models = models
+        self.chunks = itertools.chain([first], chunks)
+        self.generator = data if inspect.isgenerator(data) else None
+        self.n_samples = None
+
+    def close(self):
+        """Spend the stream: a generator is closed even if it was not read to
+        the end (training failed), so that reading it again is refused rather
+        than silently training on the chunks that were left."""
+        self.chunks = None
+        if self.generator is not None:
+            self.generator.close()
+
+    def statistics(self, offsets):
+        if self.chunks is None:
+            raise InvalidParameterError("a stream of chunks can be read only once")
+        chunks, self.chunks = self.chunks, None
+        index = {name: m for m, name in enumerate(self.names)}
+        sums, start = {}, 0
+        for number, chunk in enumerate(chunks):
+            where = f" in chunk {number} (from row {start} of the stream)"
+            if not isinstance(chunk, Mapping):
+                raise InvalidParameterError(
+                    f"chunk {number} of data must be a mapping of model name to "
+                    f"array, got {type(chunk).__name__}"
+                )
+            names = _names(chunk, self.models)
+            for name in names:
+                if name not in index:
+                    raise InvalidParameterError(
+                        f"model {name!r} is in chunk {number} but not in chunk 0, "
+                        "which sets the models of a stream"
+                    )
+            arrays = [as_numeric(chunk[name], f"data for model {name!r}{where}")
+                      for name in names]
+            rows = _aligned(names, arrays, self.models, where) if names else 0
+            if not rows:
+                continue
+            blocks = []
+            for name, array in zip(names, arrays):
+                block = as_kernel_array(array, self.dtype)
+                check_finite(block, f"data for model {name!r}{where}", None, start)
+                blocks.append(block)
+            shift = [offsets[index[name]] for name in names]
+            sums = merge_sums(sums, chunk_sums(names, blocks, None, shift))
+            start += rows
+        if start == 0:
+            raise InvalidParameterError("data holds zero samples")
+        self.n_samples = start
+        stats = statistics(self.names, self.widths, self.dtype, sums)
+        _check_counts(self.names, stats.counts, "in any chunk")
+        return stats
+
+    def samples(self, offsets):
+        raise InvalidParameterError(
+            "a stream of chunks trains only with the solvers that work on "
+            "statistics, 'cca' and 'lbfgs'; pass a mapping of arrays (memory-mapped "
+            "files work) to the others"
+        )
+
+
+def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row):
+    """`chunk_sums` of one block of rows of Dask arrays, checked."""
+    checked = []
+    for m, (name, block) in enumerate(zip(names, blocks)):
+        block = as_kernel_array(np.asarray(block), dtype)
+        mask = None if observed is None else observed[:, m]
+        check_finite(block, f"data for model {name!r}", mask, first_row)
+        checked.append(block)
+    return chunk_sums(names, checked, observed, offsets)
+
+
+class _DaskArrays(_Source):
+    def __init__(self, data, models, dtype, observed, min_models):
+        _describe(data, min_models)
+        names = _names(data, models)
+        import dask.array as da
+
+        arrays = []
+        for name in names:
+            array = da.asarray(data[name])
+            if array.dtype.kind not in "iuf":
+                raise InvalidParameterError(
+                    f"data for model {name!r} must hold real numbers, got dtype "
+                    f"{array.dtype}"
+                )
+            if any(np.isnan(s) for s in array.shape):
+                raise InvalidParameterError(
+                    f"data for model {name!r} has unknown chunk sizes; call "
+                    "compute_chunk_sizes() first"
+                )
+            arrays.append(array)
+        n = _aligned(names, arrays, models)
+        if n == 0:
+            raise InvalidParameterError("data holds zero samples")
+        super().__init__(names, models, dtype)
+        self.arrays = arrays
+        self.n_samples = n
+        self.observed = _masks(observed, names, n, lazy=True)
+
+    def _aligned_blocks(self):
+        """Arrays (and mask) rechunked to common row blocks of whole rows."""
+        rows = self._chunk_rows()
+        arrays = [a.rechunk((rows, -1)) for a in self.arrays]
+        observed = self.observed
+        if observed is not None:
+            import dask.array as da
+
+            observed = da.asarray(observed).rechunk((rows, -1))
+        return arrays, observed
+
+    def statistics(self, offsets):
+        import dask
+
+        arrays, observed = self._aligned_blocks()
+        parts = []
+        start = 0
+        for i, size in enumerate(arrays[0].chunks[0]):
+            mask = None if observed is None else observed.blocks[i]
+            parts.append(
+                dask.delayed(_dask_block_sums)(
+                    self.names,
+                    [a.blocks[i] for a in arrays],
+                    mask,
+                    offsets,
+                    self.dtype,
+                    start,
+                )
+            )
+            start += size
+        # A binary tree of exact merges: the reduction runs on the workers.
+        while len(parts) > 1:
+            merged = [
+                dask.delayed(merge_sums)(a, b) for a, b in zip(parts[::2], parts[1::2])
+            ]
+            parts = merged + ([parts[-1]] if len(parts) % 2 else [])
+        stats = statistics(self.names, self.widths, self.dtype, parts[0].compute())
+        _check_counts(self.names, stats.counts)
+        return stats
+
+    def samples(self, offsets):
+        import dask
+
+        arrays, observed = dask.compute(self.arrays, self.observed)
+        blocks = []
+        for m, (name, array) in enumerate(zip(self.names, arrays)):
+            block = as_kernel_array(array, self.dtype)
+            mask = None if observed is None else observed[:, m]
+            check_finite(block, f"data for model {name!r}", mask)
+            blocks.append(block)
+        if observed is not None and observed.all():
+            observed = None
+        return _shifted(blocks, observed, offsets), observed
+
+
+def training_data(data, models, dtype, *, observed=None, min_models=2):
+    """The source of training data for ``data`` (see the module docstring).
+
+    Parameters
+    ----------
+    data : mapping or iterable of mappings
+    models : mapping of str to registered model (with ``input_dim``)
+    dtype : dtype
+        The space's.
+    observed : mapping of str to (n,) bool array-like, optional
+        Which samples every model observed (a mapping of arrays only; models
+        not named observed all).
+    min_models : int
+
+    Raises
+    ------
+    InvalidParameterError, UnknownModelError
+        For what can be checked before reading the values.
+    """
+    if isinstance(data, Mapping):
+        if any(is_dask_array(value) for value in data.values()):
+            return _DaskArrays(data, models, dtype, observed, min_models)
+        return _Arrays(data, models, dtype, observed, min_models)
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes, np.ndarray)):
+        return _Stream(data, models, dtype, observed, min_models)
+    raise InvalidParameterError(
+        "data must be a mapping of model name to array, or an iterable of such "
+        f"mappings (chunks of rows), got {type(data).__name__}"
+    )
