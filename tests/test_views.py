@@ -639,3 +639,34 @@ def test_loss_with_missing_views_matches_reference():
                      observed=observed_dict(names, observed))
     expected = reference_loss(zero_filled(Xs, observed), Ps, Rs, 0.7, observed)
     assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_cca_frozen_with_missing_views_zeroes_the_ridge_alignment_gradient():
+    """The free model's closed form is where the gradient of the per-sample
+    alignment (about the mean of the models that observed a sample) plus the
+    ridge ``r/2 ||P||^2`` vanishes."""
+    widths, k, n, reg = (6, 5, 7), 3, 300, 0.1
+    Xs = correlated(widths, n, seed=31)
+    observed = random_observed(n, 3, seed=32, nobody=False)
+    space, names = make_space(k, widths)
+    space.train_projections(dict(zip(names[:2], Xs[:2])), solver="cca")
+    space.train_projections(
+        dict(zip(names, masked(Xs, observed))),
+        observed=observed_dict(names, observed),
+        frozen=names[:2],
+        solver="cca",
+        regularization=reg,
+    )
+    Zs = [
+        np.where(o[:, None], space.project(name, np.nan_to_num(X)), 0.0)
+        for name, X, o in zip(names, masked(Xs, observed), observed.T)
+    ]
+    count = np.maximum(observed.sum(axis=1), 1)[:, None]
+    zbar = sum(Zs) / count
+    o = observed[:, 2]
+    assert_allclose(space.offset(names[2]), Xs[2][o].mean(axis=0), rtol=1e-12)
+    C = np.where(o[:, None], Xs[2] - space.offset(names[2]), 0.0)
+    G = C.T @ C / n
+    P = space.weights(names[2])[0]
+    gradient = C.T @ (Zs[2] - zbar) / n + reg * np.trace(G) / len(G) * P
+    assert np.abs(gradient).max() < 1e-12 * np.abs(C.T @ Zs[2] / n).max()
