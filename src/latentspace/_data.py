@@ -162,10 +162,11 @@ class _Arrays(_Source):
         self.n_samples = n
         self.observed = _masks(observed, names, n, lazy=False)
 
-    def _block(self, m, rows, start):
-        block = as_kernel_array(self.arrays[m][rows], self.dtype)
-        mask = None if self.observed is None else self.observed[rows, m]
-        check_finite(block, f"data for model {self.names[m]!r}", mask, start)
+    def _block(self, m):
+        """Model ``m``'s samples as a kernel array, checked."""
+        block = as_kernel_array(self.arrays[m], self.dtype)
+        mask = None if self.observed is None else self.observed[:, m]
+        check_finite(block, f"data for model {self.names[m]!r}", mask)
         return block
 
     def statistics(self, offsets):
@@ -173,13 +174,15 @@ class _Arrays(_Source):
         step = self._chunk_rows()
         for start in range(0, self.n_samples, step):
             rows = slice(start, start + step)
-            blocks = [self._block(m, rows, start) for m in range(len(self.names))]
+            blocks = [array[rows] for array in self.arrays]
             mask = None if self.observed is None else self.observed[rows]
-            sums = merge_sums(sums, chunk_sums(self.names, blocks, mask, offsets))
+            sums = merge_sums(sums, _checked_sums(
+                self.names, blocks, mask, offsets, self.dtype, "", start
+            ))
         return statistics(self.names, self.widths, self.dtype, sums)
 
     def samples(self, offsets):
-        blocks = [self._block(m, slice(None), 0) for m in range(len(self.names))]
+        blocks = [self._block(m) for m in range(len(self.names))]
         return _shifted(blocks, self.observed, offsets), self.observed
 
 
@@ -265,13 +268,10 @@ class _Stream(_Source):
             rows = _aligned(names, arrays, self.models, where) if names else 0
             if not rows:
                 continue
-            blocks = []
-            for name, array in zip(names, arrays):
-                block = as_kernel_array(array, self.dtype)
-                check_finite(block, f"data for model {name!r}{where}", None, start)
-                blocks.append(block)
             shift = [offsets[index[name]] for name in names]
-            sums = merge_sums(sums, chunk_sums(names, blocks, None, shift))
+            sums = merge_sums(sums, _checked_sums(
+                names, arrays, None, shift, self.dtype, where, start
+            ))
             start += rows
         if start == 0:
             raise InvalidParameterError("data holds zero samples")
@@ -288,15 +288,26 @@ class _Stream(_Source):
         )
 
 
+def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
+    """`chunk_sums` of a chunk; if they are not finite, the error names the
+    first row that holds NaN or Inf where observed (without one, the features
+    overflow the dtype, which the solvers report)."""
+    sums = chunk_sums(names, blocks, observed, offsets, dtype)
+    if not all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values()):
+        for m, (name, block) in enumerate(zip(names, blocks)):
+            check_finite(
+                as_kernel_array(block, dtype),
+                f"data for model {name!r}{where}",
+                None if observed is None else observed[:, m],
+                first_row,
+            )
+    return sums
+
+
 def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row):
     """`chunk_sums` of one block of rows of Dask arrays, checked."""
-    checked = []
-    for m, (name, block) in enumerate(zip(names, blocks)):
-        block = as_kernel_array(np.asarray(block), dtype)
-        mask = None if observed is None else observed[:, m]
-        check_finite(block, f"data for model {name!r}", mask, first_row)
-        checked.append(block)
-    return chunk_sums(names, checked, observed, offsets)
+    blocks = [np.asarray(block) for block in blocks]
+    return _checked_sums(names, blocks, observed, offsets, dtype, "", first_row)
 
 
 class _DaskArrays(_Source):

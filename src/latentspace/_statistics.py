@@ -73,26 +73,61 @@ def merge_sums(a, b):
     return merged
 
 
-def _sums(chunk):
-    """The `Sums` of the rows of one (rows, w) float array, which it modifies.
+# Rows of a chunk whose mean is the provisional centre of its features.
+_CENTRE_ROWS = 256
 
-    The rows are centred on their own mean before the scatter is taken (one
-    symmetric rank-``rows`` product): no ``E[xx'] - E[x]E[x]'`` cancellation,
-    which float32 features far from zero would not survive.
+
+def _sums(columns, rows, dtype):
+    """The `Sums` of some rows of feature blocks, in one copy and one product.
+
+    The features are copied next to a column of ones, less a provisional
+    centre ``c`` (the mean of a few hundred rows spread over the chunk), and
+    one symmetric product ``Y.T @ Y`` of that ``(rows, w + 1)`` matrix gives
+    the scatter about ``c``, the sums of ``x - c`` and the count at once. The
+    scatter about the exact mean is then ``Y.T Y - rows * outer(e, e)`` with
+    ``e = mean(x) - c`` small: no ``E[xx'] - E[x]E[x]'`` cancellation, which
+    float32 features far from zero would not survive. If ``e`` is not small
+    next to the spread of a feature (the sampled rows were not typical), the
+    copy is re-centred on the mean and the product taken again.
+
+    Parameters
+    ----------
+    columns : list of (n, d) ndarray
+        Real numbers, of any dtype that casts to ``dtype``.
+    rows : slice or (r,) int ndarray
+        The rows of ``columns`` to summarise.
+    dtype : dtype
+        Of the copy and the product.
     """
-    rows = len(chunk)
-    mean = chunk.mean(axis=0, dtype=np.float64)
-    chunk -= mean.astype(chunk.dtype)
-    # Rounding the shift to the dtype leaves a small residual mean r: the
-    # scatter about the exact mean is chunk.T @ chunk - rows * outer(r, r).
-    residual = chunk.mean(axis=0, dtype=np.float64)
-    # chunk.T @ chunk (NumPy calls syrk for a product with its transpose)
-    scatter = (chunk.T @ chunk).astype(np.float64)
-    scatter -= np.outer(residual, residual * rows)
-    return Sums(rows, mean + residual, scatter)
+    parts = [X[rows] for X in columns]
+    count = len(parts[0])
+    width = sum(X.shape[1] for X in parts)
+    Y = np.empty((count, width + 1), dtype)
+    Y[:, width] = 1
+    step = max(1, count // _CENTRE_ROWS)
+    centre = np.concatenate(
+        [X[::step].mean(axis=0, dtype=np.float64) for X in parts]
+    )
+    at = 0
+    for X in parts:
+        d = X.shape[1]
+        np.subtract(X, centre[at : at + d].astype(dtype), out=Y[:, at : at + d],
+                    casting="same_kind")
+        at += d
+    for _ in range(2):
+        # Y.T @ Y (NumPy calls syrk for a product with its transpose)
+        product = (Y.T @ Y).astype(np.float64)
+        excess = product[width, :width] / count  # mean(x) - centre
+        scatter = product[:width, :width] - np.outer(excess, excess * count)
+        centre += excess
+        spread = np.diag(scatter) / count
+        if np.all(excess * excess <= spread) or not np.isfinite(spread).all():
+            break
+        Y[:, :width] -= excess.astype(dtype)
+    return Sums(count, centre, scatter)
 
 
-def chunk_sums(names, blocks, observed, offsets):
+def chunk_sums(names, blocks, observed, offsets, dtype=None):
     """Per-pattern `Sums` of one chunk of aligned rows.
 
     Parameters
@@ -100,11 +135,14 @@ def chunk_sums(names, blocks, observed, offsets):
     names : sequence of str
         The models of the chunk, in a fixed order.
     blocks : sequence of (rows, d_m) ndarray
-        Their features (finite where observed), in one floating dtype.
+        Their features, real numbers. Where observed, a value that is not
+        finite makes the `Sums` of its pattern not finite.
     observed : (rows, M) bool ndarray or None
         Which model observed which row (None: every model every row).
     offsets : sequence of (d_m,) ndarray or None, optional
-        Subtracted from every model's features first (None: nothing).
+        Subtracted from every model's features (None: nothing).
+    dtype : floating dtype, optional
+        Of the products (default that of the first block).
 
     Returns
     -------
@@ -122,20 +160,22 @@ def chunk_sums(names, blocks, observed, offsets):
              np.flatnonzero(codes == code))
             for code in np.unique(codes)
         ]
+    dtype = np.dtype(dtype or blocks[0].dtype)
     out = {}
     for members, taken in groups:
         key = tuple(names[m] for m in members)
         if not members:
             out[key] = Sums(len(taken), np.zeros(0), np.zeros((0, 0)))
             continue
-        chunk = np.concatenate([blocks[m][taken] for m in members], axis=1)
+        sums = _sums([blocks[m] for m in members], taken, dtype)
         shift = [None if offsets is None else offsets[m] for m in members]
         if any(s is not None for s in shift):
-            chunk -= np.concatenate([
+            shift = np.concatenate([
                 np.zeros(blocks[m].shape[1]) if s is None else s
                 for m, s in zip(members, shift)
-            ]).astype(chunk.dtype)
-        out[key] = _sums(chunk)
+            ])
+            sums = sums._replace(mean=sums.mean - shift)
+        out[key] = sums
     return out
 
 
