@@ -670,3 +670,21 @@ def test_cca_frozen_with_missing_views_zeroes_the_ridge_alignment_gradient():
     P = space.weights(names[2])[0]
     gradient = C.T @ (Zs[2] - zbar) / n + reg * np.trace(G) / len(G) * P
     assert np.abs(gradient).max() < 1e-12 * np.abs(C.T @ Zs[2] / n).max()
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+def test_statistics_of_features_far_from_zero(dtype, tol):
+    """float32 features around 1e4 with unit spread, and rows spaced as the
+    provisional centre samples them atypical (so the chunk is re-centred):
+    the covariance is still that of NumPy in float64."""
+    rng = np.random.default_rng(33)
+    n = 4096
+    X = rng.standard_normal((n, 3)) + 1e4
+    X[:: n // 256] += 50.0  # exactly the rows the provisional centre reads
+    Y = rng.standard_normal((n, 2)) - 3e3
+    stats = _stats([X.astype(dtype), Y.astype(dtype)], np.ones((n, 2), bool))
+    both = np.concatenate([X.astype(dtype), Y.astype(dtype)], 1).astype(np.float64)
+    mean = both.mean(axis=0)
+    assert_allclose(stats.mean, mean, rtol=1e-13, atol=tol / 100)
+    cov = (both - mean).T @ (both - mean) / n
+    assert_allclose(stats.gram, cov, rtol=tol, atol=tol * np.abs(cov).max())

@@ -105,26 +105,29 @@ def _sums(columns, rows, dtype):
     Y = np.empty((count, width + 1), dtype)
     Y[:, width] = 1
     step = max(1, count // _CENTRE_ROWS)
+    # The centre as subtracted, rounded to the dtype.
     centre = np.concatenate(
         [X[::step].mean(axis=0, dtype=np.float64) for X in parts]
-    )
+    ).astype(dtype)
     at = 0
     for X in parts:
         d = X.shape[1]
-        np.subtract(X, centre[at : at + d].astype(dtype), out=Y[:, at : at + d],
+        np.subtract(X, centre[at : at + d], out=Y[:, at : at + d],
                     casting="same_kind")
         at += d
-    for _ in range(2):
+    centre = centre.astype(np.float64)
+    for attempt in range(2):
         # Y.T @ Y (NumPy calls syrk for a product with its transpose)
         product = (Y.T @ Y).astype(np.float64)
         excess = product[width, :width] / count  # mean(x) - centre
         scatter = product[:width, :width] - np.outer(excess, excess * count)
-        centre += excess
         spread = np.diag(scatter) / count
-        if np.all(excess * excess <= spread) or not np.isfinite(spread).all():
+        if attempt or np.all(excess * excess <= spread) or not np.isfinite(spread).all():
             break
-        Y[:, :width] -= excess.astype(dtype)
-    return Sums(count, centre, scatter)
+        shift = excess.astype(dtype)
+        Y[:, :width] -= shift
+        centre += shift
+    return Sums(count, centre + excess, scatter)
 
 
 def chunk_sums(names, blocks, observed, offsets, dtype=None):
