@@ -304,10 +304,18 @@ def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
     return sums
 
 
-def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row):
-    """`chunk_sums` of one block of rows of Dask arrays, checked."""
+def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row, step):
+    """`chunk_sums` of one block of rows of Dask arrays, ``step`` rows at a
+    time, checked."""
     blocks = [np.asarray(block) for block in blocks]
-    return _checked_sums(names, blocks, observed, offsets, dtype, "", first_row)
+    sums = {}
+    for start in range(0, len(blocks[0]), step):
+        rows = slice(start, start + step)
+        mask = None if observed is None else observed[rows]
+        sums = merge_sums(sums, _checked_sums(
+            names, [X[rows] for X in blocks], mask, offsets, dtype, "", first_row + start
+        ))
+    return sums
 
 
 class _DaskArrays(_Source):
@@ -339,8 +347,9 @@ class _DaskArrays(_Source):
         self.observed = _masks(observed, names, n, lazy=True)
 
     def _aligned_blocks(self):
-        """Arrays (and mask) rechunked to common row blocks of whole rows."""
-        rows = self._chunk_rows()
+        """Arrays (and mask) in blocks of whole rows, the first array's row
+        blocks (each read a chunk of rows at a time by `_dask_block_sums`)."""
+        rows = self.arrays[0].chunks[0]
         arrays = [a.rechunk((rows, -1)) for a in self.arrays]
         observed = self.observed
         if observed is not None:
@@ -365,6 +374,7 @@ class _DaskArrays(_Source):
                     offsets,
                     self.dtype,
                     start,
+                    self._chunk_rows(),
                 )
             )
             start += size
