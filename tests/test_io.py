@@ -436,6 +436,23 @@ def test_plain_npy_is_refused(tmp_path):
     _refused(tmp_path / "array.npy", "not an .npz")
 
 
+@pytest.mark.parametrize("reader", [LatentSpace.load, _io.read_header])
+def test_file_descriptor_is_not_a_path(saved, reader):
+    # Found by fuzzing: open() took an int for a descriptor, read it and
+    # closed it (it closed pytest's capture descriptor).
+    _, path = saved
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TypeError, match="int"):
+            reader(descriptor)
+        os.fstat(descriptor)  # still open
+    finally:
+        os.close(descriptor)
+    for value in (True, 3.5, None, ["s.npz"]):
+        with pytest.raises(TypeError):
+            reader(value)
+
+
 def test_missing_file_is_an_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         LatentSpace.load(tmp_path / "nothing.npz")

@@ -413,6 +413,9 @@ def _fsync_directory(directory):
 
 def _read(path):
     """The parsed header and the arrays of the file at ``path``, unchecked."""
+    # A path only: open() would take an int as a file descriptor, read
+    # whatever it is and close it.
+    path = os.fspath(path)
     with open(path, "rb") as file:
         data = file.read()
     if not data.startswith(b"PK"):
