@@ -100,9 +100,15 @@ def unit_latents(space, models, name, features, what="features"):
         latent = space._apply(model.project, features, name, what)
     one = latent.ndim == 1
     Z = latent.reshape(1, -1) if one else latent  # a new array: ours to scale
+    tiny = np.finfo(Z.dtype).tiny
+    # Divide by the largest entry first: the squares of a latent beyond
+    # sqrt(max) (1e154 in float64, 1e19 in float32) would overflow, and its
+    # norm become inf (cosine 0 with everything instead of +-1).
+    if len(Z) and Z.shape[1]:
+        Z /= np.maximum(np.abs(Z).max(axis=1), tiny)[:, None]
     norms = np.sqrt(np.einsum("ij,ij->i", Z, Z))
     # A zero latent has cosine 0 with everything rather than NaN.
-    Z /= np.maximum(norms, np.finfo(Z.dtype).tiny)[:, None]
+    Z /= np.maximum(norms, tiny)[:, None]
     return Z, one
 
 
