@@ -1,0 +1,1030 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Fuzzing every public entry point with hypothesis.
+
+Each test draws random arguments: shapes with 0 and 1 entries, every kind of
+dtype (ints, bools, float16, complex, object, strings, byte-swapped), NaN and
+Inf, Fortran-ordered, strided, unaligned, read-only and memory-mapped arrays,
+Python lists, huge or negative dimensions, unknown names and wrong mappings.
+The property is always the same: a call either works, and then agrees with a
+plain NumPy transcription, or raises a clear ``ValueError``/``TypeError``/
+``KeyError`` (or an exception the function documents), leaving the space, its
+inputs and any file it was given exactly as they were. Any other exception,
+a crash or a changed state fails the test.
+
+The ``ci`` profile (default) runs a few dozen examples per test; the ``fuzz``
+profile at least 10,000 (``--hypothesis-profile=fuzz``, see conftest.py).
+"""
+
+import contextlib
+import io
+import math
+import os
+import pickle
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import event, given, note
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as npst
+from reference import reference_sgd
+from support import assert_unchanged, snapshot
+
+from latentspace import (
+    ConvergenceWarning,
+    LatentSpace,
+    ProjectionConfig,
+    SpaceFileError,
+    TrainingDivergedError,
+    UnknownModelError,
+    metrics,
+)
+from latentspace.__main__ import main
+
+# What a refused call may raise (InvalidParameterError, UnknownModelError and
+# SpaceFileError are among them).
+REFUSED = (ValueError, TypeError, KeyError)
+# Training also documents divergence; a ConvergenceWarning turned into an error
+# (filterwarnings=error) is raised before anything is published.
+TRAIN_REFUSED = (*REFUSED, TrainingDivergedError, ConvergenceWarning)
+
+_TMP = tempfile.mkdtemp(prefix="latentspace-fuzz-")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cleanup():
+    yield
+    import shutil
+
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def _refused(call, allowed=REFUSED):
+    """``("ok", result)`` or ``("refused", exception)``; anything else propagates."""
+    try:
+        result = call()
+    except allowed as exc:
+        event(f"refused: {type(exc).__name__}")
+        message = str(exc.args[0]) if isinstance(exc, KeyError) else str(exc)
+        assert message.strip(), f"{type(exc).__name__} without a message"
+        note(f"refused: {type(exc).__name__}: {message}")
+        return "refused", exc
+    event("worked")
+    return "ok", result
+
+
+# ------------------------------------------------------------------- spaces
+
+_PRISTINE = {}
+
+
+def _space(dtype, k, widths, offsets, seed):
+    """A space with models m0, m1, ... (a fresh copy every time)."""
+    key = (dtype, k, widths, offsets, seed)
+    if key not in _PRISTINE:
+        space = LatentSpace(k, dtype=dtype, seed=seed)
+        names = [f"m{i}" for i in range(len(widths))]
+        for name, width in zip(names, widths):
+            space.register(name, width)
+        if offsets and len(widths) >= 2:  # the closed form sets every offset
+            rng = np.random.default_rng(seed)
+            data = {n: rng.normal(1.0, 2.0, (12, w)) for n, w in zip(names, widths)}
+            space.train_projections(data, solver="cca", regularization=0.5)
+        _PRISTINE[key] = pickle.dumps(space)
+    return pickle.loads(_PRISTINE[key])
+
+
+@st.composite
+def spaces(draw, min_models=1):
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    k = draw(st.integers(1, 4))
+    widths = tuple(draw(st.lists(st.integers(1, 5), min_size=min_models, max_size=3)))
+    offsets = draw(st.booleans())
+    return _space(dtype, k, widths, offsets, draw(st.integers(0, 3)))
+
+
+def names(space):
+    """A registered name, or something that is not one."""
+    return st.one_of(
+        st.sampled_from(list(space.models)),
+        st.sampled_from(list(space.models)),
+        st.sampled_from(list(space.models)),
+        st.sampled_from(list(space.models)),
+        st.text(max_size=4),
+        st.sampled_from([None, 0, 1.5, b"m0", ("m0",), ["m0"], "M0", "m0 "]),
+    )
+
+
+# ------------------------------------------------------------------- arrays
+
+_FINITE = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+_SPECIAL = [np.nan, np.inf, -np.inf, 1e300, -1e300, 3.5e38, 7e4, -0.0, 5e-324]
+_DTYPES = [
+    "float64", "float64", "float32", "float16", "int8", "int64", "uint64", "bool",
+    "complex128", "object", "str", ">f8", "<f4",
+]
+_REAL_DTYPES = [d for d in _DTYPES if np.dtype(d).kind in "iuf"]
+_LAYOUTS = [
+    "C", "C", "F", "strided", "reversed", "readonly", "memmap", "unaligned", "list",
+]
+
+
+def _convert(base, dtype):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dtype == "bool":
+            return base > 0
+        if dtype in ("int8", "int64", "uint64"):
+            info = np.iinfo(dtype)
+            clean = np.nan_to_num(base, nan=0.0, posinf=info.max, neginf=info.min)
+            return np.clip(np.round(clean), info.min, info.max / 2).astype(dtype)
+        if dtype == "complex128":
+            return base + 1j
+        if dtype == "object":
+            return base.astype(object)
+        if dtype == "str":
+            return base.astype(str)
+        return base.astype(dtype)
+
+
+def _layout(array, layout, counter=[0]):  # noqa: B006 - file name counter
+    if layout == "F":
+        return np.asfortranarray(array)
+    if layout == "strided" and array.ndim:
+        return np.repeat(array, 2, axis=-1)[..., ::2]
+    if layout == "reversed" and array.ndim:
+        return np.ascontiguousarray(array[::-1])[::-1]
+    if layout == "readonly":
+        array = array.copy()
+        array.flags.writeable = False
+        return array
+    if layout == "memmap" and array.size and array.dtype.kind in "biufc":
+        counter[0] += 1
+        path = os.path.join(_TMP, f"input{counter[0]}.dat")
+        array.tofile(path)
+        return np.memmap(path, dtype=array.dtype, mode="r", shape=array.shape)
+    if layout == "unaligned" and array.size and array.itemsize > 1 and (
+        array.dtype.kind in "biufc"
+    ):
+        raw = np.empty(array.nbytes + 1, np.uint8)[1:]
+        out = raw.view(array.dtype).reshape(array.shape)
+        out[...] = array
+        assert not out.flags.aligned
+        return out
+    if layout == "list":
+        return array.tolist()
+    return np.ascontiguousarray(array) if array.ndim else array
+
+
+@st.composite
+def arrays(draw, width, rows=st.integers(0, 4), space_dtype="float64",
+           valid_ndims=(2, 2, 1)):
+    """Array-likes meant for rows of ``width``: mostly right, often not.
+
+    For a float32 space no finite value beyond float32's range is drawn: that
+    case is a known bug, pinned by the xfail test at the end of this module.
+    """
+    # Three in four are valid (right width, one or two dimensions, a real
+    # dtype, finite), in any layout; the others are anything.
+    valid = draw(st.integers(0, 3)) > 0
+    if valid:
+        last, ndim = width, draw(st.sampled_from(valid_ndims))
+    else:
+        last = draw(st.sampled_from([width] * 3 + [0, 1, width + 1, max(width - 1, 0)]))
+        ndim = draw(st.sampled_from([2, 2, 1, 0, 3]))
+    shape = {0: (), 1: (last,), 2: (draw(rows), last)}.get(ndim)
+    if shape is None:
+        shape = (draw(st.integers(0, 2)), draw(st.integers(0, 2)), last)
+    base = draw(npst.arrays(np.float64, shape, elements=_FINITE))
+    scale = draw(st.sampled_from([1.0, 1.0, 1.0, 1e-3, 1e6]))
+    base = base * scale
+    if base.size and not valid and draw(st.integers(0, 1)) == 0:
+        flat = base.reshape(-1)
+        specials = _SPECIAL if np.dtype(space_dtype) == np.float64 else [
+            v for v in _SPECIAL if not np.isfinite(v) or abs(v) < 3e38]
+        flat[draw(st.integers(0, flat.size - 1))] = draw(st.sampled_from(specials))
+    dtype = draw(st.sampled_from(_REAL_DTYPES if valid else _DTYPES))
+    layout = draw(st.sampled_from(_LAYOUTS))
+    note(f"input: shape {shape}, dtype {dtype}, layout {layout}")
+    return _layout(np.asarray(_convert(base, dtype)), layout)
+
+
+def _reference_rows(value, width, dtype):
+    """The input as the library must see it (float64 of the cast values), or
+    None if it must be refused."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf" or array.ndim not in (1, 2):
+        return None
+    if array.shape[-1] != width:
+        return None
+    with np.errstate(all="ignore"):
+        cast = array.astype(dtype)
+    if not np.isfinite(cast).all():
+        return None
+    return cast.astype(np.float64)
+
+
+def _read_bytes(path):
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def _frozen_copy(value):
+    """A copy of an input, to check that a call did not modify it."""
+    return pickle.dumps(value) if isinstance(value, list) else np.array(value, copy=True)
+
+
+def _assert_input_unchanged(value, before):
+    if isinstance(value, list):
+        assert pickle.dumps(value) == before
+    else:
+        assert np.asarray(value).tobytes() == before.tobytes()
+
+
+_EPS = {np.dtype("float64"): 1e-12, np.dtype("float32"): 2e-5}
+
+
+def _check_map(result, expected, bound, dtype):
+    """``result`` is ``expected`` up to rounding (``bound`` bounds every term)."""
+    assert isinstance(result, np.ndarray) and result.dtype == dtype
+    assert result.shape == expected.shape
+    assert np.isfinite(result).all()
+    tolerance = _EPS[dtype] * (bound + np.finfo(dtype).tiny)
+    error = np.abs(result.astype(np.float64) - expected)
+    assert (error <= tolerance).all(), (error.max(), tolerance.max())
+
+
+def _must_work(expected, bound, dtype):
+    """Whether a float ``dtype`` computation of ``expected`` is far from overflow."""
+    limit = 1e-4 * float(np.finfo(dtype).max)
+    return bool(np.all(bound < limit))
+
+
+def _affine_reference(model_weights, x, which):
+    """Reference result of project ("P") or retrieve ("R") and a bound on its
+    terms, in float64."""
+    W, mu = model_weights
+    W = W.astype(np.float64)
+    if which == "P":
+        shift = np.zeros(W.shape[1]) if mu is None else -(mu.astype(np.float64) @ W)
+        shift_bound = 0.0 if mu is None else np.abs(mu.astype(np.float64)) @ np.abs(W)
+    else:
+        shift = np.zeros(W.shape[1]) if mu is None else mu.astype(np.float64)
+        shift_bound = np.abs(shift)
+    return x @ W + shift, np.abs(x) @ np.abs(W) + shift_bound
+
+
+def _weights(space, name, which):
+    P, R = space.weights(name)
+    return (P if which == "P" else R), space.offset(name)
+
+
+# --------------------------------------------------------------- constructor
+
+_DIMS = st.one_of(
+    st.integers(-3, 70),
+    st.sampled_from([2**31 - 1, 2**31, 2**63, 2**64, -(2**63), 10**30]),
+    st.sampled_from([1.0, 2.5, float("nan"), True, False, None, "4", b"4", [4]]),
+    st.sampled_from([np.int64(3), np.int8(-1), np.uint64(2), np.float64(3.0)]),
+)
+
+
+@given(
+    dim=_DIMS,
+    dtype=st.sampled_from(
+        ["float64", "float32", np.float32, np.dtype("float64"), "f8", ">f8", "float16",
+         "int64", None, "complex128", object, "", "float", 3, np.dtype("<f4")]
+    ),
+    seed=st.one_of(
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([None, 1.5, "42", [1, 2], np.uint32(7), b"x", -1]),
+    ),
+)
+def test_constructor(dim, dtype, seed):
+    status, space = _refused(lambda: LatentSpace(dim, dtype=dtype, seed=seed))
+    if status == "ok":
+        assert space.dim == int(dim) and space.models == {}
+        assert space.dtype in (np.dtype("float64"), np.dtype("float32"))
+        assert space.dtype == np.dtype(dtype)
+        assert 1 <= space.dim <= 2**31 - 1
+
+
+# ------------------------------------------------------------------- register
+
+
+def _register_reference(seed, dim, registrations, dtype):
+    """The weights SPEC.md's Xavier initialisation gives, registration by
+    registration (a fresh generator seeded like the space)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, width in registrations:
+        limit = np.sqrt(6.0 / (width + dim))
+        P = rng.uniform(-limit, limit, (width, dim)).astype(dtype)
+        R = rng.uniform(-limit, limit, (dim, width)).astype(dtype)
+        out[name] = (P, R)
+    return out
+
+
+@given(
+    dtype=st.sampled_from(["float64", "float32"]),
+    dim=st.integers(1, 6),
+    calls=st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from(["a", "b", "c"]), st.text(max_size=3),
+                      st.sampled_from([None, 1, b"a", ("a",)])),
+            st.one_of(st.integers(-2, 7),
+                      st.sampled_from([2**31, 2**63, 2.0, True, None, "3", np.int32(2)])),
+            st.sampled_from([False, True, 0, "yes"]),
+        ),
+        max_size=6,
+    ),
+)
+def test_register(dtype, dim, calls):
+    space = LatentSpace(dim, dtype=dtype, seed=5)
+    accepted = []
+    for name, width, replace in calls:
+        before = snapshot(space)
+        status, _ = _refused(lambda: space.register(name, width, replace=replace))
+        if status == "refused":
+            assert_unchanged(space, before)
+            continue
+        assert isinstance(name, str) and name
+        assert space.models[name] == width
+        accepted.append((name, int(width)))
+    # Every accepted registration drew its weights, in order, from the seeded
+    # generator; refused ones drew nothing.
+    expected = _register_reference(5, dim, accepted, dtype)
+    assert list(space.models) == list(dict.fromkeys(n for n, _ in accepted))
+    for name, (P, R) in expected.items():
+        got = space.weights(name)
+        assert got[0].tobytes() == P.tobytes() and got[1].tobytes() == R.tobytes()
+
+
+# ---------------------------------------------------------- project, retrieve
+
+
+def _out_arrays(shape_hint, dtype):
+    """Optional ``out`` arguments: None mostly, sometimes right, often wrong."""
+    return st.one_of(
+        st.none(),
+        st.none(),
+        st.sampled_from(["right", "wrong-dtype", "wrong-shape", "fortran", "readonly",
+                         "list"]),
+    )
+
+
+def _make_out(kind, shape, dtype):
+    if kind is None:
+        return None
+    if kind == "right":
+        return np.full(shape, np.nan, dtype)
+    if kind == "wrong-dtype":
+        return np.empty(shape, np.float64 if dtype == np.float32 else np.float32)
+    if kind == "wrong-shape":
+        return np.empty(shape[:-1] + (shape[-1] + 1,), dtype)
+    if kind == "fortran":
+        return np.empty(shape[::-1] if len(shape) == 2 else shape, dtype).T
+    if kind == "readonly":
+        out = np.empty(shape, dtype)
+        out.flags.writeable = False
+        return out
+    return [0.0] * shape[-1]
+
+
+@given(data=st.data(), space=spaces(), method=st.sampled_from(["project", "retrieve"]),
+       out_kind=_out_arrays(None, None))
+def test_project_and_retrieve(data, space, method, out_kind):
+    name = data.draw(names(space), label="name")
+    registered = isinstance(name, str) and name in space.models
+    which = "P" if method == "project" else "R"
+    width = (space.models[name] if which == "P" else space.dim) if registered else 3
+    value = data.draw(arrays(width, space_dtype=space.dtype), label="input")
+    x = _reference_rows(value, width, space.dtype) if registered else None
+    out_width = (space.dim if which == "P" else space.models[name]) if registered else 1
+    out_shape = (out_width,) if x is None or x.ndim == 1 else (len(x), out_width)
+    out = _make_out(out_kind, out_shape, space.dtype)
+    before, value_before = snapshot(space), _frozen_copy(value)
+
+    status, result = _refused(lambda: getattr(space, method)(name, value, out=out))
+
+    assert_unchanged(space, before)
+    _assert_input_unchanged(value, value_before)
+    if not registered:
+        assert status == "refused" and isinstance(result, UnknownModelError)
+        return
+    out_ok = out is None or (
+        isinstance(out, np.ndarray) and out.dtype == space.dtype
+        and out.shape == out_shape and out.flags.c_contiguous
+        and out.flags.writeable)
+    if x is None or not out_ok:
+        assert status == "refused", "invalid input or out accepted"
+        return
+    expected, bound = _affine_reference(_weights(space, name, which), x, which)
+    if status == "refused":
+        assert not _must_work(expected, bound, space.dtype), result
+        assert isinstance(result, ValueError) and "overflow" in str(result)
+        return
+    _check_map(result, expected, bound, space.dtype)
+    if out is not None:
+        assert result is out
+
+
+@given(data=st.data(), space=spaces())
+def test_translate(data, space):
+    source = data.draw(names(space), label="source")
+    target = data.draw(names(space), label="target")
+    known = all(isinstance(n, str) and n in space.models for n in (source, target))
+    width = space.models[source] if known else 2
+    value = data.draw(arrays(width, space_dtype=space.dtype), label="input")
+    before, value_before = snapshot(space), _frozen_copy(value)
+
+    status, result = _refused(lambda: space.translate(source, target, value))
+
+    assert_unchanged(space, before)
+    _assert_input_unchanged(value, value_before)
+    if not known:
+        assert status == "refused" and isinstance(result, UnknownModelError)
+        return
+    x = _reference_rows(value, width, space.dtype)
+    if x is None:
+        assert status == "refused", "invalid input accepted"
+        return
+    z, bound_z = _affine_reference(_weights(space, source, "P"), x, "P")
+    expected, bound = _affine_reference(_weights(space, target, "R"), z, "R")
+    # Rounding of z (relative to its bound) propagates through |R|.
+    R = np.abs(space.weights(target)[1].astype(np.float64))
+    bound = bound + bound_z @ R
+    if status == "refused":
+        assert not _must_work(expected, bound, space.dtype), result
+        return
+    _check_map(result, expected, bound, space.dtype)
+
+
+# -------------------------------------------------------------------- training
+
+_SOLVERS = ["sgd", "minibatch", "lbfgs", "cca"]
+
+
+# Valid values of every option, then values that must be refused.
+_OPTIONS = {
+    "n_epochs": ([1, 2, 3], [0, -1, 2.0, True, None]),
+    "learning_rate": ([0.01, 0.05, 1e-3, 10.0], [0.0, -0.1, float("nan"),
+                                                  float("inf"), "0.1"]),
+    "alignment_weight": ([1.0, 0.0, 2.5], [-1.0, float("inf")]),
+    "regularization": ([0.1, 0.0, 1.0, 1e-12], [-0.5, float("nan")]),
+    "objective": ([None, "reference", "whitened"], ["other", 3]),
+    "init": (["current", "cca"], ["random", None]),
+    "batch_size": ([1, 2, 256], [0, None, 1.5]),
+    "tol": ([None, 1e-3, 0.5], [-1.0, "1"]),
+    # A huge latent_dim is a known bug (xfail test at the end of the module).
+    "latent_dim": ([None, 1, 2, 3], [0, -2, 1.5, "2"]),
+    "progress": ([False], ["yes", None]),
+    "callback": ([None, lambda state: None, lambda state: state.iteration >= 1],
+                 [3, "print"]),
+}
+
+
+@st.composite
+def configs(draw, solver):
+    """Training options, cheap (a few iterations), at most one of them invalid
+    (several invalid ones would only test the first check)."""
+    options = {"solver": solver}
+    for key, (valid, _) in _OPTIONS.items():
+        if key in ("n_epochs", "learning_rate") or draw(st.integers(0, 2)) == 0:
+            options[key] = draw(st.sampled_from(valid))
+    # None first: hypothesis shrinks towards it (a valid configuration).
+    broken = draw(st.sampled_from([None] * 12 + [*_OPTIONS, "bogus", "solver"]))
+    if broken in _OPTIONS:
+        options[broken] = draw(st.sampled_from(_OPTIONS[broken][1]))
+    elif broken is not None:
+        options[broken] = "nope"
+    return options
+
+
+@st.composite
+def training_data(draw, space):
+    """A mapping of the space's models (sometimes more, fewer or wrong) to data."""
+    names_ = list(space.models)
+    chosen = draw(st.lists(st.sampled_from(names_), unique=True, max_size=len(names_),
+                           min_size=min(2, len(names_))))
+    n = draw(st.sampled_from([1, 2, 3, 5, 8, 8, 8, 0]))
+    data = {}
+    for name in chosen:
+        if draw(st.integers(0, 5)):
+            rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+            data[name] = rng.normal(size=(n, space.models[name]))
+        else:
+            data[name] = draw(arrays(space.models[name], rows=st.just(n),
+                                      space_dtype=space.dtype))
+    kind = draw(st.sampled_from(
+        ["mapping"] * 12 + ["unknown", "stream", "list", "misaligned", "frozen"]))
+    if kind == "unknown":
+        data["unknown"] = np.zeros((n, 2))
+    elif kind == "stream":
+        return [data]  # a stream of one chunk (cca and lbfgs)
+    elif kind == "list":
+        return list(data.values())
+    elif kind == "misaligned" and data:
+        data[next(iter(data))] = np.zeros((n + 1, 1))
+    elif kind == "frozen":
+        return {**data, "frozen": ()}  # a keyword in the data: an unknown model
+    return data
+
+
+def _published(space, before, data_names):
+    """Weights changed only for models of the data, all finite, right shapes."""
+    for name, (P0, R0) in before["weights"].items():
+        P, R = space.weights(name)
+        assert P.shape == (space.models[name], space.dim)
+        assert R.shape == (space.dim, space.models[name])
+        assert P.dtype == R.dtype == space.dtype
+        assert np.isfinite(P).all() and np.isfinite(R).all()
+        if name not in data_names and space.dim == before["dim"]:
+            assert P.tobytes() == P0.tobytes() and R.tobytes() == R0.tobytes()
+
+
+@pytest.mark.parametrize("solver", _SOLVERS)
+@given(data=st.data(), space=spaces(min_models=2))
+def test_train_projections(solver, data, space):
+    batch = data.draw(training_data(space), label="data")
+    options = data.draw(configs(solver), label="options")
+    before = snapshot(space)
+    offsets = {name: space.offset(name) for name in space.models}
+
+    def train():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return space.train_projections(batch, **options)
+
+    status, result = _refused(train, TRAIN_REFUSED)
+    if status == "refused":
+        assert_unchanged(space, before)
+        for name, mu in offsets.items():
+            assert space.offset(name) is mu
+        return
+    if isinstance(batch, list):  # a stream of chunks: for cca and lbfgs
+        assert solver in ("cca", "lbfgs")
+        batch = batch[0]
+    assert isinstance(batch, dict) and len(batch) >= 2
+    assert set(batch) <= set(space.models)
+    assert result.solver == solver and len(result.loss_history) >= 1
+    assert all(math.isfinite(v) for v in result.loss_history)
+    _published(space, before, set(batch))
+    for name in batch:  # project stays (x - mu) @ P with the new weights
+        x = np.random.default_rng(0).normal(size=(2, space.models[name]))
+        expected, bound = _affine_reference(_weights(space, name, "P"), x, "P")
+        _check_map(space.project(name, x), expected, bound, space.dtype)
+    if solver == "sgd" and options.get("objective") in (None, "reference") and (
+        options.get("init", "current") == "current"
+        and options.get("latent_dim") in (None, before["dim"])
+    ):
+        # SPEC.md's reference optimiser, line by line.
+        names_ = [n for n in space.models if n in batch]
+        # The optimiser sees the samples minus the models' current offsets.
+        Xs = [np.asarray(batch[n], dtype=space.dtype).astype(np.float64)
+              - (0.0 if offsets[n] is None else offsets[n].astype(np.float64))
+              for n in names_]
+        Ps = [before["weights"][n][0].astype(np.float64) for n in names_]
+        Rs = [before["weights"][n][1].astype(np.float64) for n in names_]
+        Ps, Rs = reference_sgd(
+            Xs, Ps, Rs, float(options["learning_rate"]), len(result.loss_history),
+            float(options.get("alignment_weight", 1.0)),
+        )
+        if all(np.isfinite(P).all() and np.abs(P).max() < 1e3 for P in Ps):
+            tol = 1e-8 if space.dtype == np.float64 else 1e-3
+            for name, P, R in zip(names_, Ps, Rs):
+                got = space.weights(name)
+                np.testing.assert_allclose(got[0], P, rtol=tol, atol=tol)
+                np.testing.assert_allclose(got[1], R, rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------ save, load
+
+
+@given(space=spaces(), data=st.data())
+def test_save_load_round_trip_and_damage(space, data):
+    directory = tempfile.mkdtemp(dir=_TMP)
+    path = os.path.join(directory, "space.npz")
+    before = snapshot(space)
+    space.save(path)
+    assert_unchanged(space, before)
+    loaded = LatentSpace.load(path)
+    assert_unchanged(loaded, before)
+    for name in space.models:
+        a, b = space.offset(name), loaded.offset(name)
+        assert (a is None) == (b is None)
+        assert a is None or a.tobytes() == b.tobytes()
+    raw = _read_bytes(path)
+    damage = data.draw(st.sampled_from(["flip", "cut", "append", "zero", "swap"]))
+    position = data.draw(st.integers(0, len(raw) - 1))
+    if damage == "flip":
+        bad = bytearray(raw)
+        bad[position] ^= data.draw(st.integers(1, 255))
+    elif damage == "cut":
+        bad = raw[:position]
+    elif damage == "append":
+        bad = raw + data.draw(st.binary(min_size=1, max_size=16))
+    elif damage == "zero":
+        bad = raw[:position] + bytes(min(64, len(raw) - position)) + raw[position + 64:]
+    else:
+        bad = raw[position:] + raw[:position]
+    damaged = os.path.join(directory, "damaged.npz")
+    with open(damaged, "wb") as file:
+        file.write(bytes(bad))
+    status, result = _refused(lambda: LatentSpace.load(damaged), SpaceFileError)
+    if status == "ok":  # only bytes outside the content (zip metadata) changed
+        assert_unchanged(result, before)
+
+
+@given(
+    path=st.one_of(
+        st.sampled_from(["", ".", "missing/dir/s.npz", "\0bad", "a" * 300, "dir"]),
+        st.sampled_from([None, 3, b"bytes.npz", ["s.npz"]]),
+        st.text(min_size=1, max_size=8).filter(lambda t: "/" not in t and "\0" not in t),
+    ),
+    config=st.sampled_from([None, {"n_epochs": 3}, ProjectionConfig(), 5, "x"]),
+)
+def test_save_and_load_bad_paths(path, config):
+    directory = tempfile.mkdtemp(dir=_TMP)
+    os.mkdir(os.path.join(directory, "dir"))
+    space = _space("float64", 2, (2, 3), True, 0)
+    before = snapshot(space)
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        status, _ = _refused(lambda: space.save(path, config=config), (*REFUSED, OSError))
+        assert_unchanged(space, before)
+        if status == "ok":
+            _refused(lambda: assert_unchanged(LatentSpace.load(path), before))
+        else:  # nothing but the directory we made
+            assert sorted(os.listdir(directory)) == ["dir"]
+        status, loaded = _refused(
+            lambda: LatentSpace.load(path), (*REFUSED, OSError)
+        )
+    finally:
+        os.chdir(cwd)
+
+
+# ---------------------------------------------------------- search, evaluate
+
+
+def _unit(Z):
+    """Rows scaled to unit length (zero rows stay zero), without overflow."""
+    if Z.size:
+        Z = Z / np.maximum(np.abs(Z).max(axis=1), 1e-300)[:, None]
+    norms = np.sqrt((Z * Z).sum(axis=1))
+    return Z / np.maximum(norms, np.finfo(np.float64).tiny)[:, None]
+
+
+def _reference_scores(Q, G, method, csls_k):
+    """Cosine or CSLS scores of unit query rows against unit gallery rows."""
+    S = Q @ G.T
+    if method == "cosine" or not S.size:
+        return S
+    kt, ks = min(csls_k, len(G)), min(csls_k, len(Q))
+    r_t = np.sort(S, axis=1)[:, len(G) - kt:].mean(axis=1)
+    r_s = np.sort(S.T, axis=1)[:, len(Q) - ks:].mean(axis=1)
+    return 2 * S - r_t[:, None] - r_s[None, :]
+
+
+def _latents(space, name, rows):
+    expected, _ = _affine_reference(_weights(space, name, "P"), rows, "P")
+    return _unit(np.atleast_2d(expected))
+
+
+_TIE = {np.dtype("float64"): 1e-9, np.dtype("float32"): 1e-3}
+
+
+_SEARCH_OPTIONS = {
+    "method": (["csls", "cosine"], ["CSLS", None, 1]),
+    "k": ([1, 1, 2, 3], [0, -1, 2.0, True, 10**6]),
+    "csls_k": ([10, 1, 2], [0, None]),
+    "batch_size": ([None, 1, 2, 10**9], [0, 1.0]),
+}
+
+
+@st.composite
+def search_options(draw):
+    options = {key: draw(st.sampled_from(valid))
+               for key, (valid, _) in _SEARCH_OPTIONS.items()}
+    broken = draw(st.sampled_from([None] * 6 + list(_SEARCH_OPTIONS)))
+    if broken is not None:
+        options[broken] = draw(st.sampled_from(_SEARCH_OPTIONS[broken][1]))
+    return options
+
+
+@given(data=st.data(), space=spaces(), options=search_options())
+def test_search(data, space, options):
+    method, k, csls_k, batch_size = (
+        options[key] for key in ("method", "k", "csls_k", "batch_size"))
+    source = data.draw(names(space), label="source")
+    target = data.draw(st.sampled_from(list(space.models)), label="target")
+    known = all(isinstance(n, str) and n in space.models for n in (source, target))
+    queries = data.draw(arrays(space.models[source] if known else 2,
+                               space_dtype=space.dtype), label="queries")
+    gallery = data.draw(arrays(space.models[target] if known else 2,
+                               rows=st.integers(1, 5), space_dtype=space.dtype,
+                               valid_ndims=(2,)), label="gallery")
+    before = snapshot(space)
+
+    status, result = _refused(lambda: space.search(
+        source, queries, target, gallery, k=k, method=method, csls_k=csls_k,
+        batch_size=batch_size))
+
+    assert_unchanged(space, before)
+    if status == "refused":
+        return
+    assert known and method in ("csls", "cosine")
+    q = _reference_rows(queries, space.models[source], space.dtype)
+    g = _reference_rows(gallery, space.models[target], space.dtype)
+    assert q is not None and g is not None and g.ndim == 2
+    indices, scores = result
+    Q, G = _latents(space, source, q), _latents(space, target, g)
+    assert k >= 1
+    k = min(k, len(G))  # "at most the gallery's size"
+    shape = (k,) if q.ndim == 1 else (len(Q), k)
+    assert indices.shape == scores.shape == shape
+    assert indices.dtype == np.int64 and scores.dtype == space.dtype
+    S = _reference_scores(Q, G, method, csls_k)
+    indices, scores = np.atleast_2d(indices), np.atleast_2d(scores)
+    tie = _TIE[space.dtype]
+    for i in range(len(Q)):
+        assert len(set(indices[i])) == k  # distinct items, best first
+        np.testing.assert_allclose(scores[i], S[i, indices[i]], atol=tie, rtol=0)
+        assert (np.diff(scores[i]) <= tie).all()
+        best = np.sort(S[i])[::-1][:k]
+        np.testing.assert_allclose(S[i, indices[i]], best, atol=2 * tie, rtol=0)
+
+
+@given(data=st.data(), space=spaces(min_models=2),
+       k=st.sampled_from([1, (1, 3), [2, 2], 5, 0, (), "1", None, 1.0]),
+       method=st.sampled_from(["csls", "cosine", "bad"]))
+def test_metrics_and_evaluate(data, space, k, method):
+    batch = data.draw(training_data(space), label="data")
+    before = snapshot(space)
+    calls = {
+        "evaluate": lambda: space.evaluate(batch, k=k, method=method, csls_k=2),
+        "retrieval_scores": lambda: metrics.retrieval_scores(
+            space, batch, k=k, method=method, csls_k=2),
+        "reconstruction_r2": lambda: metrics.reconstruction_r2(space, batch),
+    }
+    names_ = list(batch) if isinstance(batch, dict) else []
+    if len(names_) >= 2:
+        a, b = names_[:2]
+        calls["retrieval_ranks"] = lambda: metrics.retrieval_ranks(
+            space, a, batch[a], b, batch[b], method=method, csls_k=2)
+    which = data.draw(st.sampled_from(sorted(calls)), label="function")
+    status, result = _refused(calls[which])
+    assert_unchanged(space, before)
+    if status == "refused":
+        return
+    if which == "retrieval_ranks":
+        names_ = [a, b]
+    blocks = {n: _reference_rows(batch[n], space.models[n], space.dtype) for n in names_}
+    assert all(x is not None and x.ndim == 2 and len(x) for x in blocks.values())
+    latents = {n: _latents(space, n, x) for n, x in blocks.items()}
+    tie = _TIE[space.dtype]
+
+    def rank_bounds(a, b):
+        S = _reference_scores(latents[a], latents[b], method, 2)
+        paired = np.diag(S)[:, None]
+        return 1 + (S > paired + tie).sum(axis=1), (S >= paired - tie).sum(axis=1)
+
+    def r2(predicted, X):
+        sse = ((predicted - X) ** 2).sum()
+        sst = ((X - X.mean(axis=0)) ** 2).sum()
+        return (1.0 if sse == 0 else 0.0) if sst == 0 else 1 - sse / sst
+
+    def reconstruction(n):
+        P, mu = _weights(space, n, "P")
+        z, _ = _affine_reference((P, mu), blocks[n], "P")
+        return _affine_reference(_weights(space, n, "R"), z, "R")[0]
+
+    if which == "retrieval_ranks":
+        low, high = rank_bounds(a, b)
+        assert result.dtype == np.int64 and ((low <= result) & (result <= high)).all()
+    elif which == "reconstruction_r2":
+        assert set(result) == set(blocks)
+        for n, value in result.items():
+            expected = r2(reconstruction(n), blocks[n])
+            assert abs(value - expected) <= 1e-6 * max(1.0, abs(expected))
+    else:
+        scores = result if which == "retrieval_scores" else result.retrieval
+        assert set(scores) == {(a, b) for a in blocks for b in blocks if a != b}
+        ks = sorted({k} if isinstance(k, int) else set(k))
+        for (a, b), values in scores.items():
+            low, high = rank_bounds(a, b)
+            for cut in ks:  # top-k accuracy lies between the two rankings
+                top = values[f"top{cut}"]
+                assert np.mean(high <= cut) - 1e-12 <= top <= np.mean(low <= cut) + 1e-12
+            assert np.mean(1 / high) - 1e-12 <= values["mrr"] <= np.mean(1 / low) + 1e-12
+        if which == "evaluate":
+            for n, value in result.reconstruction_r2.items():
+                expected = r2(reconstruction(n), blocks[n])
+                assert abs(value - expected) <= 1e-6 * max(1.0, abs(expected))
+
+
+# ---------------------------------------------------------------- estimator
+
+
+_ESTIMATOR_OPTIONS = {
+    "latent_dim": ([1, 2, 3], [0, -1, 1.5]),
+    "n_epochs": ([1, 2], [0]),
+    "solver": (["sgd", "cca", "lbfgs", "minibatch"], ["nope"]),
+    "dtype": (["float64", "float32"], ["int8"]),
+    "method": (["cosine", "csls"], ["x"]),
+    "learning_rate": ([0.01], [-1.0]),
+}
+
+
+@st.composite
+def estimator_params(draw):
+    params = {key: draw(st.sampled_from(valid))
+              for key, (valid, _) in _ESTIMATOR_OPTIONS.items()}
+    broken = draw(st.sampled_from([None] * 8 + list(_ESTIMATOR_OPTIONS)))
+    if broken is not None:
+        params[broken] = draw(st.sampled_from(_ESTIMATOR_OPTIONS[broken][1]))
+    return params
+
+
+@given(data=st.data(), params=estimator_params())
+def test_sklearn_estimator(data, params):
+    from latentspace.sklearn import SharedLatentSpace
+
+    n_views = data.draw(st.sampled_from([2, 2, 3, 0, 1]), label="views")
+    n = data.draw(st.sampled_from([6, 3, 1, 0]), label="n")
+    dtype = "float32" if params.get("dtype") == "float32" else "float64"
+    views = [data.draw(arrays(data.draw(st.integers(1, 4)), rows=st.just(n),
+                              space_dtype=dtype, valid_ndims=(2,)), label=f"view{i}")
+             for i in range(n_views)]
+    if data.draw(st.integers(0, 5)) == 0:
+        views = views[0] if views else views  # a single array, not a list
+    estimator = SharedLatentSpace(**params)
+    status, fitted = _refused(lambda: estimator.fit(views), TRAIN_REFUSED)
+    if status == "refused":
+        assert not hasattr(estimator, "space_")
+        return
+    space = fitted.space_
+    before = snapshot(space)
+    other = data.draw(st.sampled_from(["same", "fewer", "wrong-width"]))
+    new = views if other == "same" else views[:1] if other == "fewer" else [
+        np.zeros((2, w + 1)) for w in fitted.n_features_]
+    status, out = _refused(lambda: fitted.transform(new))
+    assert_unchanged(space, before)
+    if status == "refused":
+        assert other != "same"
+        return
+    assert other == "same"
+    for name, view, Z in zip(fitted.view_names_, views, out):
+        x = _reference_rows(view, space.models[name], space.dtype)
+        expected, bound = _affine_reference(_weights(space, name, "P"), x, "P")
+        _check_map(Z, expected, bound, space.dtype)
+
+
+# ---------------------------------------------------------------------- CLI
+
+_CLI_COMMANDS = ["info", "train", "project", "translate", "search", "evaluate", "nope"]
+
+
+@st.composite
+def command_lines(draw, files):
+    """argv for `main`: a command, its arguments (files that exist, are damaged,
+    missing, or of the wrong shape) and options."""
+    command = draw(st.sampled_from(_CLI_COMMANDS))
+    file = st.sampled_from(sorted(files))
+    model = st.sampled_from(["a", "b", "c", ""])
+    pair = st.builds(lambda m, f: f"{m}={f}", model, file)
+    argv = [command]
+    if command == "train":
+        argv += [draw(st.sampled_from(["out.npz", "space.npz", "missing/x.npz"]))]
+        argv += draw(st.lists(pair, min_size=0, max_size=3))
+        options = ["--dim", "--epochs", "--solver", "--learning-rate", "--tol",
+                   "--dtype", "--continue", "--observed", "--freeze", "--seed"]
+    elif command in ("project", "translate"):
+        argv += [draw(file)] + draw(st.lists(model, min_size=1, max_size=2))
+        argv += [draw(file), "-o", draw(st.sampled_from(["o.npy", "missing/o.npy"]))]
+        options = []
+    elif command == "search":
+        argv += [draw(file), draw(pair), draw(pair)]
+        options = ["-k", "--csls-k", "--method", "-o", "--reference", "--show"]
+    elif command == "evaluate":
+        argv += [draw(file)] + draw(st.lists(pair, min_size=1, max_size=3))
+        options = ["-k", "--method", "--json"]
+    else:
+        argv += [draw(file)]
+        options = ["--json"]
+    values = st.sampled_from(["1", "2", "0", "-1", "x", "cca", "sgd", "1e-3", "nan",
+                              "float32", "a", "a=mask.npy", "cosine", "space.npz"])
+    for option in draw(st.lists(st.sampled_from(options), max_size=3)) if options else []:
+        argv += [option] if option == "--json" else [option, draw(values)]
+    if draw(st.integers(0, 9)) == 0:
+        argv.insert(draw(st.integers(0, len(argv))), draw(st.sampled_from(
+            ["--help", "--bogus", "-q", "--", "=", "a=b=c"])))
+    return argv
+
+
+def _cli_files(directory):
+    rng = np.random.default_rng(0)
+    space = LatentSpace(2, seed=1)
+    space.register("a", 3)
+    space.register("b", 4)
+    space.save(os.path.join(directory, "space.npz"))
+    arrays_ = {
+        "a.npy": rng.normal(size=(6, 3)), "b.npy": rng.normal(size=(6, 4)),
+        "short.npy": rng.normal(size=(2, 4)), "vector.npy": rng.normal(size=3),
+        "nan.npy": np.full((6, 3), np.nan), "int.npy": np.arange(18).reshape(6, 3),
+        "str.npy": np.array([["x"] * 3] * 6), "mask.npy": np.arange(6) % 2 == 0,
+        "empty.npy": np.zeros((0, 3)),
+    }
+    for name, array in arrays_.items():
+        np.save(os.path.join(directory, name), array)
+    np.savez(os.path.join(directory, "two.npz"), x=arrays_["a.npy"], y=arrays_["a.npy"])
+    with open(os.path.join(directory, "garbage.npy"), "wb") as file:
+        file.write(b"\x93NUMPY garbage")
+    with open(os.path.join(directory, "text.npz"), "w") as file:
+        file.write("not a zip")
+    os.mkdir(os.path.join(directory, "folder"))
+    return sorted(os.listdir(directory)) + ["missing.npy"]
+
+
+@given(data=st.data())
+def test_command_line(data):
+    directory = tempfile.mkdtemp(dir=_TMP)
+    files = _cli_files(directory)
+    argv = data.draw(command_lines(files), label="argv")
+    space_file = os.path.join(directory, "space.npz")
+    saved = _read_bytes(space_file)
+    cwd = os.getcwd()
+    os.chdir(directory)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+                code = exc.code
+    finally:
+        os.chdir(cwd)
+    note(f"exit {code}; stderr: {err.getvalue()[-500:]}")
+    event(f"exit code {code}")
+    assert code in (0, 1, 2), code
+    if code != 0:
+        assert "error" in err.getvalue() or "usage" in err.getvalue()
+        # A failed command leaves the saved space as it was.
+        assert _read_bytes(space_file) == saved
+    assert "Traceback" not in err.getvalue()
+    for name in os.listdir(directory):
+        assert not name.endswith(".tmp"), name  # no temporary file left behind
+
+
+# --------------------------------------------------------- found by fuzzing
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_validation.as_kernel_array casts float64 input beyond float32's "
+    "range with NumPy's RuntimeWarning ('overflow encountered in cast'); with "
+    "warnings as errors that escapes as RuntimeWarning, otherwise it is "
+    "reported as 'contains NaN or Inf' (owner of _validation.py to fix)",
+)
+def test_float32_space_refuses_float64_overflow_with_a_value_error():
+    space = LatentSpace(3, dtype="float32")
+    space.register("a", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="float32"):
+            space.project("a", np.array([1e300, 1.0]))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=MemoryError,
+    reason="ProjectionConfig accepts any latent_dim >= 1 (no BLAS-int bound, "
+    "unlike LatentSpace(dim)), and train_projections re-initialises every model "
+    "at that size before validating the data: NumPy's MemoryError (8 TiB) "
+    "instead of an InvalidParameterError (owner of _config.py/_space.py to fix)",
+)
+def test_huge_latent_dim_is_refused_before_any_allocation():
+    space = LatentSpace(4)
+    space.register("a", 3)
+    space.register("b", 3)
+    data = {"a": np.ones((5, 3)), "b": np.ones((5, 3))}
+    before = snapshot(space)
+    with pytest.raises(ValueError, match="latent_dim"):
+        space.train_projections(data, latent_dim=2**40)
+    assert_unchanged(space, before)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_huge_latents_keep_their_direction_in_search(dtype):
+    # Found by fuzzing: the squared norm of a latent beyond sqrt(max) overflowed,
+    # and such a query or item had cosine 0 with everything instead of +-1.
+    space = LatentSpace(1, dtype=dtype)
+    space.register("a", 1)
+    big = 1e300 if dtype == "float64" else 1e30
+    queries = np.array([[big], [1.0]])
+    gallery = np.array([[-1.0], [big], [0.5]])
+    indices, scores = space.search("a", queries, "a", gallery, k=3, method="cosine")
+    np.testing.assert_array_equal(indices, [[1, 2, 0], [1, 2, 0]])
+    np.testing.assert_allclose(scores, [[1, 1, -1], [1, 1, -1]], rtol=1e-6)
