@@ -3,6 +3,7 @@
 
     python benchmarks/bench_scale.py                    # 2 million rows (5 GB)
     python benchmarks/bench_scale.py --rows 20000000 --repeats 1   # 51 GB
+    python benchmarks/bench_scale.py --paths stream dask            # some ways
 
 Writes SYNTHETIC aligned embeddings of two models (widths 384 and 256,
 float32: 32 shared factors plus noise) as two memory-mapped ``.npy`` files,
@@ -230,6 +231,8 @@ def main():
     parser.add_argument("--chunk-rows", type=int, default=16_384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tmp", default=None, help="where to make the temp dir")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS),
+                        help="which ways to fit (default: all)")
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -259,7 +262,7 @@ def main():
         print(f"{'path':8} {'rows':>12} {'k rows/s':>9} {'Gram':>7} {'ratio':>6} "
               f"{'peak RSS':>10} {'peak anon':>10}")
         for n in (args.rows // 4, args.rows):
-            for path in PATHS:
+            for path in args.paths:
                 runs = [run_child(path, directory, n, args.chunk_rows)
                         for _ in range(args.repeats)]
                 rate, gram, ratio, rss, anon = (
