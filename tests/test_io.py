@@ -498,6 +498,73 @@ def test_failure_at_commit_leaves_the_existing_file(saved, monkeypatch, step):
     assert os.listdir(path.parent) == [path.name]
 
 
+class _FailingFile:
+    """A binary file whose ``fail_at``-th write raises ``error``."""
+
+    def __init__(self, file, fail_at, error):
+        self._file, self._fail_at, self._error, self._writes = file, fail_at, error, 0
+
+    def write(self, data):
+        self._writes += 1
+        if self._writes == self._fail_at:
+            self._file.write(bytes(data)[: len(data) // 2])  # a partial write
+            raise self._error("write failed")
+        return self._file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+_SAVE_STEPS = ["open", "write-1", "write-3", "fsync", "stat", "chmod", "replace"]
+
+
+@pytest.mark.parametrize("error", [OSError, KeyboardInterrupt])
+@pytest.mark.parametrize("step", _SAVE_STEPS)
+def test_failure_at_every_step_of_save(saved, monkeypatch, step, error):
+    """Whatever step of `save` fails (creating the temporary file, any write,
+    fsync, copying the mode, the rename), with an OSError or Ctrl-C: the
+    existing file is untouched, no temporary file is left, the space is as it
+    was and a later save works."""
+    space, path = saved
+    os.chmod(path, 0o640)  # the mode is copied only onto an existing file
+    before = path.read_bytes()
+    other = _other_space()
+    weights = [w.tobytes() for w in other.weights("other")]
+    if step.startswith("write"):
+        fail_at = int(step.split("-")[1])
+        original = _io._write_npz
+        monkeypatch.setattr(
+            _io,
+            "_write_npz",
+            lambda file, members: original(_FailingFile(file, fail_at, error), members),
+        )
+    else:
+        function = getattr(_io.os, step)
+        calls = []
+
+        def failing(*args, **kwargs):
+            calls.append(args)
+            if len(calls) == 1:  # the first call of save's step
+                raise error(f"{step} failed")
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(_io.os, step, failing)
+    if step in ("stat", "chmod") and error is OSError:
+        # Copying the mode is best effort: the save goes through.
+        other.save(path)
+        assert LatentSpace.load(path).models == {"other": 3}
+        assert os.listdir(path.parent) == [path.name]
+        return
+    with pytest.raises(error, match="failed"):
+        other.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == [path.name]
+    assert [w.tobytes() for w in other.weights("other")] == weights
+    other.save(path)
+    assert LatentSpace.load(path).models == {"other": 3}
+
+
 def test_interrupt_mid_write_leaves_no_file(tmp_path, monkeypatch):
     path = tmp_path / "new.npz"
 
