@@ -183,7 +183,7 @@ def arrays(draw, width, rows=st.integers(0, 4), space_dtype="float64",
     """Array-likes meant for rows of ``width``: mostly right, often not.
 
     For a float32 space no finite value beyond float32's range is drawn: that
-    case is a known bug, pinned by the xfail test at the end of this module.
+    case has its own test at the end of this module.
     """
     # Three in four are valid (right width, one or two dimensions, a real
     # dtype, finite), in any layout; the others are anything.
@@ -477,7 +477,7 @@ _OPTIONS = {
     "init": (["current", "cca"], ["random", None]),
     "batch_size": ([1, 2, 256], [0, None, 1.5]),
     "tol": ([None, 1e-3, 0.5], [-1.0, "1"]),
-    # A huge latent_dim is a known bug (xfail test at the end of the module).
+    # A huge latent_dim has its own test at the end of the module.
     "latent_dim": ([None, 1, 2, 3], [0, -2, 1.5, "2"]),
     "progress": ([False], ["yes", None]),
     "callback": ([None, lambda state: None, lambda state: state.iteration >= 1],
@@ -981,13 +981,6 @@ def test_command_line(data):
 # --------------------------------------------------------- found by fuzzing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_validation.as_kernel_array casts float64 input beyond float32's "
-    "range with NumPy's RuntimeWarning ('overflow encountered in cast'); with "
-    "warnings as errors that escapes as RuntimeWarning, otherwise it is "
-    "reported as 'contains NaN or Inf' (owner of _validation.py to fix)",
-)
 def test_float32_space_refuses_float64_overflow_with_a_value_error():
     space = LatentSpace(3, dtype="float32")
     space.register("a", 2)
@@ -997,14 +990,6 @@ def test_float32_space_refuses_float64_overflow_with_a_value_error():
             space.project("a", np.array([1e300, 1.0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MemoryError,
-    reason="ProjectionConfig accepts any latent_dim >= 1 (no BLAS-int bound, "
-    "unlike LatentSpace(dim)), and train_projections re-initialises every model "
-    "at that size before validating the data: NumPy's MemoryError (8 TiB) "
-    "instead of an InvalidParameterError (owner of _config.py/_space.py to fix)",
-)
 def test_huge_latent_dim_is_refused_before_any_allocation():
     space = LatentSpace(4)
     space.register("a", 3)

@@ -10,7 +10,7 @@ import numpy as np
 from ._exceptions import InvalidParameterError
 from ._monitor import TrainingState
 from ._solvers import INITS, OBJECTIVES, SOLVERS
-from ._validation import check_float, check_int
+from ._validation import check_dim, check_float, check_int
 
 __all__ = ["ProjectionConfig", "TrainingResult", "TrainingState", "resolve_config"]
 
@@ -115,7 +115,7 @@ class ProjectionConfig:
 
     def __post_init__(self):
         if self.latent_dim is not None:
-            latent_dim = check_int("latent_dim", self.latent_dim, 1)
+            latent_dim = check_dim("latent_dim", self.latent_dim)
             object.__setattr__(self, "latent_dim", latent_dim)
         checked = {
             "learning_rate": check_float(

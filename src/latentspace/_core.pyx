@@ -295,7 +295,7 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                         diff = xhat[r * d + j] - X[i0 + r, col + j]
                         total += diff * diff
                 col += d
-                off += d * k
+                off += <Py_ssize_t> d * k
             for r in range(rows):
                 count = M
                 if masked:
@@ -380,7 +380,7 @@ def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                     Z[m, j] = 0
                 _vecmat(d, k, &X[i, col], &P[off], &Z[m, 0])
                 col += d
-                off += d * k
+                off += <Py_ssize_t> d * k
             if masked:
                 count = 0
                 for m in range(M):
@@ -424,7 +424,7 @@ def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                         for j in range(k):
                             Pm[r * k + j] -= s * g[j]
                 col += d
-                off += d * k
+                off += <Py_ssize_t> d * k
             if status < n:
                 break
             if check_every and (i + 1) % check_every == 0:
@@ -457,7 +457,7 @@ def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
             _vecmat(k, d, &Z[m, 0], &R[off], &E[0, col])
             _vecmat(d, k, x1 + col, &P[off], &V[0, m, 0])
             col += d
-            off += d * k
+            off += <Py_ssize_t> d * k
 
 
 def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
@@ -580,9 +580,9 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 Xw = &XW[0, col]
                 # Window slot b holds this sample's update of R: lr * outer(z, e).
                 for j in range(k):
-                    Zw[b * k + j] = lr * z[j]
+                    Zw[<Py_ssize_t> b * k + j] = lr * z[j]
                 for r in range(d):
-                    Ew[b * D + r] = e[r]
+                    Ew[<Py_ssize_t> b * D + r] = e[r]
                 # g = R_now @ e + w * a, R_now = R - Zw.T @ Ew (slot b included)
                 for j in range(nb):
                     t[j] = 0
@@ -598,7 +598,7 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 j0 = 0
                 while j0 < k:
                     rows = min(rstep, k - j0)
-                    Rb = &R[off + j0 * d]
+                    Rb = &R[off + <Py_ssize_t> j0 * d]
                     # g[b] += R[b] @ e, for the block b of rows
                     _gemv(rows, d, 1, Rb, d, e, &g[j0])
                     for j in range(j0, j0 + rows):
@@ -616,9 +616,9 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                     break
                 # Window slot b holds this sample's update of P: lr * outer(x, g).
                 for r in range(d):
-                    Xw[b * D + r] = lr * x[col + r]
+                    Xw[<Py_ssize_t> b * D + r] = lr * x[col + r]
                 for j in range(k):
-                    Gw[b * k + j] = g[j]
+                    Gw[<Py_ssize_t> b * k + j] = g[j]
                 # v'' = x'' @ P_now = x'' @ P - (Xw @ x'') @ Gw, x'' the sample
                 # after next
                 for j in range(k):
@@ -629,7 +629,7 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 _gemv(nb, d, 1, Xw, D, x2 + col, &t[0])
                 _gevm(nb, k, -1, &t[0], Gw, k, v2)
                 col += d
-                off += d * k
+                off += <Py_ssize_t> d * k
             if status < n:
                 break
             cur = nxt
@@ -659,4 +659,4 @@ cdef void _fold_window(const Py_ssize_t[::1] widths, int nb, floating* P, floati
         _sub_outer_sum(k, d, nb, ZW + m * B * k, k, EW + col, D, R + off)
         _sub_outer_sum(d, k, nb, XW + col, D, GW + m * B * k, k, P + off)
         col += d
-        off += d * k
+        off += <Py_ssize_t> d * k

@@ -21,7 +21,7 @@ __all__ = ["apply"]
 
 def _map_block(block, weights, shift, dtype, name, what, block_info=None):
     """One block of `apply`: ``block @ weights + shift`` by the compiled map."""
-    x = as_kernel_array(block, dtype)
+    x = as_kernel_array(block, dtype, f"{what} for model {name!r}")
     result = _core.AffineMap(weights, shift)(x)
     if result is not None:
         return result

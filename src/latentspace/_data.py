@@ -164,9 +164,10 @@ class _Arrays(_Source):
 
     def _block(self, m):
         """Model ``m``'s samples as a kernel array, checked."""
-        block = as_kernel_array(self.arrays[m], self.dtype)
+        what = f"data for model {self.names[m]!r}"
+        block = as_kernel_array(self.arrays[m], self.dtype, what)
         mask = None if self.observed is None else self.observed[:, m]
-        check_finite(block, f"data for model {self.names[m]!r}", mask)
+        check_finite(block, what, mask)
         return block
 
     def statistics(self, offsets):
@@ -295,9 +296,10 @@ def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
     sums = chunk_sums(names, blocks, observed, offsets, dtype)
     if not all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values()):
         for m, (name, block) in enumerate(zip(names, blocks)):
+            what = f"data for model {name!r}{where}"
             check_finite(
-                as_kernel_array(block, dtype),
-                f"data for model {name!r}{where}",
+                as_kernel_array(block, dtype, what),
+                what,
                 None if observed is None else observed[:, m],
                 first_row,
             )
@@ -394,7 +396,7 @@ class _DaskArrays(_Source):
         arrays, observed = dask.compute(self.arrays, self.observed)
         blocks = []
         for m, (name, array) in enumerate(zip(self.names, arrays)):
-            block = as_kernel_array(array, self.dtype)
+            block = as_kernel_array(array, self.dtype, f"data for model {name!r}")
             mask = None if observed is None else observed[:, m]
             check_finite(block, f"data for model {name!r}", mask)
             blocks.append(block)

@@ -410,13 +410,9 @@ class LatentSpace:
             snapshot = self._snapshot
             rng = self._rng
             dim = snapshot.dim if config.latent_dim is None else config.latent_dim
-            start = snapshot.models
             if dim != snapshot.dim:
                 rng = copy.deepcopy(rng)
-                start = {
-                    name: _xavier(rng, m.input_dim, dim, self._dtype)
-                    for name, m in start.items()
-                }
+        start = snapshot.models
         with training_data(data, start, self._dtype, observed=observed) as source:
             names = source.names
             frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
@@ -426,6 +422,11 @@ class LatentSpace:
                     "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
                     "memory-mapped files work)"
                 )
+            if dim != snapshot.dim:  # every model afresh, after the checks
+                start = {
+                    name: _xavier(rng, m.input_dim, dim, self._dtype)
+                    for name, m in start.items()
+                }
             check_progress_available(config.progress)
             try:
                 outcome = train(

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Checks that turn user input into the arrays the kernels expect."""
 
+import contextlib
 import math
 import numbers
 import operator
@@ -125,7 +126,7 @@ def as_rows(value, width, dtype, what):
         raise InvalidParameterError(
             f"{what} has {array.shape[0]} rows; at most {BLAS_INT_MAX} per call"
         )
-    return as_kernel_array(array, dtype)
+    return as_kernel_array(array, dtype, what)
 
 
 def check_out(out, shape, dtype):
@@ -142,10 +143,23 @@ def check_out(out, shape, dtype):
         raise InvalidParameterError("out must be C-contiguous, aligned and writeable")
 
 
-def as_kernel_array(array, dtype):
+def as_kernel_array(array, dtype, what):
     """``array`` as an aligned, native-endian, C-contiguous ``dtype`` array,
-    copied only if needed."""
-    return np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    copied only if needed; raise if a finite value does not fit ``dtype``."""
+    dtype = np.dtype(dtype)
+    narrowing = array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize
+    with np.errstate(over="ignore") if narrowing else contextlib.nullcontext():
+        out = np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    if narrowing and not np.isfinite(out).all():
+        overflow = np.isinf(out) & np.isfinite(array)
+        if overflow.any():
+            where = tuple(int(i) for i in np.argwhere(overflow)[0])
+            raise InvalidParameterError(
+                f"{what} holds {float(array[where])!r} (at index {where}), beyond "
+                f"the range of the space's {dtype} (largest "
+                f"{float(np.finfo(dtype).max):.4g})"
+            )
+    return out
 
 
 def check_finite(array, what, mask=None, first_row=0):
