@@ -539,3 +539,14 @@ def test_failed_redimensioning_training_changes_nothing(dtype):
 )
 def test_failed_redimensioning_validation_changes_nothing(data, exc, match):
     assert_fails_cleanly(train_data(data, latent_dim=7), exc, match)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "cca"])
+def test_float32_training_data_beyond_range_is_named(solver):
+    data = {"a": with_value(XA, 3, 1, 1e300), "b": XB}
+    match = (r"data for model 'a' holds 1e\+300 \(at index \(3, 1\)\), beyond the "
+             r"range of the space's float32")
+    assert_fails_cleanly(
+        lambda space: space.train_projections(data, solver=solver), ValueError, match,
+        "float32",
+    )
