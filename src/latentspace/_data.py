@@ -42,7 +42,8 @@ def is_dask_array(value):
     return type(value).__module__.startswith("dask.") and hasattr(value, "chunks")
 
 
-def _describe(data, min_models):
+def _check_model_count(data, min_models):
+    """Raise unless the mapping ``data`` names at least ``min_models`` models."""
     if len(data) < min_models:
         needed = "two models" if min_models == 2 else "one model"
         raise InvalidParameterError(
@@ -124,8 +125,8 @@ def _check_counts(names, counts, where="(observed)"):
 
 
 class _Source:
-    """Common attributes: ``names``, ``widths``, ``dtype`` and ``n_samples``
-    (None for a stream, whose length is known at the end)."""
+    """Common attributes: ``names`` (registration order), ``widths`` and
+    ``dtype``."""
 
     streamed = False
 
@@ -149,7 +150,7 @@ class _Source:
 
 class _Arrays(_Source):
     def __init__(self, data, models, dtype, observed, min_models):
-        _describe(data, min_models)
+        _check_model_count(data, min_models)
         names = _names(data, models)
         arrays = [as_numeric(data[name], f"data for model {name!r}") for name in names]
         n = _aligned(names, arrays, models)
@@ -229,12 +230,11 @@ class _Stream(_Source):
                 f"such mappings (chunks of rows), got {type(data).__name__} of "
                 f"{type(first).__name__}"
             )
-        _describe(first, min_models)
+        _check_model_count(first, min_models)
         super().__init__(_names(first, models), models, dtype)
         self.models = models
         self.chunks = itertools.chain([first], chunks)
         self.generator = data if inspect.isgenerator(data) else None
-        self.n_samples = None
 
     def close(self):
         """Spend the stream: a generator is closed even if it was not read to
@@ -276,7 +276,6 @@ class _Stream(_Source):
             start += rows
         if start == 0:
             raise InvalidParameterError("data holds zero samples")
-        self.n_samples = start
         stats = statistics(self.names, self.widths, self.dtype, sums)
         _check_counts(self.names, stats.counts, "in any chunk")
         return stats
@@ -322,7 +321,7 @@ def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row, step):
 
 class _DaskArrays(_Source):
     def __init__(self, data, models, dtype, observed, min_models):
-        _describe(data, min_models)
+        _check_model_count(data, min_models)
         names = _names(data, models)
         import dask.array as da
 
@@ -345,7 +344,6 @@ class _DaskArrays(_Source):
             raise InvalidParameterError("data holds zero samples")
         super().__init__(names, models, dtype)
         self.arrays = arrays
-        self.n_samples = n
         self.observed = _masks(observed, names, n, lazy=True)
 
     def _aligned_blocks(self):
