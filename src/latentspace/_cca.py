@@ -33,6 +33,10 @@ The maths, with ``r_m = regularization * trace(G_mm) / d_m``:
   then weights dimension ``j`` by about ``rho_mlj ** 2``, and for two models
   ``P_m`` is weighted by the canonical correlations themselves.
 
+With missing views (some samples observed by only some models) the whitened
+matrix ``T`` is that of generalised CCA with missing rows (`consensus_blocks`).
+`fit_to_frozen` solves for models that must land on the space of frozen ones.
+
 The reconstructions ``R_m`` are the least-squares inverses of the projections
 on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
 (centred), computed from the same statistics (`least_squares_inverse`).

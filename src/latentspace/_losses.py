@@ -32,6 +32,15 @@ costs as much as a sample's whole squared norm, so with ``w`` of order one
 the optimum is near the closed-form CCA subspace, pulled towards directions
 that reconstruct well (a larger ``w`` pulls less).
 
+**Missing views.** If a sample is observed by only some models (the set
+``S``), it counts for those models, about the mean (whitened) latent of those
+models, and every model is whitened over the samples it observed. The sums
+then need two second moments (`latentspace._statistics.Moments`): ``G`` with
+block ``(m, l)`` ``E[o_m o_l x_m x_l']`` (``o_m`` whether model ``m`` observed
+the sample, ``x`` zero where not), for the reconstructions and the within-model
+terms, and the consensus ``C`` with blocks ``E[o_m o_l x_m x_l' / |S|]`` for
+``E||sum_m o_m q_m||^2 / |S|``; for complete data ``C = G / M``.
+
 Every evaluation costs ``O(D^2 k)`` for ``D`` the summed widths, whatever the
 number of samples.
 """
