@@ -7,10 +7,19 @@ on ``sys.path``; the oracle (`reference`) and the helpers (`support`) live here.
 
 Hypothesis profiles (tests/test_fuzz.py):
 
-- ``ci`` (the default): a few dozen examples per fuzzed function, seconds in all;
-- ``fuzz``: at least 10,000 examples per function, for a long run by hand::
+- ``ci`` (the default): a few dozen examples per fuzzed function, seconds in all,
+  derandomized (the same examples on every run and machine, drawn from a seed
+  fixed per test) and without an example database, so that CI never fails on
+  a fresh random example nor on one replayed from a local ``.hypothesis/``;
+- ``fuzz``: 10,000 random examples per function, for a long run by hand
+  (failures are saved to and replayed from the local example database)::
 
-      python -m pytest tests/test_fuzz.py --hypothesis-profile=fuzz
+      python -m pytest tests/test_fuzz.py --hypothesis-profile=fuzz -p no:cacheprovider
+
+  ``LATENTSPACE_FUZZ_EXAMPLES=N`` changes the count (for a time budget);
+- ``fuzz-1k``: the same with 1,000 examples.
+
+``--hypothesis-show-statistics`` prints the number of examples each test ran.
 
 ``LATENTSPACE_STRESS=long`` or ``--stress=long`` makes tests/test_stress.py run
 for minutes instead of seconds.
@@ -32,8 +41,15 @@ _COMMON = {
     "deadline": timedelta(seconds=20),
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
-settings.register_profile("ci", max_examples=30, **_COMMON)
-settings.register_profile("fuzz", max_examples=10_000, **_COMMON)
+settings.register_profile(
+    "ci", max_examples=30, derandomize=True, database=None, **_COMMON
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("LATENTSPACE_FUZZ_EXAMPLES", 10_000)),
+    **_COMMON,
+)
+settings.register_profile("fuzz-1k", max_examples=1_000, **_COMMON)
 # --hypothesis-profile on the command line (hypothesis' pytest plugin) wins.
 settings.load_profile("ci")
 
