@@ -16,6 +16,7 @@ profile at least 10,000 (``--hypothesis-profile=fuzz``, see conftest.py).
 """
 
 import contextlib
+import inspect
 import io
 import math
 import os
@@ -998,6 +999,34 @@ def test_huge_latent_dim_is_refused_before_any_allocation():
     before = snapshot(space)
     with pytest.raises(ValueError, match="latent_dim"):
         space.train_projections(data, latent_dim=2**40)
+    assert_unchanged(space, before)
+
+
+@pytest.mark.parametrize("first", [
+    {"m0": np.ones((2, 2)), "zz": np.ones((2, 2))},  # an unknown model
+    {"m0": np.ones((2, 2))},  # one model
+    [np.ones((2, 2)), np.ones((2, 2))],  # not a mapping
+])
+def test_generator_refused_at_its_first_chunk_is_spent(first):
+    # Found by fuzzing: a generator whose first chunk was refused was left
+    # suspended; training on it again read the remaining chunks without the
+    # first one, silently.
+    space = LatentSpace(1)
+    space.register("m0", 2)
+    space.register("m1", 2)
+    good = {"m0": np.arange(6.0).reshape(3, 2), "m1": np.ones((3, 2))}
+
+    def chunks():
+        yield first
+        yield good
+
+    stream = chunks()
+    before = snapshot(space)
+    with pytest.raises((ValueError, KeyError)):
+        space.train_projections(stream, solver="cca")
+    assert inspect.getgeneratorstate(stream) == inspect.GEN_CLOSED
+    with pytest.raises(ValueError, match="read already"):
+        space.train_projections(stream, solver="cca")
     assert_unchanged(space, before)
 
 

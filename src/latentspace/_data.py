@@ -220,21 +220,27 @@ class _Stream(_Source):
                 "read once): pass a new generator, or a list of chunks to train "
                 "on them again"
             )
-        chunks = iter(data)
-        first = next(chunks, None)
-        if first is None:
-            raise InvalidParameterError("data holds zero samples (empty stream)")
-        if not isinstance(first, Mapping):
-            raise InvalidParameterError(
-                "data must be a mapping of model name to array, or an iterable of "
-                f"such mappings (chunks of rows), got {type(data).__name__} of "
-                f"{type(first).__name__}"
-            )
-        _check_model_count(first, min_models)
-        super().__init__(_names(first, models), models, dtype)
+        self.generator = data if inspect.isgenerator(data) else None
+        try:
+            chunks = iter(data)
+            first = next(chunks, None)
+            if first is None:
+                raise InvalidParameterError("data holds zero samples (empty stream)")
+            if not isinstance(first, Mapping):
+                raise InvalidParameterError(
+                    "data must be a mapping of model name to array, or an iterable "
+                    f"of such mappings (chunks of rows), got {type(data).__name__} "
+                    f"of {type(first).__name__}"
+                )
+            _check_model_count(first, min_models)
+            super().__init__(_names(first, models), models, dtype)
+        except BaseException:
+            # The first chunk was read: spend the generator, as when training
+            # fails later, so that it is not reused without that chunk.
+            self.close()
+            raise
         self.models = models
         self.chunks = itertools.chain([first], chunks)
-        self.generator = data if inspect.isgenerator(data) else None
 
     def close(self):
         """Spend the stream: a generator is closed even if it was not read to
