@@ -46,7 +46,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "fuzz",
-    max_examples=int(os.environ.get("LATENTSPACE_FUZZ_EXAMPLES", 10_000)),
+    max_examples=int(os.environ.get("LATENTSPACE_FUZZ_EXAMPLES", "10000")),
     **_COMMON,
 )
 settings.register_profile("fuzz-1k", max_examples=1_000, **_COMMON)

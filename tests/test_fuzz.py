@@ -26,10 +26,10 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import event, given, note
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
-from reference import reference_sgd
+from reference import reference_loss, reference_sgd
 from support import assert_unchanged, snapshot
 
 from latentspace import (
@@ -979,6 +979,492 @@ def test_command_line(data):
         assert not name.endswith(".tmp"), name  # no temporary file left behind
 
 
+# ------------------------------------ missing views, frozen models, streams, files
+#
+# Training data here is clean (finite normal samples); what varies is what the
+# new arguments say about it: observed= masks, frozen= names and streams of
+# chunks. The oracle is built with the data: either the (n, M) observation
+# matrix the call must train on, or "refuse".
+
+# These tests train two or three times per example: the ci profile runs a
+# third of its examples (seconds in all); the others run them all.
+_TRAINING = settings(
+    max_examples=10 if settings.get_current_profile_name() == "ci"
+    else settings.default.max_examples
+)
+
+_OBSERVED_FAULTS = [
+    "length", "int", "float", "2d", "unknown", "not-in-data", "not-mapping",
+    "nan-observed", "none-value", "nothing",
+]
+
+
+def _offsets(space):
+    return {name: space.offset(name) for name in space.models}
+
+
+def _same_offset(a, b):
+    return (a is None) == (b is None) and (a is None or a.tobytes() == b.tobytes())
+
+
+def _assert_space_as(space, before, offsets):
+    assert_unchanged(space, before)
+    for name, mu in offsets.items():
+        assert _same_offset(space.offset(name), mu), name
+
+
+@st.composite
+def views(draw, space, min_models=2):
+    """``(data, observed, matrix)``: aligned clean samples of some models, an
+    ``observed=`` argument (None, valid masks, or masks with one fault) and the
+    (n, M) bool matrix of the data's models (registration order) the call must
+    use, or None if it must be refused. Rows a model did not observe often
+    hold NaN (which must be ignored)."""
+    registered = list(space.models)
+    chosen = draw(st.lists(st.sampled_from(registered), unique=True,
+                           min_size=min(min_models, len(registered)),
+                           max_size=len(registered)))
+    names_ = [n for n in registered if n in chosen]
+    n = draw(st.integers(1, 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    data = {name: rng.normal(0.5, 1.0, (n, space.models[name])) for name in chosen}
+    matrix = np.ones((n, len(names_)), dtype=bool)
+    observed = None
+    if draw(st.integers(0, 4)):
+        observed = {}
+        for m, name in enumerate(names_):
+            kind = draw(st.sampled_from(["absent", "random", "random", "random",
+                                         "all", "list"]))
+            if kind == "absent":
+                continue
+            if kind == "all":
+                mask = np.ones(n, dtype=bool)
+            else:
+                mask = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)),
+                                dtype=bool)
+            matrix[:, m] = mask
+            observed[name] = mask.tolist() if kind == "list" else mask
+        if draw(st.booleans()):  # NaN (or Inf) where a model did not observe
+            # (a float64 value beyond float32's range there is refused by a
+            # float32 space: a known bug, see the xfail test at the end)
+            big = [1e308] if space.dtype == np.float64 else [3e38]
+            for m, name in enumerate(names_):
+                data[name][~matrix[:, m]] = draw(st.sampled_from(
+                    [np.nan, np.inf, -np.inf, *big]))
+    fault = draw(st.sampled_from([None] * 10 + _OBSERVED_FAULTS))
+    note(f"observed fault: {fault}")
+    if fault is None:
+        return data, observed, matrix
+    observed = {} if observed is None else observed
+    name = draw(st.sampled_from(names_))
+    m = names_.index(name)
+    good = matrix[:, m]
+    if fault == "length":
+        bad = np.ones(n + draw(st.sampled_from([1, -1])), dtype=bool)
+    elif fault == "int":
+        bad = good.astype(draw(st.sampled_from(["int8", "int64", "uint8"])))
+    elif fault == "float":
+        bad = good.astype(float)
+    elif fault == "2d":
+        bad = good[:, None]
+    elif fault == "none-value":
+        bad = None
+    elif fault == "nothing":
+        bad = np.zeros(n, dtype=bool)
+    elif fault == "nan-observed":
+        rows = np.flatnonzero(good)
+        if not len(rows):  # a model that observed nothing: refused anyway
+            observed[name] = good
+            return data, observed, None
+        data[name][draw(st.sampled_from(list(rows))),
+                   draw(st.integers(0, space.models[name] - 1))] = draw(
+            st.sampled_from([np.nan, np.inf, -np.inf]))
+        return data, observed or None, None
+    else:
+        others = [n_ for n_ in registered if n_ not in chosen]
+        if fault == "not-in-data" and others:
+            observed[draw(st.sampled_from(others))] = np.ones(n, dtype=bool)
+        elif fault == "not-mapping":
+            return data, draw(st.sampled_from([[good], good, "m0", 1])), None
+        else:
+            observed[draw(st.sampled_from(["zz", "", "M0", 0, None]))] = good
+        return data, observed, None
+    observed[name] = bad
+    return data, observed, None
+
+
+def _observed_for(matrix, names_):
+    """``observed=`` for an observation matrix (None: all observed)."""
+    if matrix.all():
+        return None
+    return {name: matrix[:, m].copy() for m, name in enumerate(names_)}
+
+
+def _filled(data, matrix, names_, value):
+    """``data`` with ``value`` where a model did not observe a sample."""
+    out = {}
+    for m, name in enumerate(names_):
+        X = np.array(data[name], dtype=np.float64, copy=True)
+        X[~matrix[:, m]] = value
+        out[name] = X
+    return out
+
+
+def _assert_weights_close(space, other, names_, rtol):
+    """Weights and offsets of ``names_`` in two spaces agree to ``rtol`` of
+    their largest entry."""
+    for name in names_:
+        pairs = list(zip(space.weights(name), other.weights(name)))
+        a, b = space.offset(name), other.offset(name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            pairs.append((a, b))
+        for x, y in pairs:
+            x, y = x.astype(np.float64), y.astype(np.float64)
+            scale = max(1.0, np.abs(x).max(initial=0), np.abs(y).max(initial=0))
+            assert np.abs(x - y).max(initial=0) <= rtol * scale, (
+                name, np.abs(x - y).max(), scale)
+
+
+_VIEW_RTOL = {np.dtype("float64"): 1e-10, np.dtype("float32"): 2e-3}
+
+
+@st.composite
+def view_configs(draw, solver):
+    """Cheap valid training options."""
+    options = {"solver": solver, "n_epochs": draw(st.integers(1, 3)),
+               "learning_rate": draw(st.sampled_from([0.01, 0.05]))}
+    if draw(st.booleans()):
+        options["regularization"] = draw(st.sampled_from([0.1, 1.0, 1e-6]))
+    if draw(st.integers(0, 3)) == 0:
+        options["objective"] = draw(st.sampled_from(["reference", "whitened"]))
+    return options
+
+
+def _train(space, data, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return space.train_projections(data, **kwargs)
+
+
+def _data_copy(data):
+    return {name: np.array(X, copy=True) for name, X in data.items()}
+
+
+def _assert_data_unchanged(data, copy):
+    for name, X in copy.items():
+        np.testing.assert_array_equal(data[name], X)  # NaN == NaN here
+
+
+@pytest.mark.parametrize("solver", _SOLVERS)
+@_TRAINING
+@given(data=st.data(), space=spaces(min_models=2))
+def test_train_with_observed_masks(solver, data, space):
+    batch, observed, matrix = data.draw(views(space), label="views")
+    options = data.draw(view_configs(solver), label="options")
+    names_ = [n for n in space.models if n in batch]
+    before, offsets, batch_before = snapshot(space), _offsets(space), _data_copy(batch)
+    pristine = pickle.dumps(space)
+
+    status, result = _refused(lambda: _train(space, batch, observed=observed, **options),
+                              TRAIN_REFUSED)
+
+    _assert_data_unchanged(batch, batch_before)
+    if status == "refused":
+        _assert_space_as(space, before, offsets)
+        if matrix is not None and not matrix.any(axis=0).all():
+            matrix = None  # a model that observed no sample: refused
+        if matrix is not None:  # valid: only divergence may stop it
+            assert isinstance(result, (TrainingDivergedError, ConvergenceWarning)), result
+        return
+    assert matrix is not None, "invalid observed= accepted"
+    assert matrix.any(axis=0).all(), "a model that observed nothing was trained"
+    assert len(result.loss_history) >= 1
+    assert all(math.isfinite(v) for v in result.loss_history)
+    _published(space, before, set(batch))
+    # The same training with another value (zero) where a model did not
+    # observe, and observed= as a plain matrix (None when all observed; all-True
+    # masks are the same as none): the same weights.
+    other = pickle.loads(pristine)
+    _train(other, _filled(batch, matrix, names_, 0.0),
+           observed=_observed_for(matrix, names_), **options)
+    _assert_weights_close(space, other, space.models, _VIEW_RTOL[space.dtype])
+
+
+@_TRAINING
+@given(data=st.data(), space=spaces(min_models=1),
+       weight=st.sampled_from([1.0, 0.0, 0.7, 3.0]))
+def test_loss_with_observed_masks(data, space, weight):
+    batch, observed, matrix = data.draw(views(space, min_models=1), label="views")
+    names_ = [n for n in space.models if n in batch]
+    before, offsets, batch_before = snapshot(space), _offsets(space), _data_copy(batch)
+
+    status, result = _refused(lambda: space.loss(batch, weight, observed=observed))
+
+    _assert_data_unchanged(batch, batch_before)
+    _assert_space_as(space, before, offsets)
+    if status == "refused":
+        assert matrix is None or not matrix.any(axis=0).all(), result
+        return
+    assert matrix is not None and matrix.any(axis=0).all()
+    assert isinstance(result, float) and math.isfinite(result)
+    Xs = []
+    for m, name in enumerate(names_):
+        X = batch[name].astype(space.dtype).astype(np.float64)
+        if offsets[name] is not None:
+            X = X - offsets[name].astype(np.float64)
+        X[~matrix[:, m]] = 0.0
+        Xs.append(X)
+    Ps = [space.weights(n)[0].astype(np.float64) for n in names_]
+    Rs = [space.weights(n)[1].astype(np.float64) for n in names_]
+    expected = reference_loss(Xs, Ps, Rs, weight, matrix)
+    # Each term is a square: bound the rounding by the squares of the inputs.
+    bound = sum(np.sum(X**2) * (1 + np.abs(P).sum() * (1 + np.abs(R).sum()))**2
+                for X, P, R in zip(Xs, Ps, Rs)) * (1 + weight) / len(Xs[0])
+    eps = 1e-13 if space.dtype == np.float64 else 1e-5
+    assert abs(result - expected) <= eps * (bound + 1.0), (result, expected, bound)
+
+
+@pytest.mark.parametrize("solver", _SOLVERS)
+@_TRAINING
+@given(data=st.data(), space=spaces(min_models=2),
+       frozen_kind=st.sampled_from(["subset"] * 6 + [
+           "all", "none", "str", "unknown", "not-in-data", "not-iterable", "generator"]),
+       latent_dim=st.sampled_from([None, None, None, "same", "other"]))
+def test_train_with_frozen_models(solver, data, space, frozen_kind, latent_dim):
+    batch, observed, matrix = data.draw(views(space), label="views")
+    options = data.draw(view_configs(solver), label="options")
+    names_ = [n for n in space.models if n in batch]
+    valid = matrix is not None and matrix.any(axis=0).all()
+    if frozen_kind == "subset":
+        frozen = data.draw(st.lists(st.sampled_from(names_), unique=True,
+                                    max_size=len(names_) - 1), label="frozen")
+    elif frozen_kind == "all":
+        frozen, valid = list(names_), False
+    elif frozen_kind == "none":
+        frozen = data.draw(st.sampled_from([(), [], set(), None]), label="frozen")
+        valid = valid and frozen is not None
+    elif frozen_kind == "str":
+        frozen = names_[0]
+    elif frozen_kind == "generator":
+        frozen = (n for n in names_[:1])
+    elif frozen_kind == "not-iterable":
+        frozen, valid = data.draw(st.sampled_from([3, 1.5, object()])), False
+    else:
+        others = [n for n in space.models if n not in batch]
+        if frozen_kind == "not-in-data" and others:
+            frozen = [names_[0], others[0]]
+        else:
+            frozen = [names_[0], data.draw(st.sampled_from(["zz", "", 0, None]))]
+        valid = False
+    if latent_dim is not None:
+        options["latent_dim"] = space.dim if latent_dim == "same" else space.dim + 1
+    named = [] if frozen_kind in ("none", "not-iterable") else (
+        [frozen] if isinstance(frozen, str) else
+        names_[:1] if frozen_kind == "generator" else list(frozen))
+    if named and valid:
+        # Frozen models need the space's dimension and the reference objective.
+        valid = latent_dim != "other" and options.get("objective") != "whitened"
+    note(f"frozen={frozen!r} valid={valid}")
+    before, offsets, batch_before = snapshot(space), _offsets(space), _data_copy(batch)
+
+    status, result = _refused(lambda: _train(
+        space, batch, observed=observed, frozen=frozen, **options), TRAIN_REFUSED)
+
+    _assert_data_unchanged(batch, batch_before)
+    if status == "refused":
+        _assert_space_as(space, before, offsets)
+        if valid:
+            assert isinstance(result, (TrainingDivergedError, ConvergenceWarning)), result
+        return
+    assert valid, "invalid frozen= or observed= accepted"
+    if space.dim == before["dim"]:
+        _published(space, before, set(batch) - set(named))
+    for name in named:  # frozen: bit-identical weights and offset
+        P0, R0 = before["weights"][name]
+        P, R = space.weights(name)
+        assert P.tobytes() == P0.tobytes() and R.tobytes() == R0.tobytes(), name
+        assert _same_offset(space.offset(name), offsets[name]), name
+    if named:  # free models are centred: their offset is their data mean
+        for m, name in enumerate(names_):
+            if name in named:
+                continue
+            rows = batch[name][matrix[:, m]].astype(space.dtype).astype(np.float64)
+            mean = rows.mean(axis=0)
+            mu = space.offset(name)
+            assert mu is not None, name
+            tol = (1e-12 if space.dtype == np.float64 else 1e-5) * (
+                1 + np.abs(rows).max())
+            np.testing.assert_allclose(mu.astype(np.float64), mean, rtol=0, atol=tol)
+
+
+def _chunked(batch, names_, sizes, present):
+    """Chunks of rows of ``batch``: chunk ``c`` holds ``sizes[c]`` rows of the
+    models ``present[c]`` (a model missing from a chunk did not observe them)."""
+    chunks, start = [], 0
+    for size, models in zip(sizes, present):
+        chunks.append({name: batch[name][start:start + size] for name in models})
+        start += size
+    return chunks
+
+
+def _memmapped(array, counter=[0]):  # noqa: B006 - file name counter
+    counter[0] += 1
+    path = os.path.join(_TMP, f"chunk{counter[0]}.npy")
+    np.save(path, array)
+    return np.load(path, mmap_mode="r")
+
+
+_STREAM_FAULTS = [
+    "not-a-mapping", "unknown-model", "new-model", "wrong-width", "misaligned",
+    "nan", "observed", "empty-stream", "spent-generator", "string", "dtype",
+]
+
+
+@pytest.mark.parametrize("solver", ["cca", "lbfgs", "sgd"])
+@_TRAINING
+@given(data=st.data(), space=spaces(min_models=2),
+       form=st.sampled_from(["list", "generator", "tuple", "iterator", "memmap"]))
+def test_train_on_a_stream(solver, data, space, form):
+    registered = list(space.models)
+    chosen = data.draw(st.lists(st.sampled_from(registered), unique=True,
+                                min_size=2, max_size=len(registered)), label="models")
+    names_ = [n for n in registered if n in chosen]
+    sizes = data.draw(st.lists(st.sampled_from([0, 1, 2, 3, 5]), min_size=1,
+                               max_size=5), label="chunk sizes")
+    n = sum(sizes)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    batch = {name: rng.normal(0.5, 1.0, (n, space.models[name])) for name in names_}
+    present = [names_] + [
+        data.draw(st.lists(st.sampled_from(names_), unique=True, max_size=len(names_)),
+                  label=f"models of chunk {c}") for c in range(1, len(sizes))]
+    chunks = _chunked(batch, names_, sizes, present)
+    matrix = np.zeros((n, len(names_)), dtype=bool)
+    start = 0
+    for size, models in zip(sizes, present):
+        for name in models:
+            matrix[start:start + size, names_.index(name)] = True
+        start += size
+    valid = n > 0 and matrix.any(axis=0).all() and solver in ("cca", "lbfgs")
+    fault = data.draw(st.sampled_from([None] * 8 + _STREAM_FAULTS), label="fault")
+    observed = None
+    if fault is not None:
+        valid = False
+        c = data.draw(st.integers(0, len(chunks) - 1), label="faulty chunk")
+        name = data.draw(st.sampled_from(names_))
+        chunk = chunks[c]
+        if fault == "not-a-mapping":
+            chunks[c] = data.draw(st.sampled_from([list(chunk.values()), None, 3, "m0"]))
+        elif fault == "unknown-model":
+            chunk["zz"] = np.zeros((sizes[c], 2))
+        elif fault == "new-model":
+            others = [m for m in registered if m not in names_]
+            if others:  # a registered model that chunk 0 does not have
+                chunk[others[0]] = np.zeros((sizes[c], space.models[others[0]]))
+            else:
+                chunks[0] = {m: X for m, X in chunks[0].items() if m != name}
+                chunks.append({name: batch[name][:1]})
+        elif fault == "wrong-width":
+            chunk[name] = np.zeros((sizes[c], space.models[name] + 1))
+        elif fault == "misaligned":  # two models, different row counts
+            a, b = names_[:2]
+            chunks[c] = {a: np.zeros((sizes[c], space.models[a])),
+                         b: np.zeros((sizes[c] + 1, space.models[b]))}
+        elif fault == "nan":
+            if sizes[c] and name in chunk:
+                X = chunk[name].copy()
+                X[data.draw(st.integers(0, sizes[c] - 1))] = np.nan
+                chunk[name] = X
+            else:
+                chunks.append({name: np.full((1, space.models[name]), np.nan)})
+        elif fault == "observed":
+            observed = {name: np.ones(n, dtype=bool)}
+        elif fault == "empty-stream":
+            chunks = []
+        elif fault == "dtype":
+            chunk[name] = chunk.get(name, np.zeros((0, 1))).astype(str)
+    if form == "memmap":
+        chunks = [{m: _memmapped(X) if isinstance(X, np.ndarray) and X.dtype.kind == "f"
+                   else X for m, X in chunk.items()} if isinstance(chunk, dict) else chunk
+                  for chunk in chunks]
+    if fault == "string":
+        stream = "m0m1"
+    elif form == "generator" or fault == "spent-generator":
+        stream = (chunk for chunk in chunks)
+        if fault == "spent-generator":
+            list(stream) if data.draw(st.booleans()) else stream.close()
+    elif form == "tuple":
+        stream = tuple(chunks)
+    elif form == "iterator":
+        stream = iter(chunks)
+    else:
+        stream = chunks
+    options = data.draw(view_configs(solver), label="options")
+    note(f"sizes={sizes} present={present} fault={fault} valid={valid}")
+    before, offsets = snapshot(space), _offsets(space)
+    pristine = pickle.dumps(space)
+
+    status, result = _refused(
+        lambda: _train(space, stream, observed=observed, **options), TRAIN_REFUSED)
+
+    if form == "generator" or fault == "spent-generator":
+        # Closed once read, even on failure (a generator refused before its
+        # first chunk was read may stay as it was).
+        state = inspect.getgeneratorstate(stream)
+        assert state == inspect.GEN_CLOSED or (
+            state == inspect.GEN_CREATED and status == "refused"), state
+        if state == inspect.GEN_CLOSED:
+            again, _ = _refused(lambda: _train(space, stream, **options),
+                                TRAIN_REFUSED)
+            assert again == "refused"
+    if status == "refused":
+        _assert_space_as(space, before, offsets)
+        if valid:
+            assert isinstance(result, (TrainingDivergedError, ConvergenceWarning)), result
+        return
+    assert valid, "invalid stream accepted"
+    _published(space, before, set(names_))
+    # The same samples as a mapping (NaN where a model missing from a chunk did
+    # not observe), with observed=: the same weights and offsets. Rows of
+    # chunks that hold no model are not samples of the stream (rows observed
+    # by no model change the closed form's signs: xfail test at the end).
+    other = pickle.loads(pristine)
+    rows = matrix.any(axis=1)
+    kept = {name: X[rows] for name, X in batch.items()}
+    _train(other, _filled(kept, matrix[rows], names_, np.nan),
+           observed=_observed_for(matrix[rows], names_), **options)
+    _assert_weights_close(space, other, space.models, _VIEW_RTOL[space.dtype])
+
+
+@pytest.mark.parametrize("solver", _SOLVERS)
+@_TRAINING
+@given(data=st.data(), space=spaces(min_models=2),
+       stored=st.sampled_from(["float64", "float32", ">f8", "int16"]))
+def test_train_on_memory_mapped_files(solver, data, space, stored):
+    batch, observed, _ = data.draw(views(space), label="views")
+    options = data.draw(view_configs(solver), label="options")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = {name: X.astype(stored) for name, X in batch.items()}
+    mapped = {name: _memmapped(X) for name, X in batch.items()}
+    pristine = pickle.dumps(space)
+    before, offsets = snapshot(space), _offsets(space)
+
+    status, result = _refused(lambda: _train(space, mapped, observed=observed, **options),
+                              TRAIN_REFUSED)
+
+    other = pickle.loads(pristine)
+    other_status, other_result = _refused(
+        lambda: _train(other, batch, observed=observed, **options), TRAIN_REFUSED)
+    # Memory-mapped or in memory: the same outcome, the same weights.
+    assert status == other_status, (result, other_result)
+    if status == "refused":
+        _assert_space_as(space, before, offsets)
+        assert type(result) is type(other_result)
+        return
+    _assert_weights_close(space, other, space.models, 1e-12)
+
+
 # --------------------------------------------------------- found by fuzzing
 
 
@@ -1000,6 +1486,20 @@ def test_huge_latent_dim_is_refused_before_any_allocation():
     with pytest.raises(ValueError, match="latent_dim"):
         space.train_projections(data, latent_dim=2**40)
     assert_unchanged(space, before)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_huge_latents_keep_their_direction_in_search(dtype):
+    # Found by fuzzing: the squared norm of a latent beyond sqrt(max) overflowed,
+    # and such a query or item had cosine 0 with everything instead of +-1.
+    space = LatentSpace(1, dtype=dtype)
+    space.register("a", 1)
+    big = 1e300 if dtype == "float64" else 1e30
+    queries = np.array([[big], [1.0]])
+    gallery = np.array([[-1.0], [big], [0.5]])
+    indices, scores = space.search("a", queries, "a", gallery, k=3, method="cosine")
+    np.testing.assert_array_equal(indices, [[1, 2, 0], [1, 2, 0]])
+    np.testing.assert_allclose(scores, [[1, 1, -1], [1, 1, -1]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("first", [
@@ -1030,15 +1530,52 @@ def test_generator_refused_at_its_first_chunk_is_spent(first):
     assert_unchanged(space, before)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_huge_latents_keep_their_direction_in_search(dtype):
-    # Found by fuzzing: the squared norm of a latent beyond sqrt(max) overflowed,
-    # and such a query or item had cosine 0 with everything instead of +-1.
-    space = LatentSpace(1, dtype=dtype)
+@pytest.mark.xfail(
+    strict=True,
+    reason="a float32 space refuses a finite float64 value beyond float32's "
+    "range in a row the model did not observe (observed=False), although such "
+    "rows are ignored and may hold NaN or Inf: on the paths that load the "
+    "samples (solvers sgd and minibatch, LatentSpace.loss) as_kernel_array "
+    "(_validation.py) checks the range of every row before the mask applies; "
+    "cca and lbfgs accept it (owner of _validation.py to fix)",
+)
+@pytest.mark.parametrize("call", ["sgd", "minibatch", "loss"])
+def test_float32_space_ignores_out_of_range_values_in_unobserved_rows(call):
+    space = LatentSpace(1, dtype="float32", seed=0)
     space.register("a", 1)
-    big = 1e300 if dtype == "float64" else 1e30
-    queries = np.array([[big], [1.0]])
-    gallery = np.array([[-1.0], [big], [0.5]])
-    indices, scores = space.search("a", queries, "a", gallery, k=3, method="cosine")
-    np.testing.assert_array_equal(indices, [[1, 2, 0], [1, 2, 0]])
-    np.testing.assert_allclose(scores, [[1, 1, -1], [1, 1, -1]], rtol=1e-6)
+    space.register("b", 1)
+    rng = np.random.default_rng(0)
+    data = {"a": rng.normal(size=(8, 1)), "b": rng.normal(size=(8, 1))}
+    seen = {"b": np.arange(8) >= 4}
+
+    def run():
+        if call == "loss":
+            return space.loss(data, observed=seen)
+        return space.train_projections(data, observed=seen, solver=call)
+
+    data["b"][:4] = np.nan  # ignored: accepted
+    run()
+    data["b"][:4] = 1e300  # ignored too, but refused
+    run()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the closed form has no sign convention: samples observed by no "
+    "model (observed= all False in a row) carry no information, yet they "
+    "switch 'cca' to the missing-views computation, whose latent directions "
+    "come out with the opposite sign (magnitudes equal); found by fuzzing a "
+    "stream against the same data as a mapping (owner of _cca.py to decide)",
+)
+def test_samples_observed_by_no_model_do_not_change_the_closed_form():
+    space = LatentSpace(1, seed=0)
+    space.register("m0", 1)
+    space.register("m1", 1)
+    rng = np.random.default_rng(0)
+    X = {name: rng.normal(0.5, 1.0, (4, 1)) for name in ("m0", "m1")}
+    seen = np.arange(4) < 2
+    complete, padded = pickle.loads(pickle.dumps(space)), space
+    complete.train_projections({n: x[:2] for n, x in X.items()}, solver="cca")
+    padded.train_projections(X, observed={"m0": seen, "m1": seen}, solver="cca")
+    np.testing.assert_allclose(padded.weights("m0")[0], complete.weights("m0")[0],
+                               rtol=1e-10)
