@@ -688,3 +688,45 @@ def test_statistics_of_features_far_from_zero(dtype, tol):
     assert_allclose(stats.mean, mean, rtol=1e-13, atol=tol / 100)
     cov = (both - mean).T @ (both - mean) / n
     assert_allclose(stats.gram, cov, rtol=tol, atol=tol * np.abs(cov).max())
+
+
+def test_closed_form_has_a_sign_convention():
+    """The same samples give the same signs whichever way their statistics
+    were summed: in every latent dimension the entry of largest magnitude
+    over all models' projections is positive."""
+    widths, k, n = (5, 4, 3), 3, 80
+    Xs = correlated(widths, n, seed=34)
+    space, names = make_space(k, widths)
+    space.train_projections(dict(zip(names, Xs)), solver="cca")
+    stacked = np.concatenate([space.weights(name)[0] for name in names])
+    biggest = stacked[np.abs(stacked).argmax(axis=0), np.arange(k)]
+    assert (biggest > 0).all()
+    # rows observed by no model: the missing-views computation, the same space
+    other, _ = make_space(k, widths)
+    padded = [np.concatenate([X, np.full((5, X.shape[1]), np.nan)]) for X in Xs]
+    seen = np.arange(n + 5) < n
+    other.train_projections(dict(zip(names, padded)), solver="cca",
+                            observed={name: seen for name in names})
+    for name in names:
+        assert_allclose(other.weights(name)[0], space.weights(name)[0],
+                        rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("call", ["sgd", "minibatch", "cca", "loss"])
+def test_values_beyond_float32_in_unobserved_rows_are_ignored(call):
+    space, names = make_space(2, (3, 2), dtype="float32")
+    Xs = random_data((3, 2), 12, seed=35)
+    seen = np.arange(12) >= 4
+    Xs[1][~seen] = 1e300  # rows model m1 did not observe: ignored
+    data, observed = dict(zip(names, Xs)), {names[1]: seen}
+    if call == "loss":
+        assert np.isfinite(space.loss(data, observed=observed))
+    else:
+        space.train_projections(data, observed=observed, solver=call, n_epochs=2)
+    Xs[1][5, 0] = 1e300  # observed: refused by name
+    with pytest.raises(InvalidParameterError, match=r"holds 1e\+300 \(at index "
+                                                    r"\(5, 0\)\), beyond the range"):
+        if call == "loss":
+            space.loss(data, observed=observed)
+        else:
+            space.train_projections(data, observed=observed, solver=call, n_epochs=2)

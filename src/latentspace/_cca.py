@@ -188,6 +188,17 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
     return directions, _pairwise_correlations(grams, widths, directions)
 
 
+def _signed(projections):
+    """The projections with every latent dimension's sign fixed: its entry of
+    largest magnitude over all models is positive (as scikit-learn's
+    ``svd_flip``), so that the same data give the same space however its
+    statistics were summed."""
+    stacked = np.concatenate(projections)
+    biggest = stacked[np.argmax(np.abs(stacked), axis=0), np.arange(stacked.shape[1])]
+    signs = np.where(biggest < 0, -1, 1).astype(stacked.dtype)
+    return [P * signs for P in projections]
+
+
 def _weigh(directions, rho, n_components, dtype):
     """Order directions by agreement, weight them and pad to ``n_components``."""
     M = len(directions)
@@ -235,7 +246,8 @@ def fit_cca(stats, n_components, regularization):
         cross,
         None if cross is None else lambda m: cross(m, m),
     )
-    return _weigh(directions, rho, n_components, stats.gram.dtype)
+    projections, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
+    return _signed(projections), agreement
 
 
 def consensus_blocks(stats, regularization):
@@ -395,4 +407,4 @@ def canonicalise(stats, projections, n_components, regularization):
         grams, widths, n_components, 0.0, None if data_cross is None else cross
     )
     inner, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
-    return [P @ A for P, A in zip(projections, inner)], agreement
+    return _signed([P @ A for P, A in zip(projections, inner)]), agreement

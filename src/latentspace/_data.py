@@ -166,8 +166,8 @@ class _Arrays(_Source):
     def _block(self, m):
         """Model ``m``'s samples as a kernel array, checked."""
         what = f"data for model {self.names[m]!r}"
-        block = as_kernel_array(self.arrays[m], self.dtype, what)
         mask = None if self.observed is None else self.observed[:, m]
+        block = as_kernel_array(self.arrays[m], self.dtype, what, mask)
         check_finite(block, what, mask)
         return block
 
@@ -302,12 +302,9 @@ def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
     if not all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values()):
         for m, (name, block) in enumerate(zip(names, blocks)):
             what = f"data for model {name!r}{where}"
-            check_finite(
-                as_kernel_array(block, dtype, what),
-                what,
-                None if observed is None else observed[:, m],
-                first_row,
-            )
+            mask = None if observed is None else observed[:, m]
+            block = as_kernel_array(block, dtype, what, mask, first_row)
+            check_finite(block, what, mask, first_row)
     return sums
 
 
@@ -400,9 +397,10 @@ class _DaskArrays(_Source):
         arrays, observed = dask.compute(self.arrays, self.observed)
         blocks = []
         for m, (name, array) in enumerate(zip(self.names, arrays)):
-            block = as_kernel_array(array, self.dtype, f"data for model {name!r}")
+            what = f"data for model {name!r}"
             mask = None if observed is None else observed[:, m]
-            check_finite(block, f"data for model {name!r}", mask)
+            block = as_kernel_array(array, self.dtype, what, mask)
+            check_finite(block, what, mask)
             blocks.append(block)
         if observed is not None and observed.all():
             observed = None

@@ -143,19 +143,24 @@ def check_out(out, shape, dtype):
         raise InvalidParameterError("out must be C-contiguous, aligned and writeable")
 
 
-def as_kernel_array(array, dtype, what):
+def as_kernel_array(array, dtype, what, rows=None, first_row=0):
     """``array`` as an aligned, native-endian, C-contiguous ``dtype`` array,
-    copied only if needed; raise if a finite value does not fit ``dtype``."""
+    copied only if needed; raise if a finite value (in a row where the bool
+    mask ``rows``, if given) does not fit ``dtype``, naming where (rows
+    counted from ``first_row``)."""
     dtype = np.dtype(dtype)
     narrowing = array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize
     with np.errstate(over="ignore") if narrowing else contextlib.nullcontext():
         out = np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
     if narrowing and not np.isfinite(out).all():
         overflow = np.isinf(out) & np.isfinite(array)
+        if rows is not None:
+            overflow &= rows[:, None]
         if overflow.any():
             where = tuple(int(i) for i in np.argwhere(overflow)[0])
+            index = (where[0] + first_row, *where[1:]) if len(where) > 1 else where
             raise InvalidParameterError(
-                f"{what} holds {float(array[where])!r} (at index {where}), beyond "
+                f"{what} holds {float(array[where])!r} (at index {index}), beyond "
                 f"the range of the space's {dtype} (largest "
                 f"{float(np.finfo(dtype).max):.4g})"
             )
