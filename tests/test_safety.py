@@ -2,6 +2,7 @@
 """Training never corrupts the space: divergence, Ctrl-C, and concurrent readers."""
 
 import _thread
+import gc
 import re
 import threading
 import time
@@ -128,6 +129,12 @@ def test_keyboard_interrupt_stops_training_and_keeps_weights(latent_dim):
     twin, _ = make_space(k, widths)
     data = dict(zip(names, random_data(widths, n, seed=5)))
     before = snapshot(space)
+    # CPython drops a KeyboardInterrupt raised while a finaliser runs
+    # ("Exception ignored in ..."): collect earlier tests' garbage now, so
+    # that none is finalised during training (suspected, not proven, cause of
+    # this test failing under AddressSanitizer after test_views.py once; not
+    # reproduced since, see docs/reliability.md).
+    gc.collect()
     interrupter = _Interrupter()
     try:
         with pytest.raises(KeyboardInterrupt) as info:
