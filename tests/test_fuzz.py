@@ -1207,7 +1207,8 @@ def test_loss_with_observed_masks(data, space, weight):
     assert isinstance(result, float) and math.isfinite(result)
     Xs = []
     for m, name in enumerate(names_):
-        X = batch[name].astype(space.dtype).astype(np.float64)
+        X = np.where(matrix[:, m, None], batch[name], 0.0)  # unobserved: any value
+        X = X.astype(space.dtype).astype(np.float64)
         if offsets[name] is not None:
             X = X - offsets[name].astype(np.float64)
         X[~matrix[:, m]] = 0.0
@@ -1429,7 +1430,10 @@ def test_train_on_a_stream(solver, data, space, form):
     kept = {name: X[rows] for name, X in batch.items()}
     _train(other, _filled(kept, matrix[rows], names_, np.nan),
            observed=_observed_for(matrix[rows], names_), **options)
-    _assert_weights_close(space, other, space.models, _VIEW_RTOL[space.dtype])
+    # Summed by chunks or at once: rounding, amplified by the conditioning of
+    # the ridge (1 / regularization) when there are fewer samples than features.
+    rtol = _VIEW_RTOL[space.dtype] * max(1.0, 1e-4 / options.get("regularization", 0.1))
+    _assert_weights_close(space, other, space.models, rtol)
 
 
 @pytest.mark.parametrize("solver", _SOLVERS)
@@ -1574,3 +1578,30 @@ def test_the_closed_form_gives_the_same_signs_for_the_same_samples(case):
         ], solver="cca")
     np.testing.assert_allclose(other.weights("m0")[0], reference.weights("m0")[0],
                                rtol=1e-10)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the closed form's reconstruction (R) is discontinuous in rounding: "
+    "with 3 samples, 3 models of width 1 and dim 3, the latents have a "
+    "direction of (near-)zero variance, and whether its eigenvalue passes the "
+    "pseudo-inverse cut-off (values > max * len * eps) depends on how the "
+    "statistics were summed: a stream and the same samples as a mapping give "
+    "projections equal to 3e-16 and the same loss, but R differing by 0.24 "
+    "(so translate() differs). Found by fuzzing a stream against a mapping "
+    "(owner of _cca.py to fix, e.g. a relative cut-off with margin or a ridge)",
+)
+def test_stream_and_mapping_give_the_same_reconstruction():
+    space = LatentSpace(3, seed=0)
+    for name in ("m0", "m1", "m2"):
+        space.register(name, 1)
+    rng = np.random.default_rng(0)
+    X = {name: rng.normal(0.5, 1.0, (3, 1)) for name in space.models}
+    other = pickle.loads(pickle.dumps(space))
+    space.train_projections([{n: x[:1] for n, x in X.items()}, {}, {},
+                             {n: x[1:] for n, x in X.items()}], solver="cca")
+    other.train_projections(X, solver="cca")
+    np.testing.assert_allclose(space.weights("m2")[0], other.weights("m2")[0],
+                               atol=1e-12)
+    np.testing.assert_allclose(space.weights("m2")[1], other.weights("m2")[1],
+                               atol=1e-10)
