@@ -1580,17 +1580,6 @@ def test_the_closed_form_gives_the_same_signs_for_the_same_samples(case):
                                rtol=1e-10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the closed form's reconstruction (R) is discontinuous in rounding: "
-    "with 3 samples, 3 models of width 1 and dim 3, the latents have a "
-    "direction of (near-)zero variance, and whether its eigenvalue passes the "
-    "pseudo-inverse cut-off (values > max * len * eps) depends on how the "
-    "statistics were summed: a stream and the same samples as a mapping give "
-    "projections equal to 3e-16 and the same loss, but R differing by 0.24 "
-    "(so translate() differs). Found by fuzzing a stream against a mapping "
-    "(owner of _cca.py to fix, e.g. a relative cut-off with margin or a ridge)",
-)
 def test_stream_and_mapping_give_the_same_reconstruction():
     space = LatentSpace(3, seed=0)
     for name in ("m0", "m1", "m2"):

@@ -339,8 +339,19 @@ def fit_to_frozen(moments, widths, projections, frozen, regularization):
     return out
 
 
+# Eigenvalues of the latents' correlation matrix below this many times k eps
+# are rounding noise: those directions are collinear with others.
+_COLLINEAR = 100
+
+
 def least_squares_inverse(gram, projection):
     """``R`` minimising ``||X P R - X||``: ``pinv(P.T G P) @ P.T G``.
+
+    The pseudo-inverse is taken of the latents' correlation matrix (every
+    latent dimension scaled to unit variance), whose eigenvalues of collinear
+    directions are rounding noise far below one whatever the scales of the
+    dimensions: which directions are dropped does not depend on how the
+    statistics were summed.
 
     Parameters
     ----------
@@ -358,13 +369,20 @@ def least_squares_inverse(gram, projection):
     A = (projection.T @ GP).astype(np.float64)
     B = GP.T.astype(np.float64)
     A = (A + A.T) / 2
-    values, vectors = scipy.linalg.eigh(A, check_finite=False)
-    eps = np.finfo(projection.dtype).eps
-    keep = values > max(values[-1], 0.0) * len(A) * eps
-    if not keep.any():
-        return np.zeros_like(projection.T)
+    R = np.zeros_like(B)
+    scale = np.sqrt(np.maximum(np.diag(A), 0.0))
+    live = scale > 0
+    if not live.any():
+        return R.astype(projection.dtype)
+    scale = scale[live]
+    values, vectors = scipy.linalg.eigh(
+        A[np.ix_(live, live)] / np.outer(scale, scale), check_finite=False
+    )
+    keep = values > _COLLINEAR * len(A) * np.finfo(projection.dtype).eps
     V = vectors[:, keep]
-    R = V @ ((V.T @ B) / values[keep][:, None])
+    R[live] = (V @ ((V.T @ (B[live] / scale[:, None])) / values[keep][:, None])) / (
+        scale[:, None]
+    )
     return R.astype(projection.dtype)
 
 
