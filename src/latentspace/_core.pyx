@@ -143,6 +143,30 @@ cdef inline void _gemm(int m, int n, int p, const floating* A, int lda,
               &zero, C, &ldc)
 
 
+cdef inline void _deviations(const floating* Z, floating* A, const unsigned char* seen,
+                             Py_ssize_t M, int k) noexcept nogil:
+    """A = Z - the mean of the rows of Z (M, k) that ``seen`` marks (all if
+    NULL); rows not seen get zero"""
+    cdef Py_ssize_t m
+    cdef int j, count = M
+    cdef floating zbar
+    if seen != NULL:
+        count = 0
+        for m in range(M):
+            count = count + seen[m]
+    for j in range(k):
+        zbar = 0
+        for m in range(M):
+            if seen == NULL or seen[m]:
+                zbar = zbar + Z[m * k + j]
+        zbar = zbar / max(count, 1)
+        for m in range(M):
+            if seen == NULL or seen[m]:
+                A[m * k + j] = Z[m * k + j] - zbar
+            else:
+                A[m * k + j] = 0
+
+
 cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
                   const floating* shift, floating* out) noexcept nogil:
     """out = X @ W + shift (no shift if NULL); return np.isfinite(out).all()"""
@@ -363,9 +387,9 @@ def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     """
     cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
     cdef Py_ssize_t i, m, j, r, col, off, status = n
-    cdef int k = Z.shape[1], d, count = M
+    cdef int k = Z.shape[1], d
     cdef bint masked = observed is not None
-    cdef floating lr, w = alignment_weight, zbar, s
+    cdef floating lr, w = alignment_weight, s
     cdef const floating* x
     cdef floating* z
     cdef floating* Pm
@@ -381,18 +405,8 @@ def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 _vecmat(d, k, &X[i, col], &P[off], &Z[m, 0])
                 col += d
                 off += <Py_ssize_t> d * k
-            if masked:
-                count = 0
-                for m in range(M):
-                    count = count + observed[i, m]
-            for j in range(k):
-                zbar = 0
-                for m in range(M):
-                    if not masked or observed[i, m]:
-                        zbar = zbar + Z[m, j]
-                zbar = zbar / max(count, 1)
-                for m in range(M):
-                    A[m, j] = Z[m, j] - zbar
+            _deviations(&Z[0, 0], &A[0, 0], &observed[i, 0] if masked else NULL,
+                        M, k)
             col = 0
             off = 0
             for m in range(M):
@@ -525,9 +539,8 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     cdef Py_ssize_t i, m, j, r, col, off, cur = 0, nxt, status = n
     cdef int k = Z.shape[1], D = X.shape[1], B = ZW.shape[1], d, j0, rows, rstep
     cdef int b = 0, nb
-    cdef floating lr, w = alignment_weight, c, zbar
+    cdef floating lr, w = alignment_weight, c
     cdef bint masked = observed is not None
-    cdef int count = M
     cdef const floating* x
     cdef const floating* x1
     cdef const floating* x2
@@ -545,21 +558,8 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
         for i in range(n):
             nxt = 1 - cur
             # A = Z - Z.mean(axis=0), over the models that observed sample i
-            if masked:
-                count = 0
-                for m in range(M):
-                    count = count + observed[i, m]
-            for j in range(k):
-                zbar = 0
-                for m in range(M):
-                    if not masked or observed[i, m]:
-                        zbar = zbar + Z[m, j]
-                zbar = zbar / max(count, 1)
-                for m in range(M):
-                    if not masked or observed[i, m]:
-                        A[m, j] = Z[m, j] - zbar
-                    else:
-                        A[m, j] = 0
+            _deviations(&Z[0, 0], &A[0, 0], &observed[i, 0] if masked else NULL,
+                        M, k)
             x = &X[i, 0]
             x1 = &X[(i + 1) % n, 0]
             x2 = &X[(i + 2) % n, 0]
