@@ -195,7 +195,7 @@ def train(source, offsets, projections, reconstructions, config, monitor_args,
                       monitor_args, tuple(frozen))
 
 
-def _shifted(offset, shift):
+def _plus(offset, shift):
     """An offset plus a shift, either possibly None."""
     if shift is None:
         return offset
@@ -234,7 +234,7 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
     blocks = observed = None
     if solver in ("sgd", "minibatch"):
         if solver == "sgd":  # the blocks carry the new offsets
-            offsets = [_shifted(o, s) for o, s in zip(offsets, shifts)]
+            offsets = [_plus(o, s) for o, s in zip(offsets, shifts)]
         blocks, observed = source.samples(offsets)
     objective = Objective(
         kind,
