@@ -454,6 +454,8 @@ def test_divergence_exits_1(files, capsys):
         str(files / "s.npz"),
         f"a={files / 'a.npy'}",
         f"b={files / 'b.npz'}",
+        "--solver",
+        "sgd",
         "--learning-rate",
         "50",
         "--epochs",

@@ -26,7 +26,7 @@ def trained_three_five():
     space.register("B", 5)
     result = space.train_projections(
         {"A": A, "B": B}, learning_rate=0.005, n_epochs=300, alignment_weight=2.0
-    )
+    , solver="sgd")
     assert result.n_epochs == 300
     assert result.final_loss < result.initial_loss
     return space, A, B
@@ -91,15 +91,15 @@ def _space():
 def test_training_needs_two_models():
     A, _ = _three_five(10)
     with pytest.raises(ValueError, match=r"at least two models, got 1 \('A'\)"):
-        _space().train_projections({"A": A})
+        _space().train_projections({"A": A}, solver="sgd")
     with pytest.raises(ValueError, match="at least two models, got 0"):
-        _space().train_projections({})
+        _space().train_projections({}, solver="sgd")
 
 
 def test_training_rejects_unregistered_model():
     A, B = _three_five(10)
     with pytest.raises(KeyError, match="model 'C' is not registered"):
-        _space().train_projections({"A": A, "C": B})
+        _space().train_projections({"A": A, "C": B}, solver="sgd")
 
 
 def test_training_rejects_mismatched_sample_counts():
@@ -107,12 +107,12 @@ def test_training_rejects_mismatched_sample_counts():
     with pytest.raises(
         ValueError, match=r"same number of samples.*'A': 10, 'B': 9"
     ):
-        _space().train_projections({"A": A, "B": B[:9]})
+        _space().train_projections({"A": A, "B": B[:9]}, solver="sgd")
 
 
 def test_training_rejects_zero_samples():
     with pytest.raises(ValueError, match="zero samples"):
-        _space().train_projections({"A": np.empty((0, 3)), "B": np.empty((0, 5))})
+        _space().train_projections({"A": np.empty((0, 3)), "B": np.empty((0, 5))}, solver="sgd")
 
 
 def test_similar_models_align():
@@ -125,7 +125,7 @@ def test_similar_models_align():
     space.register("B", 3)
     space.train_projections(
         {"A": A, "B": B}, learning_rate=0.005, n_epochs=200, alignment_weight=2.0
-    )
+    , solver="sgd")
     za = space.project("A", A[50])
     zb = space.project("B", B[50])
     cosine = float(za @ zb / (np.linalg.norm(za) * np.linalg.norm(zb)))

@@ -26,7 +26,7 @@ def _trained_space(dtype="float64", offsets=False, seed=3):
     space.register("audio", 4)
     rng = np.random.default_rng(0)
     data = {name: rng.normal(size=(30, d)) * 0.3 for name, d in space.models.items()}
-    space.train_projections(data, n_epochs=2)
+    space.train_projections(data, n_epochs=2, solver="sgd")
     if offsets:  # give "image" an input offset, as centering solvers do
         P, R = (np.array(w) for w in space.weights("image"))
         mu = np.linspace(-1, 1, 7).astype(dtype)
@@ -146,7 +146,7 @@ def test_config_is_recorded(tmp_path):
     assert _io.read_header(tmp_path / "again.npz")["config"] == header["config"]
     # Retraining replaces it with the new training's configuration.
     data = {n: np.ones((4, d)) * 0.1 for n, d in loaded.models.items()}
-    loaded.train_projections(data, n_epochs=1)
+    loaded.train_projections(data, n_epochs=1, solver="sgd")
     loaded.save(tmp_path / "retrained.npz")
     assert _io.read_header(tmp_path / "retrained.npz")["config"]["n_epochs"] == 1
     # An explicit config wins.
@@ -165,7 +165,7 @@ def test_plain_save_records_the_last_training(tmp_path, dtype):
     data = {"a": rng.normal(size=(20, 4)), "b": rng.normal(size=(20, 5))}
     result = space.train_projections(
         data, n_epochs=2, learning_rate=0.005, callback=lambda state: False
-    )
+    , solver="sgd")
     space.save(tmp_path / "trained.npz")
     config = _io.read_header(tmp_path / "trained.npz")["config"]
     assert config == _io.config_record(result.config)
@@ -179,7 +179,7 @@ def test_plain_save_records_the_last_training(tmp_path, dtype):
     assert _io.read_header(tmp_path / "pickled.npz")["config"] == config
     # A failed training keeps the record of the weights the space still has.
     with pytest.raises(ValueError):
-        space.train_projections({"a": data["a"], "b": data["b"][:3]}, n_epochs=7)
+        space.train_projections({"a": data["a"], "b": data["b"][:3]}, n_epochs=7, solver="sgd")
     space.save(tmp_path / "failed.npz")
     assert _io.read_header(tmp_path / "failed.npz")["config"] == config
     # A newly registered model was not trained with it: no record.
@@ -626,7 +626,7 @@ def test_copies_are_independent():
 def test_unpickled_space_trains_and_saves(tmp_path):
     space = pickle.loads(pickle.dumps(_trained_space()))
     data = {n: np.full((5, d), 0.1) for n, d in space.models.items()}
-    space.train_projections(data, n_epochs=1)
+    space.train_projections(data, n_epochs=1, solver="sgd")
     space.save(tmp_path / "s.npz")
     _assert_identical(space, LatentSpace.load(tmp_path / "s.npz"))
 

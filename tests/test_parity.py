@@ -49,7 +49,7 @@ def _train_both(dtype, widths, k, n, epochs, lr, w, seed=0):
     P0, R0 = float64_weights(space, names)
     result = space.train_projections(
         dict(zip(names, Xs)), learning_rate=lr, n_epochs=epochs, alignment_weight=w
-    )
+    , solver="sgd")
     Xs64 = [X.astype(np.float64) for X in Xs]
     Ps, Rs = reference_sgd(Xs64, P0, R0, lr, epochs, w)
     return space, names, result, Xs64, Ps, Rs
@@ -81,7 +81,7 @@ def test_training_leaves_models_outside_the_data_alone(dtype):
     before = [np.array(w) for w in space.weights("m1")]
     X0, X2 = random_data((4, 5), 10, seed=3)
     P0, R0 = float64_weights(space, ["m0", "m2"])
-    space.train_projections({"m2": X2, "m0": X0}, n_epochs=3)
+    space.train_projections({"m2": X2, "m0": X0}, n_epochs=3, solver="sgd")
     P1, R1 = space.weights("m1")
     assert P1.tobytes() == before[0].tobytes() and R1.tobytes() == before[1].tobytes()
     Ps, Rs = reference_sgd(
@@ -99,8 +99,8 @@ def test_order_of_models_in_data_does_not_matter(dtype):
     Xs = random_data(widths, 15, seed=4)
     first, names = make_space(4, widths, dtype=dtype)
     second, _ = make_space(4, widths, dtype=dtype)
-    first.train_projections(dict(zip(names, Xs)), n_epochs=4)
-    second.train_projections(dict(reversed(list(zip(names, Xs)))), n_epochs=4)
+    first.train_projections(dict(zip(names, Xs)), n_epochs=4, solver="sgd")
+    second.train_projections(dict(reversed(list(zip(names, Xs)))), n_epochs=4, solver="sgd")
     for name in names:
         for a, b in zip(first.weights(name), second.weights(name)):
             assert np.array_equal(a, b)
@@ -119,7 +119,7 @@ def test_registration_order_matches_reference(dtype):
     backward.register("a", 3)
     for space in (forward, backward):
         P0, R0 = float64_weights(space, ["a", "b"])
-        space.train_projections({"a": Xa, "b": Xb}, n_epochs=3)
+        space.train_projections({"a": Xa, "b": Xb}, n_epochs=3, solver="sgd")
         Ps, Rs = reference_sgd(
             [Xa.astype(dtype).astype(float), Xb.astype(dtype).astype(float)],
             P0, R0, 0.01, 3, 1.0,
@@ -143,7 +143,7 @@ def test_training_result(dtype, w):
     Xs64 = [X.astype(np.float64) for X in Xs]
     P0, R0 = float64_weights(space, names)
     config = latentspace.ProjectionConfig(learning_rate=lr, n_epochs=epochs)
-    result = space.train_projections(dict(zip(names, Xs)), config, alignment_weight=w)
+    result = space.train_projections(dict(zip(names, Xs)), config, alignment_weight=w, solver="sgd")
 
     assert isinstance(result, latentspace.TrainingResult)
     assert result.n_epochs == epochs
@@ -176,22 +176,30 @@ def test_training_result(dtype, w):
 def test_training_result_defaults():
     space, names = make_space(2, (2, 3))
     Xs = random_data((2, 3), 4, seed=1)
-    result = space.train_projections(dict(zip(names, Xs)))
-    # SPEC defaults: learning_rate 0.01, n_epochs 100, alignment_weight 1.
-    assert result.config == latentspace.ProjectionConfig()
+    result = space.train_projections(dict(zip(names, Xs)), solver="sgd")
+    # The reference defaults: learning_rate 0.01, n_epochs 100, alignment_weight 1.
+    assert result.config == latentspace.ProjectionConfig(solver="sgd")
     assert result.n_epochs == 100 and len(result.loss_history) == 100
+
+
+def test_default_config_is_the_closed_form_with_go_sgd_settings():
+    config = latentspace.ProjectionConfig()
+    assert (config.solver, config.regularization, config.init) == ("cca", "auto", None)
+    assert (config.learning_rate, config.n_epochs, config.alignment_weight) == (
+        0.01, 100, 1.0
+    )
 
 
 def test_defaults_are_the_reference_defaults():
     space, names = make_space(2, (2, 3))
     twin, _ = make_space(2, (2, 3))
     Xs = random_data((2, 3), 4, seed=1)
-    space.train_projections(dict(zip(names, Xs)))
+    space.train_projections(dict(zip(names, Xs)), solver="sgd")
     twin.train_projections(
         dict(zip(names, Xs)), latentspace.ProjectionConfig(
             latent_dim=None, learning_rate=0.01, n_epochs=100, alignment_weight=1.0
         )
-    )
+    , solver="sgd")
     P0, R0 = float64_weights(make_space(2, (2, 3))[0], names)
     Ps, Rs = reference_sgd(Xs, P0, R0, 0.01, 100, 1.0)
     for name, P, R in zip(names, Ps, Rs):
@@ -210,7 +218,7 @@ def test_loss_matches_reference(dtype, w, subset):
     widths = (3, 5, 2)
     space, names = make_space(4, widths, dtype=dtype)
     Xs = random_data(widths, 9, seed=8)
-    space.train_projections(dict(zip(names, Xs)), n_epochs=2)
+    space.train_projections(dict(zip(names, Xs)), n_epochs=2, solver="sgd")
     data = {name: X for name, X in zip(names, Xs) if name in subset}
     Ps, Rs = float64_weights(space, list(data))
     expected = reference_loss(
@@ -237,7 +245,7 @@ def _mapping_space(dtype, da, db, k):
     space.register("a", da)
     space.register("b", db)
     Xa, Xb = random_data((da, db), 8, seed=9)
-    space.train_projections({"a": Xa, "b": Xb}, n_epochs=2, learning_rate=0.001)
+    space.train_projections({"a": Xa, "b": Xb}, n_epochs=2, learning_rate=0.001, solver="sgd")
     return space
 
 
@@ -384,7 +392,7 @@ def test_training_and_loss_accept_layouts_and_do_not_modify_data(dtype):
         copies = {name: np.array(X, copy=True) for name, X in data.items()}
         space, names = make_space(4, widths, dtype=dtype)
         loss = space.loss(data)
-        space.train_projections(data, n_epochs=2)
+        space.train_projections(data, n_epochs=2, solver="sgd")
         weights = [np.array(w) for n in names for w in space.weights(n)]
         results.append((what, loss, weights))
         for name, X in data.items():
@@ -404,10 +412,10 @@ def test_integer_training_data(dtype):
     ints = [rng.integers(-2, 3, size=(6, d)) for d in widths]
     first, names = make_space(4, widths, dtype=dtype)
     second, _ = make_space(4, widths, dtype=dtype)
-    first.train_projections(dict(zip(names, ints)), n_epochs=2, learning_rate=0.005)
+    first.train_projections(dict(zip(names, ints)), n_epochs=2, learning_rate=0.005, solver="sgd")
     second.train_projections(
         dict(zip(names, [X.astype(dtype) for X in ints])), n_epochs=2,
-        learning_rate=0.005,
+        learning_rate=0.005, solver="sgd",
     )
     for name in names:
         for a, b in zip(first.weights(name), second.weights(name)):
@@ -423,7 +431,7 @@ def test_weights_are_read_only_and_in_the_space_dtype(dtype):
     assert not P.flags.writeable and not R.flags.writeable
     with pytest.raises(ValueError):
         P[0, 0] = 1.0
-    space.train_projections(dict(zip(names, random_data((3, 5), 4))), n_epochs=1)
+    space.train_projections(dict(zip(names, random_data((3, 5), 4))), n_epochs=1, solver="sgd")
     P, R = space.weights("m0")
     assert P.dtype == dtype and R.dtype == dtype
     assert not P.flags.writeable and not R.flags.writeable
@@ -479,7 +487,7 @@ def test_same_seed_and_registrations_give_identical_spaces(dtype):
                 assert a.tobytes() == b.tobytes()
     # Training is deterministic too.
     for space, names in spaces:
-        space.train_projections(dict(zip(names, Xs)), n_epochs=3)
+        space.train_projections(dict(zip(names, Xs)), n_epochs=3, solver="sgd")
     for name in spaces[0][1]:
         for a, b in zip(spaces[0][0].weights(name), spaces[1][0].weights(name)):
             assert a.tobytes() == b.tobytes()
@@ -489,7 +497,7 @@ def test_same_seed_and_registrations_give_identical_spaces(dtype):
 def test_registration_after_training_continues_the_generator(dtype):
     """Training at the space's own size draws nothing from the generator."""
     space, names = make_space(4, (3, 5), dtype=dtype, seed=3)
-    space.train_projections(dict(zip(names, random_data((3, 5), 5))), n_epochs=2)
+    space.train_projections(dict(zip(names, random_data((3, 5), 5))), n_epochs=2, solver="sgd")
     space.register("late", 6)
     rng = np.random.default_rng(3)
     xavier(rng, 3, 4, dtype)

@@ -36,7 +36,8 @@ TOL = {
 # runs take the same path rather than stopping on a tolerance near rounding.
 SOLVERS = {
     "cca": {},
-    "lbfgs": {"n_epochs": 100, "callback": lambda state: state.iteration >= 25},
+    "lbfgs": {"n_epochs": 100, "init": "current",
+              "callback": lambda state: state.iteration >= 25},
 }
 solver_params = pytest.mark.parametrize("solver", list(SOLVERS))
 # The per-sample SGD loads the samples (a few epochs: the same path either way).

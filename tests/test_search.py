@@ -238,7 +238,8 @@ def test_index_keeps_the_weights_it_was_built_with():
     before = index.search("a", queries, k=5)
     rng = np.random.default_rng(3)
     space.train_projections(
-        {"a": rng.normal(size=(20, 6)), "b": rng.normal(size=(20, 10))}, n_epochs=3
+        {"a": rng.normal(size=(20, 6)), "b": rng.normal(size=(20, 10))},
+        solver="sgd", n_epochs=3,
     )
     after = index.search("a", queries, k=5)
     np.testing.assert_array_equal(after.indices, before.indices)

@@ -215,7 +215,10 @@ def test_cca_reconstructions_are_least_squares_inverses(dtype):
 
 def test_cca_more_latent_dimensions_than_shared_directions():
     Xs = correlated((2, 3), 200, seed=5)
-    space, names, result = trained((2, 3), 6, Xs, solver="cca")
+    with pytest.warns(latentspace.DimensionWarning,
+                      match="latent_dim=6 is more than the data can fill: the "
+                      "second largest model width is 2.*Use latent_dim <= 2"):
+        space, names, result = trained((2, 3), 6, Xs, solver="cca")
     assert len(result.agreement) == 6
     assert result.agreement[2:] == (0.0,) * 4
     for name in names:
@@ -302,8 +305,8 @@ def test_canonicalising_the_closed_form_changes_nothing_but_signs():
 
     Xs = correlated((6, 5, 4), 300, seed=30)
     stats = accumulate([X - X.mean(axis=0) for X in Xs])
-    Ps, agreement = fit_cca(stats, 3, 0.1)
-    again, agreement2 = canonicalise(stats, Ps, 3, 0.1)
+    Ps, agreement = fit_cca(stats, 3, (0.1,) * 3)
+    again, agreement2 = canonicalise(stats, Ps, 3, (0.1,) * 3)
     assert_allclose(agreement2, agreement, rtol=1e-9)
     for P, Q in zip(Ps, again):
         assert_allclose(_match_signs(P, Q), P, rtol=1e-7, atol=1e-9)
@@ -320,7 +323,8 @@ def test_objective_and_gradient_match_per_sample_formulas(kind, widths, k):
     stats = accumulate(Xs)
     gram = stats.moments(np.zeros_like(stats.mean))
     tau = sample_scale(gram, widths)
-    objective = Objective(kind, widths, k, 1.3, 0.05, tau, np.float64)
+    objective = Objective(kind, widths, k, 1.3, (0.05,) * len(widths), tau,
+                          np.float64)
     Ps = [rng.standard_normal((d, k)) for d in widths]
     Rs = [rng.standard_normal((k, d)) for d in widths]
     loss, gPs, gRs = objective(Ps, Rs, gram)
@@ -350,7 +354,8 @@ def test_whitened_objective_has_no_shrinking_direction(eps):
     scaled = ([P * eps for P in Ps], [R / eps for R in Rs])
     for kind in ("reference", "whitened"):
         objective = Objective(
-            kind, widths, k, 1.0, 0.0, sample_scale(gram, widths), np.float64
+            kind, widths, k, 1.0, (0.0,) * len(widths), sample_scale(gram, widths),
+            np.float64,
         )
         before = objective(Ps, Rs, gram, gradient=False)
         after = objective(*scaled, gram, gradient=False)
@@ -419,7 +424,8 @@ def test_lbfgs_whitened_reaches_a_stationary_point_of_the_per_sample_loss():
     assert result.converged and result.final_loss < result.initial_loss
     Cs = [X - X.mean(axis=0) for X in Xs]
     tau = sample_scale(accumulate(Cs).moments(np.zeros(sum(widths))), widths)
-    objective = Objective("whitened", widths, k, w, reg, tau, np.float64)
+    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+                          np.float64)
     eps = np.finfo(np.float64).eps
 
     def f(theta):
@@ -451,6 +457,7 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
     space.train_projections(
         dict(zip(names, Xs)),
         solver="minibatch",
+        init="current",
         n_epochs=1,
         batch_size=n // 2,
         learning_rate=lr,
@@ -493,10 +500,11 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     stats = accumulate(Xs)
     moments = stats.moments(np.zeros(sum(widths)))
     tau = sample_scale(moments, widths)
-    objective = Objective("whitened", widths, k, w, reg, tau, np.float64)
+    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+                          np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
     problem = _solvers._Problem(
-        Xs, None, None, stats, moments, objective, config, (False, False)
+        ["m0", "m1"], Xs, None, None, stats, moments, objective, config, (False, False)
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
         P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
@@ -531,7 +539,7 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     "solver, extra",
     [
         ("lbfgs", {}),
-        ("minibatch", {"n_epochs": 40, "batch_size": 64}),
+        ("minibatch", {"n_epochs": 40, "batch_size": 64, "init": "current"}),
         ("sgd", {"objective": "whitened", "n_epochs": 40, "learning_rate": 0.1}),
     ],
 )
@@ -597,7 +605,7 @@ def test_running_out_of_iterations_with_tol_warns():
 
 def test_default_sgd_does_not_stop_early_or_warn():
     Xs = correlated((3, 2), 20, seed=22)
-    space, names, result = trained((3, 2), 2, Xs, n_epochs=7)
+    space, names, result = trained((3, 2), 2, Xs, solver="sgd", n_epochs=7)
     assert result.solver == "sgd" and result.objective == "reference"
     assert result.n_epochs == 7 and not result.converged and result.agreement is None
     assert all(space.offset(n) is None for n in names)
@@ -696,14 +704,15 @@ def test_progress_without_tqdm_fails_before_any_work(monkeypatch):
 # ----------------------------------------------------------------- validation
 
 BAD_CONFIG = [
-    ({"solver": "adam"}, "solver must be one of 'sgd', 'minibatch', 'lbfgs', 'cca'"),
+    ({"solver": "adam"}, "solver must be one of 'cca', 'sgd', 'minibatch', 'lbfgs'"),
     ({"solver": None}, "solver must be one of"),
     ({"objective": "mse"}, "objective must be one of 'reference', 'whitened' or None"),
-    ({"init": "xavier"}, "init must be one of 'current', 'cca'"),
+    ({"init": "xavier"}, "init must be one of 'current', 'cca' or None"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"batch_size": 2.0}, "batch_size must be an integer"),
-    ({"regularization": -0.1}, "regularization must be finite and >= 0"),
-    ({"regularization": math.inf}, "regularization must be finite"),
+    ({"regularization": -0.1}, "regularization must be 'auto' or a finite number >= 0"),
+    ({"regularization": math.inf}, "regularization must be 'auto' or a finite"),
+    ({"regularization": "automatic"}, "regularization must be one of 'auto'"),
     ({"tol": -1e-9}, "tol must be finite and >= 0"),
     ({"tol": "small"}, "tol must be a real number"),
     ({"callback": 3}, "callback must be a callable or None"),
@@ -732,8 +741,8 @@ def test_solver_names_come_from_the_registry():
 
 def test_result_defaults_keep_the_old_fields():
     Xs = correlated((3, 2), 10, seed=29)
-    _, _, result = trained((3, 2), 2, Xs, n_epochs=2)
-    assert result.config == ProjectionConfig(n_epochs=2)
+    _, _, result = trained((3, 2), 2, Xs, solver="sgd", n_epochs=2)
+    assert result.config == ProjectionConfig(solver="sgd", n_epochs=2)
     assert result.final_loss == result.loss_history[-1]
     assert result.iterations == result.n_epochs == 2
     with warnings.catch_warnings():
@@ -760,10 +769,50 @@ def test_blas_thread_limits_are_restored_after_concurrent_training():
     assert [info["num_threads"] for info in threadpoolctl.threadpool_info()] == before
 
 
+def test_blas_limits_of_overlapping_trainings_are_restored_in_any_order():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threading
+
+    from latentspace._threads import blas_single_threaded
+
+    def threads():
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info()
+                if info["user_api"] == "blas"]
+
+    before = threads()
+    first_in, second_in, first_out = (threading.Event() for _ in range(3))
+    seen = {}
+
+    def first():
+        with blas_single_threaded():
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with blas_single_threaded():
+            second_in.set()
+            first_out.wait(10)
+            seen["while the second trains"] = threads()
+
+    workers = [threading.Thread(target=f) for f in (first, second)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    # The first opened first and closed first: the limit held until the
+    # second closed, and then the original numbers came back.
+    assert seen["while the second trains"] == [1] * len(before)
+    assert threads() == before
+
+
 @pytest.mark.parametrize("n", [1, 2])
 def test_cca_with_fewer_samples_than_dimensions(n):
     Xs = correlated((4, 5), n, seed=32)
-    space, names, result = trained((4, 5), 3, Xs, "float32", solver="cca")
+    with pytest.warns(latentspace.DimensionWarning,
+                      match=f"only {n} samples are paired"):
+        space, names, result = trained((4, 5), 3, Xs, "float32", solver="cca")
     assert all(np.isfinite(space.weights(m)[0]).all() for m in names)
     # n centred samples span n - 1 directions: no agreement beyond them
     assert_allclose(result.agreement[n - 1 :], 0, atol=1e-5)
@@ -777,3 +826,97 @@ def test_features_that_overflow_float32_are_a_divergence(solver):
     with pytest.raises(TrainingDivergedError, match="scale the features"):
         space.train_projections(dict(zip(names, Xs)), solver=solver, n_epochs=3)
     assert_unchanged(space, before)
+
+
+# ------------------------------------------------------- defaults for quality
+
+
+@pytest.mark.parametrize("n", [20, 300, 5000])
+def test_auto_regularization_is_the_oas_shrinkage_as_a_relative_ridge(n):
+    covariance = pytest.importorskip("sklearn.covariance")
+    rng = np.random.default_rng(n)
+    Xs = [rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + 5
+          for d in (12, 7)]
+    _, _, result = trained((12, 7), 3, Xs)  # the default: "auto"
+    for X, ridge in zip(Xs, result.regularization):
+        _, shrinkage = covariance.oas(X)  # towards mu I, (1 - s) S + s mu I
+        assert ridge == pytest.approx(shrinkage / (1 - shrinkage), rel=1e-9)
+
+
+def test_auto_regularization_is_large_for_few_samples_and_small_for_many():
+    Xs = correlated((40, 30), 6000, shared=5, noise=1.0, seed=40)
+    few = trained((40, 30), 5, [X[:60] for X in Xs])[2].regularization
+    many = trained((40, 30), 5, Xs)[2].regularization
+    # measured: 0.087 and 0.10 for 60 samples, 0.0008 and 0.001 for 6,000
+    assert min(few) > 20 * max(many), (few, many)
+
+
+def test_auto_regularization_of_a_constant_model_is_the_cap():
+    from latentspace._statistics import MAX_AUTO_RIDGE
+
+    Xs = correlated((4, 3), 50, seed=41)
+    Xs[1][:] = 2.0
+    _, _, result = trained((4, 3), 2, Xs)
+    assert result.regularization[1] == MAX_AUTO_RIDGE
+
+
+def test_the_default_solver_aligns_raw_unnormalised_embeddings():
+    # Features of norm ~40 and offsets of ~100: the reference SGD at its
+    # default rate diverges in the first epoch; the default aligns them.
+    rng = np.random.default_rng(42)
+    items = rng.standard_normal((1200, 8))
+    Xs = [items @ rng.standard_normal((8, d)) * 5 + 100 + rng.standard_normal((1200, d))
+          for d in (48, 32)]
+    space, names, result = trained((48, 32), 8, [X[:1000] for X in Xs])
+    assert result.solver == "cca" and result.objective == "whitened"
+    assert top1(*(space.project(n, X[1000:]) for n, X in zip(names, Xs))) > 0.95
+    with pytest.raises(latentspace.TrainingDivergedError,
+                       match="diverged in epoch 1 .*try learning_rate="):
+        trained((48, 32), 8, [X[:1000] for X in Xs], solver="sgd")
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
+def test_the_result_says_which_loss_and_space_loss_reproduces_it():
+    Xs = correlated((6, 5), 300, seed=42)
+    for solver in ("cca", "lbfgs", "sgd"):
+        space, names, result = trained((6, 5), 3, Xs, solver=solver, n_epochs=5)
+        data = dict(zip(names, Xs))
+        assert result.objective == ("reference" if solver == "sgd" else "whitened")
+        again = space.loss(data, objective=result.objective)
+        assert again == pytest.approx(result.final_loss, rel=1e-9), solver
+    with pytest.raises(InvalidParameterError, match="objective must be one of"):
+        space.loss(data, objective=None)
+
+
+def test_a_cca_divergence_never_suggests_a_learning_rate():
+    Xs = [X * 1e200 for X in correlated((4, 5), 50, seed=43)]
+    space, names = make_space(3, (4, 5))
+    with pytest.raises(latentspace.TrainingDivergedError) as info:
+        space.train_projections(dict(zip(names, Xs)))
+    assert "learning_rate" not in str(info.value)
+    assert "second moments overflow float64" in str(info.value)
+
+
+def test_a_dimension_warning_turned_into_an_error_changes_nothing():
+    Xs = correlated((3, 2), 50, seed=44)
+    space, names = make_space(4, (3, 2))
+    before = snapshot(space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(latentspace.DimensionWarning,
+                           match="latent_dim=4 .*Use latent_dim <= 2"):
+            space.train_projections(dict(zip(names, Xs)))
+    assert_unchanged(space, before)
+    # The reference SGD's latents are not the closed form's basis: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        space.train_projections(dict(zip(names, Xs)), solver="sgd", n_epochs=1)
+
+
+def test_lbfgs_from_a_stationary_start_records_an_iteration():
+    # One sample: the closed form (the start) has nothing to fit.
+    Xs = correlated((2, 2), 1, seed=45)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", latentspace.DimensionWarning)
+        _, _, result = trained((2, 2), 1, Xs, solver="lbfgs")
+    assert len(result.loss_history) == 1 and result.final_loss == result.loss_history[0]

@@ -30,7 +30,7 @@ def build(dtype="float64"):
     space.register("a", 3)
     space.register("b", 5)
     space.register("c", 2)
-    space.train_projections({"a": XA, "b": XB}, n_epochs=2)
+    space.train_projections({"a": XA, "b": XB}, n_epochs=2, solver="sgd")
     return space
 
 
@@ -52,11 +52,11 @@ def assert_fails_cleanly(call, exc, match, dtype="float64"):
 
 
 def train(**overrides):
-    return lambda space: space.train_projections({"a": XA, "b": XB}, **overrides)
+    return lambda space: space.train_projections({"a": XA, "b": XB}, **overrides, solver="sgd")
 
 
 def train_data(data, **overrides):
-    return lambda space: space.train_projections(data, **overrides)
+    return lambda space: space.train_projections(data, **overrides, solver="sgd")
 
 
 def with_value(array, row, col, value):
@@ -106,7 +106,7 @@ CONFIG_FAILURES = [
     ("unknown-option", train(learn_rate=0.1), TypeError,
      r"unknown training option\(s\) 'learn_rate'.*learning_rate"),
     ("config-dict",
-     lambda space: space.train_projections({"a": XA, "b": XB}, {"n_epochs": 3}),
+     lambda space: space.train_projections({"a": XA, "b": XB}, {"n_epochs": 3}, solver="sgd"),
      TypeError, r"config must be a ProjectionConfig or None, got dict"),
 ]
 
@@ -471,7 +471,7 @@ def test_latent_dim_redimensions_every_model(dtype):
 
     result = space.train_projections(
         {"a": XA, "c": XC}, latent_dim=6, n_epochs=3, learning_rate=0.02
-    )
+    , solver="sgd")
     assert result.config.latent_dim == 6
     assert space.dim == 6
     assert space.models == {"a": 3, "b": 5, "c": 2}
@@ -498,14 +498,14 @@ def test_latent_dim_redimensions_every_model(dtype):
     assert space.weights("d")[0].tobytes() == P.tobytes()
     assert space.weights("d")[1].tobytes() == R.tobytes()
     # And training without latent_dim now stays at the new size.
-    space.train_projections({"a": XA, "b": XB}, n_epochs=1)
+    space.train_projections({"a": XA, "b": XB}, n_epochs=1, solver="sgd")
     assert space.dim == 6
 
 
 def test_latent_dim_equal_to_dim_is_a_plain_training():
     space, twin = build(), build()
-    space.train_projections({"a": XA, "b": XB}, latent_dim=4, n_epochs=3)
-    twin.train_projections({"a": XA, "b": XB}, n_epochs=3)
+    space.train_projections({"a": XA, "b": XB}, latent_dim=4, n_epochs=3, solver="sgd")
+    twin.train_projections({"a": XA, "b": XB}, n_epochs=3, solver="sgd")
     for name in ("a", "b", "c"):
         for got, expected in zip(space.weights(name), twin.weights(name)):
             assert got.tobytes() == expected.tobytes()
@@ -520,7 +520,7 @@ def test_failed_redimensioning_training_changes_nothing(dtype):
     stay, and the generator is as if the training never happened."""
     error = assert_fails_cleanly(
         train_data({"a": 10 * XA, "b": 10 * XB}, latent_dim=6, learning_rate=1e3),
-        TrainingDivergedError, r"diverged.*smaller learning_rate", dtype,
+        TrainingDivergedError, r"diverged.*try learning_rate=", dtype,
     )
     assert isinstance(error, FloatingPointError)
 

@@ -10,6 +10,7 @@ representation.
 from ._config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
     ConvergenceWarning,
+    DimensionWarning,
     InvalidParameterError,
     TrainingDivergedError,
     UnknownModelError,
@@ -19,6 +20,7 @@ from ._space import LatentSpace
 
 __all__ = [
     "ConvergenceWarning",
+    "DimensionWarning",
     "InvalidParameterError",
     "LatentSpace",
     "ProjectionConfig",

@@ -48,14 +48,16 @@ images, and every image is embedded by three different "models" fitted on the
 training images only: PCA of the pixels (32 dims), an RBF kernel feature map
 (100 dims) and the hidden layer of a small neural-network classifier (64 dims).
 The three models are registered in one LatentSpace, which learns a projection
-of each into a shared space from the training images.
+of each into a shared space from their raw embeddings of the training images,
+with the library's defaults.
 
 Then, on the held-out test images, for every pair of models A -> B: take a
 test image as model A sees it, project it, and look for the nearest test image
-as model B sees it (cosine similarity). The table shows how often that is the
-very same image (top 1, top 10) and how often it shows the same digit, for
-the untrained space, the trained space and pure chance, plus the training time
-and loss and the latency of one `project` call. Takes about 5-30 seconds.
+as model B sees it (CSLS: cosine corrected for hubs). The table shows how
+often that is the very same image (top 1, top 10) and how often it shows the
+same digit, for the untrained space, the trained space and pure chance, plus
+the training time and the latency of one `project` call. Takes about 5-30
+seconds.
 
 Needs scikit-learn: pip install "latentspace[demo]"
 """
@@ -97,6 +99,17 @@ def _non_negative_float(text):
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
+
+
+def _regularization(text):
+    if text == "auto":
+        return text
+    try:
+        return _non_negative_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a number >= 0, got {text!r}"
+        ) from None
 
 
 def _fraction(text):
@@ -279,16 +292,17 @@ _TRAINING_FLAGS = {
         "--solver",
         str,
         (
-            "training algorithm (default: %(default)s, the reference per-sample "
-            "SGD); 'cca' is the closed form: fast, and usually the best alignment"
+            "training algorithm (default: %(default)s, the closed form: fast, and "
+            "the best alignment; 'sgd' is the Go package's per-sample SGD)"
         ),
     ),
     "objective": ("--objective", str, "loss the gradient solvers minimise"),
     "init": ("--init", str, "starting weights (default: %(default)s)"),
     "regularization": (
         "--regularization",
-        _non_negative_float,
-        "ridge of the closed-form solutions (default: %(default)s)",
+        _regularization,
+        "ridge of the closed-form solutions, a number >= 0 or 'auto' (chosen "
+        "per model from its data) (default: %(default)s)",
     ),
     "batch_size": (
         "--batch-size",
@@ -332,7 +346,7 @@ def _add_training_options(parser):
         "--learning-rate",
         type=_positive_float,
         default=fields["learning_rate"].default,
-        help="initial step size of SGD; lower it if training diverges "
+        help="initial step size of --solver sgd; lower it if training diverges "
         "(default: %(default)s)",
     )
     group.add_argument(
@@ -471,7 +485,7 @@ def _train(args, report):
     if "callback" in fields and not args.quiet:
         options["callback"] = _training_progress(report, args.epochs)
     shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
-    solver = options.get("solver", "sgd")
+    solver = options["solver"]
     report(
         f"training a {dim}-d space on {len(next(iter(data.values())))} items "
         f"({shapes}), solver {solver}"
@@ -673,18 +687,26 @@ def _demo(args, report):
     from ._demo import INSTALL_HINT, MissingDependencyError, format_report, run
     from ._exceptions import TrainingDivergedError
 
+    training = {
+        name: value
+        for name, value in (
+            ("solver", args.solver),
+            ("n_epochs", args.epochs),
+            ("learning_rate", args.learning_rate),
+            ("alignment_weight", args.alignment_weight),
+        )
+        if value is not None
+    }
     try:
         if args.plot:
             _check_plot(args.plot)
         numbers = run(
             seed=args.seed,
             dim=args.dim,
-            n_epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            alignment_weight=args.alignment_weight,
             test_size=args.test_size,
             latency_calls=args.latency_calls,
             plot=args.plot,
+            **training,
         )
     except MissingDependencyError:
         print(f"latentspace demo: {INSTALL_HINT}", file=sys.stderr)
@@ -723,24 +745,25 @@ def _add_demo(commands):
         help="dimension of the shared latent space (default: %(default)s)",
     )
     demo.add_argument(
+        "--solver",
+        choices=_choices("solver"),
+        help="training algorithm (default: the library's, the closed form 'cca')",
+    )
+    demo.add_argument(
         "--epochs",
         type=_positive_int,
-        default=100,
-        help="training passes over the training images (default: %(default)s)",
+        help="passes over the training images of the gradient solvers",
     )
     demo.add_argument(
         "--learning-rate",
         type=_positive_float,
-        default=0.01,
-        help="initial SGD step size; above about 0.03 training diverges "
-        "(default: %(default)s)",
+        help="initial step size of --solver sgd/minibatch",
     )
     demo.add_argument(
         "--alignment-weight",
         type=_non_negative_float,
-        default=1.0,
         help="weight of pulling the models' latents together, relative to "
-        "reconstructing each model's features (default: %(default)s)",
+        "reconstructing each model's features",
     )
     demo.add_argument(
         "--test-size",

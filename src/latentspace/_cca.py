@@ -11,7 +11,7 @@ projections ``P_m`` whose latents ``z_m = (x_m - mu_m) @ P_m``
 3. are weighted by that agreement, so that cosine similarity in the space
    favours the shared directions.
 
-The maths, with ``r_m = regularization * trace(G_mm) / d_m``:
+The maths, with ``r_m = regularization_m * trace(G_mm) / d_m``:
 
 - Whitening: ``B_m`` with ``B_m.T (G_mm + r_m I) B_m = I`` (Cholesky, or an
   eigendecomposition if the block is singular and ``regularization == 0``).
@@ -102,8 +102,11 @@ def _one_factor(rho):
     return a
 
 
-def _pairwise_correlations(grams, widths, directions):
-    """``rho[j, m, l] = p_mj.T G_ml p_lj`` for unit-variance directions."""
+def _pairwise_correlations(grams, widths, directions, shifts, paired):
+    """``rho[j, m, l]``: the correlation of models ``m`` and ``l`` on direction
+    ``j``, ``p_mj.T G_ml p_lj`` over the (regularised) standard deviations of
+    ``p_mj`` and ``p_lj`` on the samples both observed (``paired``; for
+    complete data those of the unit-variance directions, one)."""
     M = len(widths)
     k = directions[0].shape[1]
     rho = np.ones((k, M, M))
@@ -113,12 +116,20 @@ def _pairwise_correlations(grams, widths, directions):
             cross = np.einsum(
                 "ij,ij->j", directions[m], grams(m, l) @ directions[l]
             ).astype(np.float64)
+            if paired is not None:
+                scale = np.ones(k)
+                for a, b in ((m, l), (l, m)):
+                    P = directions[a]
+                    # diag(P.T @ (G_ab + s_a I) @ P), G_ab over the shared rows
+                    var = np.einsum("ij,ij->j", P, paired(a, b) @ P + shifts[a] * P)
+                    scale *= np.sqrt(np.maximum(var.astype(np.float64), 0.0))
+                cross = np.divide(cross, scale, out=np.zeros(k), where=scale > 0)
             rho[:, m, l] = rho[:, l, m] = cross
     return rho
 
 
 def canonical_directions(grams, widths, n_components, regularization, cross=None,
-                         diagonal=None):
+                         diagonal=None, paired=None):
     """Unit-variance MAXVAR directions and their pairwise correlations.
 
     Parameters
@@ -129,13 +140,17 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
     n_components : int
         Number of directions wanted; fewer are returned if the whitened
         problem has fewer dimensions.
-    regularization : float
+    regularization : sequence of float
+        Every model's relative ridge.
     cross : callable, optional
         ``cross(m, l)`` for ``m != l``: the off-diagonal blocks of ``T`` before
         whitening (default ``grams``; see `consensus_blocks` for missing views).
     diagonal : callable, optional
         ``diagonal(m)``: the diagonal blocks of ``T`` before whitening (default:
         ``T_mm = I``).
+    paired : callable, optional
+        ``paired(m, l)``: model ``m``'s Gram over the samples it shares with
+        ``l``, for the correlations (default: complete data, ``grams(m, m)``).
 
     Returns
     -------
@@ -145,9 +160,8 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
         Correlations of every pair on every direction (float64).
     """
     M = len(widths)
-    whiteners = [
-        _whitener(grams(m, m), ridge(grams(m, m), regularization)) for m in range(M)
-    ]
+    shifts = [ridge(grams(m, m), regularization[m]) for m in range(M)]
+    whiteners = [_whitener(grams(m, m), shifts[m]) for m in range(M)]
     ranks = [B.shape[1] for B in whiteners]
     cross = cross or grams
     if M == 2 and diagonal is None:
@@ -185,7 +199,8 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
         v = v / np.where(tiny, 1.0, norms)
         v[:, tiny] = 0
         directions.append(B @ v)
-    return directions, _pairwise_correlations(grams, widths, directions)
+    return directions, _pairwise_correlations(grams, widths, directions, shifts,
+                                              paired)
 
 
 def _signed(projections):
@@ -225,9 +240,9 @@ def fit_cca(stats, n_components, regularization):
     n_components : int
         The latent dimension ``k``. Columns beyond the number of directions
         the models can share are zero.
-    regularization : float
-        Ridge added to every model's Gram, relative to the mean variance of
-        its features.
+    regularization : sequence of float
+        Every model's ridge, relative to the mean variance of its features
+        (`Statistics.ridges`).
 
     Returns
     -------
@@ -245,6 +260,7 @@ def fit_cca(stats, n_components, regularization):
         regularization,
         cross,
         None if cross is None else lambda m: cross(m, m),
+        None if stats.complete else stats.paired,
     )
     projections, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
     return _signed(projections), agreement
@@ -280,7 +296,7 @@ def consensus_blocks(stats, regularization):
             scale[m, l]
         )
         if m == l:
-            shift = ridge(stats.block(m, m), regularization)
+            shift = ridge(stats.block(m, m), regularization[m])
             block = block + shift * np.eye(len(block), dtype=block.dtype)
         return block
 
@@ -307,7 +323,7 @@ def fit_to_frozen(moments, widths, projections, frozen, regularization):
     projections : list of (d_m, k) ndarray
         Current weights; those of frozen models are used.
     frozen : sequence of bool
-    regularization : float
+    regularization : sequence of float
 
     Returns
     -------
@@ -323,7 +339,7 @@ def fit_to_frozen(moments, widths, projections, frozen, regularization):
     for m in free:
         d = widths[m]
         G = moments.gram[cols[m], cols[m]]
-        A[at : at + d, at : at + d] += G + ridge(G, regularization) * np.eye(d)
+        A[at : at + d, at : at + d] += G + ridge(G, regularization[m]) * np.eye(d)
         for f in np.flatnonzero(frozen):
             b[at : at + d] += moments.consensus[cols[m], cols[f]] @ projections[f]
         at += d
@@ -413,16 +429,23 @@ def canonicalise(stats, projections, n_components, regularization):
             P, Q = projections[m], projections[l]
             G = P.T @ stats.block(m, l) @ Q
             if m == l:  # the ridge of the data space, seen from the latents
-                G = G + ridge(stats.block(m, m), regularization) * (P.T @ P)
+                G = G + ridge(stats.block(m, m), regularization[m]) * (P.T @ P)
             latent_grams[m, l] = G
         return latent_grams[m, l]
 
     def cross(m, l):
         return projections[m].T @ data_cross(m, l) @ projections[l]
 
+    def paired(m, l):  # over the shared samples, with the ridge as in grams
+        P = projections[m]
+        shift = ridge(stats.block(m, m), regularization[m])
+        return P.T @ stats.paired(m, l) @ P + shift * (P.T @ P)
+
     widths = [P.shape[1] for P in projections]
     directions, rho = canonical_directions(
-        grams, widths, n_components, 0.0, None if data_cross is None else cross
+        grams, widths, n_components, (0.0,) * len(widths),
+        None if data_cross is None else cross,
+        paired=None if stats.complete else paired,
     )
     inner, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
     return _signed([P @ A for P, A in zip(projections, inner)]), agreement

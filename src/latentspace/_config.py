@@ -12,7 +12,14 @@ from ._monitor import TrainingState
 from ._solvers import INITS, OBJECTIVES, SOLVERS
 from ._validation import check_dim, check_float, check_int
 
-__all__ = ["ProjectionConfig", "TrainingResult", "TrainingState", "resolve_config"]
+__all__ = [
+    "ProjectionConfig",
+    "TrainingResult",
+    "TrainingState",
+    "check_objective",
+    "check_regularization",
+    "resolve_config",
+]
 
 
 def _check_choice(name, value, allowed, *, none=False):
@@ -21,6 +28,23 @@ def _check_choice(name, value, allowed, *, none=False):
         return value
     options = ", ".join(map(repr, allowed)) + (" or None" if none else "")
     raise InvalidParameterError(f"{name} must be one of {options}, got {value!r}")
+
+
+def check_objective(value):
+    """One of the objectives (None refused)."""
+    return _check_choice("objective", value, OBJECTIVES)
+
+
+def check_regularization(value):
+    """"auto" or a finite number >= 0."""
+    if isinstance(value, str):
+        return _check_choice("regularization", value, ("auto",))
+    try:
+        return check_float("regularization", value, positive=False)
+    except InvalidParameterError:
+        raise InvalidParameterError(
+            f"regularization must be 'auto' or a finite number >= 0, got {value!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -35,49 +59,58 @@ class ProjectionConfig:
         initialised at that size, then the models in the data are trained.
     learning_rate : float, default=0.01
         Step size of the first epoch; it decays by a factor 0.999 per epoch
-        ("sgd", "minibatch").
+        ("sgd", "minibatch"). The per-sample SGD is stable while
+        ``learning_rate`` is well below ``1 / max_i ||x_i||^2``.
     n_epochs : int, default=100
         Passes over the data ("sgd", "minibatch"), or the maximum number of
         iterations ("lbfgs"); ignored by "cca".
     alignment_weight : float, default=1.0
         Weight ``w`` of the alignment term relative to reconstruction.
-    solver : {"sgd", "minibatch", "lbfgs", "cca"}, default="sgd"
-        - "sgd": SPEC.md's reference optimiser (per-sample SGD), the default
-          and the contract: with the defaults its results are those of the
-          Go package's algorithm.
+    solver : {"cca", "sgd", "minibatch", "lbfgs"}, default="cca"
+        - "cca" (the default): closed-form regularised multi-view CCA
+          (MAXVAR generalised CCA, any number of models) from statistics
+          accumulated in one pass: centres the inputs (per-model offsets),
+          orders latent dimensions by how strongly the models agree on them
+          and weights them by that agreement; the reconstructions are the
+          least-squares inverses of the projections. No learning rate, no
+          epochs: the best space the data allows, on raw (unnormalised)
+          embeddings too.
+        - "sgd": the reference optimiser of the Go package (per-sample SGD,
+          see ``docs/maths.md``), kept exactly: with ``learning_rate=0.01``
+          and ``n_epochs=100`` its results are those of the Go package's
+          algorithm, bit for bit with its NumPy transcription.
         - "minibatch": Adam on mini-batches of ``batch_size`` consecutive rows.
         - "lbfgs": full-batch L-BFGS (SciPy's) on sufficient statistics (the
           Gram and cross-Gram matrices, accumulated in one pass): every
           iteration costs ``O(D^2 k)`` for ``D`` the summed input widths,
           whatever the number of samples.
-        - "cca": closed-form regularised multi-view CCA (MAXVAR generalised
-          CCA, any number of models): centres the inputs (per-model offsets),
-          orders latent dimensions by how strongly the models agree on them
-          and weights them by that agreement; the reconstructions are the
-          least-squares inverses of the projections. The fast way to a space
-          in which cross-model retrieval works.
     objective : {"reference", "whitened"} or None, default=None
-        The loss the gradient solvers minimise. "reference" is SPEC.md's;
-        it has no minimiser (scaling ``P`` by ``eps`` and ``R`` by ``1/eps``
-        lowers it for ever), so descending it shrinks the latents rather than
-        aligning them. "whitened" measures the alignment on whitened latents
-        (see `latentspace._losses`): no direction of the weights lowers it
-        without aligning the models; the solution is then expressed in the
-        agreement-ordered, weighted basis of "cca" and the offsets are the
-        data means. ``None``: "reference" for "sgd", "whitened" for the other
-        solvers ("cca" minimises no loss: the objective only selects the loss
-        reported).
-    init : {"current", "cca"}, default="current"
+        The loss the gradient solvers minimise and every solver reports.
+        "reference" is the Go package's; it has no minimiser (scaling ``P``
+        by ``eps`` and ``R`` by ``1/eps`` lowers it for ever), so descending
+        it shrinks the latents rather than aligning them. "whitened" measures
+        the alignment on whitened latents (see ``docs/maths.md``): no
+        direction of the weights lowers it without aligning the models; the
+        solution is then expressed in the agreement-ordered, weighted basis
+        of "cca" and the offsets are the data means. ``None``: "reference"
+        for "sgd" (and with ``frozen`` models), "whitened" for the other
+        solvers ("cca" minimises no loss: the objective only selects the
+        loss reported).
+    init : {"current", "cca"} or None, default=None
         Starting weights of the gradient solvers: the space's ("current", as
-        SPEC.md's optimiser does) or the closed-form solution ("cca", which
-        also sets the offsets to the data means).
-    regularization : float, default=0.1
-        Ridge added to every model's Gram matrix, relative to the mean
-        variance of its features (``G_m + regularization * trace(G_m) / d_m
-        * I``), by "cca", ``init="cca"`` and the whitened objective. Larger
-        values trust correlations in low-variance directions less; 0.1 to 0.3
-        gave the best held-out retrieval on the benchmarks (0.1 gained 1 to 3
-        points of top-1 over 0.01 on the digits at 1,200 samples).
+        the reference optimiser does) or the closed-form solution ("cca",
+        which also sets the offsets to the data means). ``None``: "current"
+        for "sgd", "cca" for "minibatch" and "lbfgs", and "cca" for the free
+        models whenever ``frozen`` models are given (a gradient solver
+        started elsewhere ends far from the frozen space).
+    regularization : "auto" or float, default="auto"
+        Ridge added to every model's covariance, relative to the mean
+        variance of its features (``G_m + r_m * trace(G_m) / d_m * I``), by
+        "cca", ``init="cca"`` and the whitened objective. "auto": ``r_m`` is
+        chosen per model from its own statistics (an analytic shrinkage of
+        the covariance, large for few samples and small for many, see
+        ``docs/maths.md``); a number is used for every model. Larger values
+        trust correlations in low-variance directions less.
     batch_size : int, default=256
         Rows per mini-batch ("minibatch").
     tol : float or None, default=None
@@ -104,10 +137,10 @@ class ProjectionConfig:
     learning_rate: float = 0.01
     n_epochs: int = 100
     alignment_weight: float = 1.0
-    solver: str = "sgd"
+    solver: str = "cca"
     objective: str | None = None
-    init: str = "current"
-    regularization: float = 0.1
+    init: str | None = None
+    regularization: float | str = "auto"
     batch_size: int = 256
     tol: float | None = None
     callback: Callable | None = None
@@ -128,10 +161,8 @@ class ProjectionConfig:
             "solver": _check_choice("solver", self.solver, tuple(SOLVERS)),
             "objective": _check_choice("objective", self.objective, OBJECTIVES,
                                        none=True),
-            "init": _check_choice("init", self.init, INITS),
-            "regularization": check_float(
-                "regularization", self.regularization, positive=False
-            ),
+            "init": _check_choice("init", self.init, INITS, none=True),
+            "regularization": check_regularization(self.regularization),
             "batch_size": check_int("batch_size", self.batch_size, 1),
             "tol": None if self.tol is None else check_float(
                 "tol", self.tol, positive=False
@@ -201,6 +232,10 @@ class TrainingResult:
         For "cca" and the whitened objective: how strongly the models agree
         on every latent dimension (mean pairwise correlation, decreasing; the
         canonical correlations for two models). None otherwise.
+    regularization : tuple of float or None
+        Every trained model's relative ridge as used (what "auto" chose), in
+        the order of the data's models; None if no solver step used one
+        ("sgd" with the reference objective).
     """
 
     n_epochs: int
@@ -212,6 +247,7 @@ class TrainingResult:
     objective: str = "reference"
     converged: bool = False
     agreement: tuple | None = None
+    regularization: tuple | None = None
 
     @property
     def iterations(self) -> int:

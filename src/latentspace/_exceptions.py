@@ -3,6 +3,7 @@
 
 __all__ = [
     "ConvergenceWarning",
+    "DimensionWarning",
     "InvalidParameterError",
     "TrainingDivergedError",
     "UnknownModelError",
@@ -27,3 +28,7 @@ class TrainingDivergedError(FloatingPointError):
 
 class ConvergenceWarning(UserWarning):
     """A solver ran out of iterations before meeting its ``tol``."""
+
+
+class DimensionWarning(UserWarning):
+    """The latent dimension is larger than the training data can fill."""

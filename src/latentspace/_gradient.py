@@ -67,6 +67,8 @@ def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
             # Stopping on the relative decrease is the monitor's job (tol).
             options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
         )
+    if not monitor.history:  # a stationary start: L-BFGS-B made no iteration
+        monitor.step(result.fun)
     Ps, Rs = objective.split(np.asarray(result.x).astype(dtype))
     return Ps, Rs, bool(result.success)
 

@@ -24,7 +24,7 @@ multiplied by any positive-definite matrix), so no direction of the weights
 lowers the alignment without aligning the models: for two models (and no
 regularisation) its smallest value over rotations is ``(w tau / 2) (k -
 sum_j rho_j)``, ``rho_j`` the canonical correlations of their latent
-subspaces. ``r_m = regularization * trace(G_mm) / d_m`` is the ridge of the
+subspaces. ``r_m = regularization_m * trace(G_mm) / d_m`` is the ridge of the
 closed form (`latentspace._cca`); ``delta_m`` is a jitter of ``sqrt(eps) *
 trace(S_m) / k`` that keeps ``W_m`` finite when a model's latents are rank
 deficient (``d_m < k``). A latent dimension on which the models disagree
@@ -50,7 +50,7 @@ import scipy.linalg
 
 from ._statistics import ridge, slices
 
-__all__ = ["Objective", "sample_scale", "whitening"]
+__all__ = ["Objective", "sample_scale", "whitened_loss", "whitening"]
 
 
 def _dot(a, b):
@@ -111,8 +111,9 @@ class Objective:
     k : int
         Latent dimension.
     alignment_weight : float
-    regularization : float
-        Ridge of the whitening (whitened objective only).
+    regularization : sequence of float
+        Every model's relative ridge of the whitening (whitened objective
+        only).
     scale : float
         ``tau`` of the whitened objective (ignored by the reference one).
     dtype : dtype
@@ -132,7 +133,7 @@ class Objective:
         self.widths = tuple(int(d) for d in widths)
         self.k = int(k)
         self.w = float(alignment_weight)
-        self.regularization = float(regularization)
+        self.regularization = tuple(float(r) for r in regularization)
         self.scale = float(scale)
         self.dtype = np.dtype(dtype)
         self.size = sum(self.widths) * self.k
@@ -202,7 +203,7 @@ class Objective:
             for m, (s, P, GP) in enumerate(zip(cols, Ps, GPs)):
                 # whitened over the samples the model observed
                 G = norm.observed(m, s)
-                shift = ridge(G, self.regularization)
+                shift = ridge(G, self.regularization[m])
                 same = norm is moments and norm.coverage[m] == 1
                 GPn = GP if same else G @ P
                 S = P.T @ GPn + shift * (P.T @ P)
@@ -240,3 +241,34 @@ class Objective:
                 gPs[m][...] = 0
                 gRs[m][...] = 0
         return loss, gPs, gRs
+
+
+def whitened_loss(stats, projections, reconstructions, alignment_weight,
+                  regularization):
+    """The whitened objective's mean per-sample loss of weights on data.
+
+    Parameters
+    ----------
+    stats : Statistics
+        Of the data less the models' offsets.
+    projections, reconstructions : lists of ndarray
+    alignment_weight : float
+    regularization : "auto" or float
+        As in `ProjectionConfig` (resolved with `Statistics.ridges`).
+
+    Returns
+    -------
+    float
+    """
+    widths = stats.widths
+    moments = stats.moments(np.zeros(sum(widths)))
+    objective = Objective(
+        "whitened",
+        widths,
+        projections[0].shape[1],
+        alignment_weight,
+        stats.ridges(regularization),
+        sample_scale(moments, widths),
+        stats.gram.dtype,
+    )
+    return objective(projections, reconstructions, moments, gradient=False)

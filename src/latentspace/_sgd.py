@@ -32,13 +32,28 @@ def _split(flat, widths, k, transpose):
     return [flat[a:b].reshape(s) for a, b, s in zip(bounds, bounds[1:], shapes)]
 
 
-def _diverged(epoch, loss, config, blocks):
-    scale = max(float(np.abs(X).max()) for X in blocks)
+def _diverged(epoch, loss, learning_rate, blocks, names):
+    """The error for a divergence, naming the learning rate that is stable.
+
+    The per-sample update ``P -= lr * outer(x, ...)`` is stable while ``lr *
+    ||x||^2`` stays below about one for every sample (measured: it diverged
+    from 1.5 / max ||x||^2 and trained at 1 / max ||x||^2 on features of
+    several widths and scales), so the error names the largest squared row
+    norm and suggests half its inverse.
+    """
+    norms = [np.einsum("ij,ij->i", X, X, dtype=np.float64) for X in blocks]
+    m = int(np.argmax([v.max() for v in norms]))
+    row = int(np.argmax(norms[m]))
+    largest = float(norms[m][row])
+    what = f"mean loss {loss}" if isinstance(loss, float) else loss
     return TrainingDivergedError(
-        f"training diverged in epoch {epoch} (mean loss {loss}); the space keeps "
-        f"its previous weights. Try a smaller learning_rate (it was "
-        f"{config.learning_rate}) or scale the features (largest |value| is "
-        f"{scale:.3g})"
+        f"training diverged in epoch {epoch} ({what}); the space keeps its "
+        f"previous weights. The per-sample SGD is stable while learning_rate * "
+        f"||x||^2 stays below about 1, and the largest squared row norm is "
+        f"{largest:.4g} (model {names[m]!r}, row {row}), so learning_rate="
+        f"{learning_rate:g} gives {learning_rate * largest:.3g}: try "
+        f"learning_rate={0.5 / largest:.2g}, or scale the features, or "
+        "solver='cca' (the default), which needs no learning rate"
     )
 
 
@@ -75,7 +90,7 @@ def _kernels(X, widths, k, observed, rates, P, R, w):
     return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
 
 
-def train_sgd(blocks, projections, reconstructions, config, *, observed=None,
+def train_sgd(blocks, projections, reconstructions, config, *, names, observed=None,
               rates=None, monitor=None, alignment_weight=None, retract=None,
               loss=None):
     """Train copies of the weights with SPEC.md's per-sample SGD.
@@ -88,6 +103,8 @@ def train_sgd(blocks, projections, reconstructions, config, *, observed=None,
     projections, reconstructions : list of ndarray
         Starting ``P_m`` (d_m, k) and ``R_m`` (k, d_m); not modified.
     config : ProjectionConfig
+    names : sequence of str
+        The models, for messages.
     observed : (n, M) bool ndarray, optional
         Which model observed which sample (default: all of them).
     rates : sequence of float, optional
@@ -149,11 +166,12 @@ def train_sgd(blocks, projections, reconstructions, config, *, observed=None,
             restart()
         value = loss(Ps, Rs) if done == n else math.nan
         if not math.isfinite(value):
-            raise _diverged(number, value, config, blocks)
+            raise _diverged(number, value, config.learning_rate, blocks, names)
         history.append(value)
         learning_rate *= _DECAY
         if monitor is not None and monitor.step(value):
             break
     if not (np.isfinite(P).all() and np.isfinite(R).all()):
-        raise _diverged(len(history), "finite, weights not", config, blocks)
+        raise _diverged(len(history), "finite loss, weights not",
+                        config.learning_rate, blocks, names)
     return Ps, Rs, initial_loss, history

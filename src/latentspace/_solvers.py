@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._cca import canonicalise, fit_cca, fit_to_frozen, least_squares_inverse
-from ._exceptions import ConvergenceWarning
+from ._exceptions import ConvergenceWarning, DimensionWarning, TrainingDivergedError
 from ._gradient import train_lbfgs, train_minibatch
 from ._losses import Objective, sample_scale, whitening
 from ._monitor import Monitor
@@ -46,11 +46,13 @@ class Outcome(NamedTuple):
     stopped: bool
     objective: str
     agreement: tuple | None
+    regularization: tuple | None  # every model's relative ridge, if used
 
 
 class _Problem(NamedTuple):
     """Everything a solver needs besides the starting weights."""
 
+    names: list  # the models, for messages
     blocks: list | None  # (n, d_m) samples (shifted by the new offsets for "sgd")
     observed: np.ndarray | None  # (n, M) bool: which model observed which sample
     shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
@@ -74,13 +76,14 @@ def _sgd(problem, Ps, Rs, monitor):
     """
     objective, config, moments = problem.objective, problem.config, problem.moments
     kwargs = {
+        "names": problem.names,
         "observed": problem.observed,
         "rates": [0.0 if f else 1.0 for f in problem.frozen],
     }
     if objective.kind == "whitened":
         cols = slices(objective.widths)
         grams = [moments.observed(m, s) for m, s in enumerate(cols)]
-        ridges = [ridge(G, objective.regularization) for G in grams]
+        ridges = [ridge(G, r) for G, r in zip(grams, objective.regularization)]
 
         # Latents are whitened to variance tau / k per dimension rather than
         # 1, so that their squared norm is that of a sample, as in the
@@ -113,19 +116,20 @@ def _sgd(problem, Ps, Rs, monitor):
 def _minibatch(problem, Ps, Rs, monitor):
     """Adam on mini-batches of ``batch_size`` rows (`train_minibatch`)."""
     config = problem.config
-    out = train_minibatch(
-        problem.objective,
-        Ps,
-        Rs,
-        problem.blocks,
-        problem.observed,
-        problem.shift,
-        config.batch_size,
-        config.learning_rate,
-        config.n_epochs,
-        monitor,
-        problem.moments,
-    )
+    with blas_single_threaded():
+        out = train_minibatch(
+            problem.objective,
+            Ps,
+            Rs,
+            problem.blocks,
+            problem.observed,
+            problem.shift,
+            config.batch_size,
+            config.learning_rate,
+            config.n_epochs,
+            monitor,
+            problem.moments,
+        )
     if out is None:
         return None
     return out[0], out[1], False
@@ -133,9 +137,11 @@ def _minibatch(problem, Ps, Rs, monitor):
 
 def _lbfgs(problem, Ps, Rs, monitor):
     """L-BFGS-B on the sufficient statistics (`train_lbfgs`)."""
-    return train_lbfgs(
-        problem.objective, Ps, Rs, problem.moments, problem.config.n_epochs, monitor
-    )
+    with blas_single_threaded():
+        return train_lbfgs(
+            problem.objective, Ps, Rs, problem.moments, problem.config.n_epochs,
+            monitor,
+        )
 
 
 def _cca(problem, Ps, Rs, monitor):
@@ -145,7 +151,7 @@ def _cca(problem, Ps, Rs, monitor):
 
 
 # The registry: ProjectionConfig.solver accepts exactly these names.
-SOLVERS = {"sgd": _sgd, "minibatch": _minibatch, "lbfgs": _lbfgs, "cca": _cca}
+SOLVERS = {"cca": _cca, "sgd": _sgd, "minibatch": _minibatch, "lbfgs": _lbfgs}
 OBJECTIVES = ("reference", "whitened")
 INITS = ("current", "cca")
 # What objective=None and tol=None mean for every solver.
@@ -184,7 +190,19 @@ def train(source, offsets, projections, reconstructions, config, monitor_args,
 
     Returns
     -------
-    Outcome, or None if the weights stopped being finite.
+    Outcome
+
+    Raises
+    ------
+    TrainingDivergedError
+        If the statistics, the loss or the weights stopped being finite.
+
+    Warns
+    -----
+    DimensionWarning
+        If the data cannot fill the latent dimension.
+    ConvergenceWarning
+        If a ``tol`` was not met.
     """
     # Overflow is detected from the results (non-finite loss or weights).
     with (
@@ -202,23 +220,72 @@ def _plus(offset, shift):
     return shift if offset is None else offset + shift
 
 
+def _diverged(solver, config, what):
+    """The error for a run whose ``what`` stopped being finite (not "sgd",
+    whose kernel names the learning rate that would be stable)."""
+    if solver == "minibatch":
+        hint = (f"try a smaller learning_rate (it was {config.learning_rate}) or "
+                "scale the features")
+    else:
+        hint = "scale the features or raise regularization"
+    return TrainingDivergedError(
+        f"training with solver={solver!r} diverged ({what} not finite); the space "
+        f"keeps its previous weights: {hint}"
+    )
+
+
+def _paired(stats, blocks, observed):
+    """The number of samples that at least two models observed."""
+    if stats is not None:
+        return sum(sums.count for members, sums in stats.patterns if len(members) > 1)
+    if observed is None:
+        return len(blocks[0])
+    return int(np.count_nonzero(observed.sum(axis=1) > 1))
+
+
+def _check_dimension(k, widths, paired):
+    """Warn if the data cannot fill ``k`` latent dimensions of the closed
+    form's basis: a dimension needs two models (there are at most as many as
+    the second largest width) and centred paired samples (at most their
+    number less one)."""
+    by_width = sorted(widths)[-2]
+    by_pairs = max(paired - 1, 0)
+    supported = min(by_width, by_pairs)
+    if k <= supported:
+        return
+    reason = (
+        f"the second largest model width is {by_width}" if by_width <= by_pairs
+        else f"only {paired} samples are paired (centred, {by_pairs} dimensions)"
+    )
+    warnings.warn(
+        f"latent_dim={k} is more than the data can fill: {reason}, so at most "
+        f"{supported} latent dimensions carry signal shared by two models and the "
+        f"other {k - supported} are zero. Use latent_dim <= {supported}",
+        DimensionWarning,
+        stacklevel=5,
+    )
+
+
 def _train(source, offsets, projections, reconstructions, config, monitor_args,
            frozen):
     solver = config.solver
     transfer = any(frozen)
     kind = config.objective or ("reference" if transfer else DEFAULT_OBJECTIVE[solver])
     tol = config.tol if config.tol is not None else DEFAULT_TOL[solver]
+    init = config.init or ("cca" if solver != "sgd" or transfer else "current")
     dtype = source.dtype
     widths = source.widths
     k = projections[0].shape[1]
     # Centre (new offsets = data means) unless the reference objective is
-    # minimised from the current weights, as SPEC.md's optimiser does; the
+    # minimised from the current weights, as the reference optimiser does; the
     # frozen models keep their offsets.
-    centre = solver == "cca" or kind == "whitened" or config.init == "cca" or transfer
+    centre = solver == "cca" or kind == "whitened" or init == "cca" or transfer
     stats = moments = pending = None
     shifts = [None] * len(widths)
+    regularization = (0.0,) * len(widths)
     if centre or solver in ("lbfgs", "minibatch"):
         stats = source.statistics(offsets)
+        regularization = stats.ridges(config.regularization)
         if centre:
             shifts = [
                 None if f else mu.astype(dtype) for f, mu in zip(frozen, stats.means())
@@ -227,8 +294,12 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
             [np.zeros(d) if s is None else s for d, s in zip(widths, shifts)]
         )
         moments = stats.moments(shift)
-        if not np.isfinite(moments.gram).all():  # the features overflow the dtype
-            return None
+        if not np.isfinite(moments.gram).all():
+            raise TrainingDivergedError(
+                f"the features' second moments overflow {dtype} (the statistics "
+                f"of solver={solver!r} are not finite); the space keeps its "
+                "previous weights: scale the features down"
+            )
         if centre and solver == "minibatch":
             pending = shift.astype(dtype)  # minibatch shifts its batches
     blocks = observed = None
@@ -236,12 +307,14 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         if solver == "sgd":  # the blocks carry the new offsets
             offsets = [_plus(o, s) for o, s in zip(offsets, shifts)]
         blocks, observed = source.samples(offsets)
+    if solver == "cca" or kind == "whitened":  # the closed form's basis
+        _check_dimension(k, widths, _paired(stats, blocks, observed))
     objective = Objective(
         kind,
         widths,
         k,
         config.alignment_weight,
-        config.regularization,
+        regularization,
         sample_scale(moments, widths) if moments is not None else 1.0,
         dtype,
         frozen,
@@ -249,17 +322,17 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
     agreement = None
     Ps = [np.array(P, dtype=dtype) for P in projections]
     Rs = [np.array(R, dtype=dtype) for R in reconstructions]
-    if solver == "cca" or config.init == "cca":
+    if solver == "cca" or init == "cca":
         if transfer:
-            Ps = fit_to_frozen(moments, widths, Ps, frozen, config.regularization)
+            Ps = fit_to_frozen(moments, widths, Ps, frozen, regularization)
         else:
-            Ps, agreement = fit_cca(stats, k, config.regularization)
+            Ps, agreement = fit_cca(stats, k, regularization)
         Rs = [
             R if f else least_squares_inverse(stats.block(m, m), P)
             for m, (f, P, R) in enumerate(zip(frozen, Ps, Rs))
         ]
-    problem = _Problem(blocks, observed, pending, stats, moments, objective, config,
-                       frozen)
+    problem = _Problem(source.names, blocks, observed, pending, stats, moments,
+                       objective, config, frozen)
     total = 1 if solver == "cca" else config.n_epochs
     with Monitor(
         total, tol, config.callback, config.progress, **monitor_args
@@ -275,14 +348,14 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
             )
         out = SOLVERS[solver](problem, Ps, Rs, monitor)
         if out is None or not (_finite(out[0]) and _finite(out[1])):
-            return None
+            raise _diverged(solver, config, "loss or weights")
         Ps, Rs, finished = out
         if kind == "whitened" and solver != "cca":
-            Ps, agreement = canonicalise(stats, Ps, k, config.regularization)
+            Ps, agreement = canonicalise(stats, Ps, k, regularization)
             Rs = [least_squares_inverse(stats.block(m, m), P) for m, P in enumerate(Ps)]
             monitor.replace_last(objective(Ps, Rs, moments, gradient=False))
         if not math.isfinite(monitor.history[-1] if monitor.history else 0.0):
-            return None
+            raise _diverged(solver, config, "loss")
     converged = bool(finished or monitor.converged)
     if tol is not None and not (converged or monitor.stopped):
         # Before publishing: warnings turned into errors leave the space as it was.
@@ -305,4 +378,5 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         stopped=monitor.stopped,
         objective=kind,
         agreement=None if agreement is None else tuple(float(a) for a in agreement),
+        regularization=None if stats is None else regularization,
     )

@@ -9,9 +9,14 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core
-from ._config import TrainingResult, resolve_config
+from ._config import (
+    TrainingResult,
+    check_objective,
+    check_regularization,
+    resolve_config,
+)
+from ._losses import whitened_loss
 from ._objective import mean_loss
-from ._exceptions import TrainingDivergedError
 from ._monitor import check_progress_available
 from ._solvers import train
 from ._data import is_dask_array, training_data
@@ -307,36 +312,48 @@ class LatentSpace:
         """The input offset ``mu`` of model ``name`` (read-only), or None."""
         return self._model(name).offset
 
-    def loss(self, data, alignment_weight=1.0, *, observed=None):
-        """SPEC.md's mean per-sample loss ``L / n`` on aligned data.
+    def loss(self, data, alignment_weight=1.0, *, observed=None,
+             objective="reference", regularization="auto"):
+        """The mean per-sample loss of ``objective`` on aligned data.
 
         Parameters
         ----------
         data : mapping of str to array-like of shape (n, d_m)
-            Aligned samples of one or more registered models.
+            Aligned samples of one or more registered models (two or more
+            for the whitened objective).
         alignment_weight : float, default=1.0
         observed : mapping of str to bool array-like of shape (n,), optional
             Missing views, as for `train_projections`: a sample counts for the
             models that observed it, about the mean of their latents.
+        objective : {"reference", "whitened"}, default="reference"
+            "reference": the Go package's ``L / n`` (``docs/maths.md``).
+            "whitened": the well-posed variant that the closed form and the
+            gradient solvers report in `TrainingResult` (by default): on the
+            data a space was trained on, with the same ``regularization``, it
+            equals that result's ``final_loss``.
+        regularization : "auto" or float, default="auto"
+            The ridge of the whitened objective (ignored by "reference").
 
         Returns
         -------
         float
         """
         w = check_alignment_weight(alignment_weight)
+        check_objective(objective)
         models = self._snapshot.models
         with training_data(
-            data, models, self._dtype, observed=observed, min_models=1
+            data, models, self._dtype, observed=observed,
+            min_models=1 if objective == "reference" else 2,
         ) as source:
             names = source.names
-            blocks, mask = source.samples([models[n].offset for n in names])
-        return mean_loss(
-            blocks,
-            [models[n].projection for n in names],
-            [models[n].reconstruction for n in names],
-            w,
-            mask,
-        )
+            offsets = [models[n].offset for n in names]
+            Ps = [models[n].projection for n in names]
+            Rs = [models[n].reconstruction for n in names]
+            if objective == "whitened":
+                return whitened_loss(source.statistics(offsets), Ps, Rs, w,
+                                     check_regularization(regularization))
+            blocks, mask = source.samples(offsets)
+        return mean_loss(blocks, Ps, Rs, w, mask)
 
     def train_projections(self, data, config=None, *, observed=None, frozen=(),
                           **overrides):
@@ -443,13 +460,6 @@ class LatentSpace:
                     "latentspace: training interrupted; the space is unchanged"
                 )
                 raise
-        if outcome is None:
-            raise TrainingDivergedError(
-                f"training with solver={config.solver!r} diverged (non-finite "
-                "loss or weights); the space keeps its previous weights. Try a "
-                "smaller learning_rate, a larger regularization, or scale the "
-                "features"
-            )
         trained = {
             name: _make_model(p.copy(), r.copy(), _offset(start[name].offset, shift))
             for name, p, r, shift in zip(
@@ -469,6 +479,7 @@ class LatentSpace:
             objective=outcome.objective,
             converged=outcome.converged,
             agreement=outcome.agreement,
+            regularization=outcome.regularization,
         )
 
     def _publish(self, snapshot, dim, start, trained, rng, config):
