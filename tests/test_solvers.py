@@ -920,3 +920,29 @@ def test_lbfgs_from_a_stationary_start_records_an_iteration():
         warnings.simplefilter("ignore", latentspace.DimensionWarning)
         _, _, result = trained((2, 2), 1, Xs, solver="lbfgs")
     assert len(result.loss_history) == 1 and result.final_loss == result.loss_history[0]
+
+
+def test_cca_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
+    # LAPACK's gesdd failed to converge on the whitened cross-covariance of 100
+    # real pairs of 384-d and 768-d sentence embeddings (gesvd converged); the
+    # matrix is 2 MB, so the failure is simulated here.
+    import scipy.linalg
+
+    from latentspace import _cca
+
+    svd = scipy.linalg.svd
+    drivers = []
+
+    def gesdd_fails(*args, lapack_driver="gesdd", **kwargs):
+        drivers.append(lapack_driver)
+        if lapack_driver == "gesdd":
+            raise np.linalg.LinAlgError("SVD did not converge")
+        return svd(*args, lapack_driver=lapack_driver, **kwargs)
+
+    Xs = correlated((6, 5), 200, seed=47)
+    expected = trained((6, 5), 3, Xs)[0]
+    monkeypatch.setattr(_cca.scipy.linalg, "svd", gesdd_fails)
+    space, names, _ = trained((6, 5), 3, Xs)
+    assert drivers == ["gesdd", "gesvd"]
+    for name in names:
+        assert_allclose(space.weights(name)[0], expected.weights(name)[0], atol=1e-10)
