@@ -57,12 +57,8 @@ def sgd_epoch(
     V: NDArray[Any],
     A: NDArray[Any],
     g: NDArray[Any],
-    ZW: NDArray[Any],
-    GW: NDArray[Any],
-    EW: NDArray[Any],
-    XW: NDArray[Any],
-    t: NDArray[Any],
     learning_rate: float,
     alignment_weight: float,
     check_every: int,
 ) -> int: ...
+def sgd_avx2(enable: bool | None = ...) -> bool: ...

@@ -19,10 +19,7 @@ _DECAY = 0.999
 # (`sgd_epoch_direct`) beats the look-ahead of `sgd_epoch`: 1.8x faster at
 # 8 -> 4 and 16+16 -> 8, 1.1x at 48 -> 16, slower at 96 -> 32 (measured).
 _DIRECT_MAX_WEIGHTS = 1024
-# Samples whose weight updates `sgd_epoch` delays and folds in at once: worth
-# it once the weights outgrow the L1 cache.
-_WINDOW = 16
-_WINDOW_MIN_WEIGHTS = 4096
+
 
 
 def _split(flat, widths, k, transpose):
@@ -60,17 +57,11 @@ def _kernels(X, widths, k, observed, rates, P, R, w):
 
         return (lambda: None), epoch
     E = np.empty((2, X.shape[1]), dtype)
-    V = np.empty((2, n_models, k), dtype)
-    window = _WINDOW if size >= _WINDOW_MIN_WEIGHTS else 1
-    ZW = np.empty((n_models, window, k), dtype)
-    GW = np.empty((n_models, window, k), dtype)
-    EW = np.empty((window, X.shape[1]), dtype)
-    XW = np.empty((window, X.shape[1]), dtype)
-    t = np.empty(window, dtype)
+    V = np.empty((n_models, k), dtype)
 
     def epoch(lr):
-        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, ZW,
-                               GW, EW, XW, t, lr, w, check_every)
+        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
+                               check_every)
 
     return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
 
