@@ -30,10 +30,9 @@ TRAINING_CASES = [
     ("n1-one-wide", (1, 2), 3, 1, 4, 0.05, 1.0),
     ("no-alignment", (4, 6), 3, 12, 3, 0.01, 0.0),
     ("heavy-alignment", (20, 30), 8, 30, 6, 0.005, 2.5),
-    # Past the plain loop (sgd_epoch_direct): the look-ahead kernel.
-    ("look-ahead", (40, 30), 24, 20, 2, 0.002, 1.0),
-    ("look-ahead-n1", (40, 30), 24, 1, 3, 0.002, 1.0),
-    ("look-ahead-n2", (40, 30), 24, 2, 3, 0.002, 1.0),
+    ("wider", (40, 30), 24, 20, 2, 0.002, 1.0),
+    ("wider-n1", (40, 30), 24, 1, 3, 0.002, 1.0),
+    ("wider-n2", (40, 30), 24, 2, 3, 0.002, 1.0),
     # Widths and k that are not multiples of the kernel's blocks of 4 rows and
     # of its vector lanes (4 float64, 8 float32), one narrower than a vector.
     ("odd-sizes", (45, 3, 27), 23, 15, 2, 0.002, 1.0),
@@ -578,16 +577,13 @@ def test_project_and_retrieve_of_blocked_sizes(dtype, d, k):
             space.project("m0", bad)
 
 
-def test_training_cases_cover_every_epoch_kernel():
-    """The plain loop and the look-ahead kernel, the latter with whole and
-    partial blocks of rows and vectors."""
-    from latentspace import _sgd
-
-    cases = [(widths, k) for _, widths, k, *_ in TRAINING_CASES]
-    assert any(sum(widths) * k < _sgd._DIRECT_MAX_WEIGHTS for widths, k in cases)
-    fused = [(w, k) for w, k in cases if sum(w) * k >= _sgd._DIRECT_MAX_WEIGHTS]
-    assert any(k % 4 == 0 for _, k in fused) and any(k % 4 for _, k in fused)
+def test_training_cases_cover_the_blocks_of_the_epoch_kernel():
+    """Whole and partial blocks of 4 rows, and of vector lanes (4 float64,
+    8 float32), and widths narrower than a vector."""
+    ks = [k for _, _, k, *_ in TRAINING_CASES]
+    widths = [d for _, w, *_ in TRAINING_CASES for d in w]
+    assert any(k % 4 == 0 for k in ks) and any(k % 4 and k > 4 for k in ks)
     for lanes in (4, 8):
-        assert any(d % lanes == 0 for w, _ in fused for d in w)
-        assert any(d % lanes and d > lanes for w, _ in fused for d in w)
-        assert any(d < lanes for w, _ in fused for d in w)
+        assert any(d % lanes == 0 for d in widths)
+        assert any(d % lanes and d > lanes for d in widths)
+        assert any(d < lanes for d in widths)
