@@ -177,9 +177,9 @@ def bench_sgd(repeats, clock):
             rows.append(row)
             if floor is not None:
                 floors.append(floor)
-    avx2 = _core.sgd_avx2()
+    avx = _core.sgd_avx()
     print(f"\nReference SGD: milliseconds per epoch, medians of {repeats} interleaved "
-          f"rounds ({'AVX2' if avx2 else 'baseline'} loops)")
+          f"rounds ({'AVX' if avx else 'baseline'} loops)")
     header = ("dtype", "widths->k", "n", "epoch", "train", "numpy", "numpy/epoch",
               "numpy/train")
     print("{:<8} {:<14} {:>5} {:>9} {:>9} {:>9} {:>12} {:>12}".format(*header))
@@ -277,9 +277,14 @@ def main():
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this thread's CPU time, which leaves out the "
                              "time other processes hold the core")
+    parser.add_argument("--no-avx", action="store_true",
+                        help="the SGD epoch's baseline loops instead of its AVX ones "
+                             "(NumPy's BLAS keeps its kernels)")
     args = parser.parse_args()
     repeats = args.repeats or (3 if args.quick else 7)
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    if args.no_avx:
+        _core.sgd_avx(False)
     print(f"latentspace {latentspace.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the start")

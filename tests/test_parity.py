@@ -56,17 +56,17 @@ def _train_both(dtype, widths, k, n, epochs, lr, w, seed=0):
     return space, names, result, Xs64, Ps, Rs
 
 
-@pytest.fixture(params=[True, False], ids=["avx2", "baseline"])
+@pytest.fixture(params=[True, False], ids=["avx", "baseline"])
 def sgd_loops(request):
-    """The SGD epoch's AVX2 loops, then its baseline ones."""
+    """The SGD epoch's AVX loops, then its baseline ones."""
     from latentspace import _core
 
-    if request.param and not _core.sgd_avx2():
-        pytest.skip("this CPU has no AVX2")
-    before = _core.sgd_avx2()
-    _core.sgd_avx2(request.param)
+    if request.param and not _core.sgd_avx():
+        pytest.skip("this CPU has no AVX")
+    before = _core.sgd_avx()
+    _core.sgd_avx(request.param)
     yield
-    _core.sgd_avx2(before)
+    _core.sgd_avx(before)
 
 
 @dtype_params

@@ -294,53 +294,53 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
 
 
 cdef extern from "_sgd_passes.h" nogil:
-    bint ls_sgd_have_avx2()
-    void ls_sgd_r_pass_d(bint avx2, int k, int d, double lr, double w, double c,
+    bint ls_sgd_have_avx()
+    void ls_sgd_r_pass_d(bint avx, int k, int d, double lr, double w, double c,
                          const double* e, const double* a, const double* v, double* z,
                          double* g, double* R, double* e1)
-    void ls_sgd_r_pass_f(bint avx2, int k, int d, float lr, float w, float c,
+    void ls_sgd_r_pass_f(bint avx, int k, int d, float lr, float w, float c,
                          const float* e, const float* a, const float* v, float* z,
                          float* g, float* R, float* e1)
-    void ls_sgd_p_pass_d(bint avx2, int d, int k, double lr, const double* x,
+    void ls_sgd_p_pass_d(bint avx, int d, int k, double lr, const double* x,
                          const double* g, const double* x2, double* P, double* v)
-    void ls_sgd_p_pass_f(bint avx2, int d, int k, float lr, const float* x,
+    void ls_sgd_p_pass_f(bint avx, int d, int k, float lr, const float* x,
                          const float* g, const float* x2, float* P, float* v)
 
 
-# Whether `sgd_epoch` runs its passes with AVX2 (set at import from the CPU).
-cdef bint _sgd_avx2 = ls_sgd_have_avx2()
+# Whether `sgd_epoch` runs its passes with AVX (set at import from the CPU).
+cdef bint _sgd_avx = ls_sgd_have_avx()
 
 
-def sgd_avx2(enable=None):
-    """Whether `sgd_epoch` uses its AVX2 loops; ``enable=False`` makes it use
-    the baseline ones (``True``: AVX2 again, if the CPU has it). Both give
+def sgd_avx(enable=None):
+    """Whether `sgd_epoch` uses its AVX loops; ``enable=False`` makes it use
+    the baseline ones (``True``: AVX again, if the CPU has it). Both give
     the same updates up to rounding; tests run each."""
-    global _sgd_avx2
+    global _sgd_avx
     if enable is not None:
-        _sgd_avx2 = bool(enable) and ls_sgd_have_avx2()
-    return _sgd_avx2
+        _sgd_avx = bool(enable) and ls_sgd_have_avx()
+    return _sgd_avx
 
 
-cdef inline void _r_pass(bint avx2, int k, int d, floating lr, floating w, floating c,
+cdef inline void _r_pass(bint avx, int k, int d, floating lr, floating w, floating c,
                          const floating* e, const floating* a, const floating* v,
                          floating* z, floating* g, floating* R,
                          floating* e1) noexcept nogil:
     """For every row j of R (k, d): R[j] -= lr * z[j] * e; g[j] = R[j] @ e +
     w * a[j]; z[j] = v[j] - c * g[j]; e1 += z[j] * R[j]"""
     if floating is double:
-        ls_sgd_r_pass_d(avx2, k, d, lr, w, c, e, a, v, z, g, R, e1)
+        ls_sgd_r_pass_d(avx, k, d, lr, w, c, e, a, v, z, g, R, e1)
     else:
-        ls_sgd_r_pass_f(avx2, k, d, lr, w, c, e, a, v, z, g, R, e1)
+        ls_sgd_r_pass_f(avx, k, d, lr, w, c, e, a, v, z, g, R, e1)
 
 
-cdef inline void _p_pass(bint avx2, int d, int k, floating lr, const floating* x,
+cdef inline void _p_pass(bint avx, int d, int k, floating lr, const floating* x,
                          const floating* g, const floating* x2, floating* P,
                          floating* v) noexcept nogil:
     """For every row r of P (d, k): P[r] -= lr * x[r] * g; v += x2[r] * P[r]"""
     if floating is double:
-        ls_sgd_p_pass_d(avx2, d, k, lr, x, g, x2, P, v)
+        ls_sgd_p_pass_d(avx, d, k, lr, x, g, x2, P, v)
     else:
-        ls_sgd_p_pass_f(avx2, d, k, lr, x, g, x2, P, v)
+        ls_sgd_p_pass_f(avx, d, k, lr, x, g, x2, P, v)
 
 
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
@@ -432,7 +432,7 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     cdef Py_ssize_t i, m, r, col, off, cur = 0, status = n
     cdef int k = Z.shape[1], d
     cdef floating lr, w = alignment_weight
-    cdef bint masked = observed is not None, avx2 = _sgd_avx2
+    cdef bint masked = observed is not None, avx = _sgd_avx
     cdef const floating* x
     cdef const floating* x1
     cdef const floating* x2
@@ -454,14 +454,14 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 e1 = &E[1 - cur, col]
                 for r in range(d):
                     e1[r] = -x1[col + r]
-                _r_pass(avx2, k, d, lr, w, lr * _dot(d, x1 + col, x + col),
+                _r_pass(avx, k, d, lr, w, lr * _dot(d, x1 + col, x + col),
                         &E[cur, col], &A[m, 0], &V[m, 0], &Z[m, 0], &g[0], &R[off],
                         e1)
                 if not _finite(_dot(k, &g[0], &g[0])):
                     status = i
                     break
                 V[m, :] = 0
-                _p_pass(avx2, d, k, lr, x + col, &g[0], x2 + col, &P[off], &V[m, 0])
+                _p_pass(avx, d, k, lr, x + col, &g[0], x2 + col, &P[off], &V[m, 0])
                 col += d
                 off += <Py_ssize_t> d * k
             if status < n:

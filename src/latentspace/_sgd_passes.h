@@ -14,8 +14,9 @@
  * the R pass reads it the second time, and e, e1, g, v are loaded once per
  * block. The loops are written once on GCC/Clang vector types (32 bytes,
  * lowered to SSE2 or NEON pairs where that is the baseline) and compiled
- * twice on x86: for the baseline ISA and for AVX2, which a caller picks with
- * ls_sgd_have_avx2() (a wheel cannot assume AVX2). Other compilers get the
+ * twice on x86: for the baseline ISA and for AVX (256-bit float arithmetic is
+ * all they need: AVX2 and FMA measured no faster), which a caller picks with
+ * ls_sgd_have_avx(), as a wheel cannot assume AVX. Other compilers get the
  * same code on one lane. The body below is included once per float type
  * (LS_T, LS_NAME); the header proper comes first.
  */
@@ -35,18 +36,18 @@
 #  define LS_VECTOR
 #endif
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-#  define LS_AVX2 1
+#  define LS_AVX 1
 #else
-#  define LS_AVX2 0
+#  define LS_AVX 0
 #endif
 /* Rows of one block. */
 #define LS_ROWS 4
 
-/* Whether the CPU runs the AVX2 loops. */
-static int ls_sgd_have_avx2(void) {
-#if LS_AVX2
+/* Whether the CPU runs the AVX loops. */
+static int ls_sgd_have_avx(void) {
+#if LS_AVX
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
+    return __builtin_cpu_supports("avx");
 #else
     return 0;
 #endif
@@ -154,45 +155,45 @@ LS_INLINE void LS_NAME(ls_p_body)(int d, int k, LS_T lr, const LS_T* x, const LS
         LS_NAME(ls_p_rows)(1, r, k, lr, x, g, x2, P, v);
 }
 
-#if LS_AVX2
-__attribute__((target("avx2")))
-static void LS_NAME(ls_r_avx2)(int k, int d, LS_T lr, LS_T w, LS_T c, const LS_T* e,
+#if LS_AVX
+__attribute__((target("avx")))
+static void LS_NAME(ls_r_avx)(int k, int d, LS_T lr, LS_T w, LS_T c, const LS_T* e,
                                const LS_T* a, const LS_T* v, LS_T* z, LS_T* g,
                                LS_T* R, LS_T* e1) {
     LS_NAME(ls_r_body)(k, d, lr, w, c, e, a, v, z, g, R, e1);
 }
 
-__attribute__((target("avx2")))
-static void LS_NAME(ls_p_avx2)(int d, int k, LS_T lr, const LS_T* x, const LS_T* g,
+__attribute__((target("avx")))
+static void LS_NAME(ls_p_avx)(int d, int k, LS_T lr, const LS_T* x, const LS_T* g,
                                const LS_T* x2, LS_T* P, LS_T* v) {
     LS_NAME(ls_p_body)(d, k, lr, x, g, x2, P, v);
 }
 #endif
 
-/* The R pass (see the top of the file), with the AVX2 loops if avx2. */
-static void LS_NAME(ls_sgd_r_pass)(int avx2, int k, int d, LS_T lr, LS_T w, LS_T c,
+/* The R pass (see the top of the file), with the AVX loops if avx. */
+static void LS_NAME(ls_sgd_r_pass)(int avx, int k, int d, LS_T lr, LS_T w, LS_T c,
                                    const LS_T* e, const LS_T* a, const LS_T* v,
                                    LS_T* z, LS_T* g, LS_T* R, LS_T* e1) {
-#if LS_AVX2
-    if (avx2) {
-        LS_NAME(ls_r_avx2)(k, d, lr, w, c, e, a, v, z, g, R, e1);
+#if LS_AVX
+    if (avx) {
+        LS_NAME(ls_r_avx)(k, d, lr, w, c, e, a, v, z, g, R, e1);
         return;
     }
 #endif
-    (void)avx2;
+    (void)avx;
     LS_NAME(ls_r_body)(k, d, lr, w, c, e, a, v, z, g, R, e1);
 }
 
-/* The P pass (see the top of the file), with the AVX2 loops if avx2. */
-static void LS_NAME(ls_sgd_p_pass)(int avx2, int d, int k, LS_T lr, const LS_T* x,
+/* The P pass (see the top of the file), with the AVX loops if avx. */
+static void LS_NAME(ls_sgd_p_pass)(int avx, int d, int k, LS_T lr, const LS_T* x,
                                    const LS_T* g, const LS_T* x2, LS_T* P, LS_T* v) {
-#if LS_AVX2
-    if (avx2) {
-        LS_NAME(ls_p_avx2)(d, k, lr, x, g, x2, P, v);
+#if LS_AVX
+    if (avx) {
+        LS_NAME(ls_p_avx)(d, k, lr, x, g, x2, P, v);
         return;
     }
 #endif
-    (void)avx2;
+    (void)avx;
     LS_NAME(ls_p_body)(d, k, lr, x, g, x2, P, v);
 }
 
