@@ -1,18 +1,23 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Benchmarks of the compiled core against NumPy, measured in one run.
 
-    python benchmarks/bench_core.py            # full run (about 2 minutes)
-    python benchmarks/bench_core.py --quick    # fewer repeats
+    python benchmarks/bench_core.py                # full run (about 2 minutes)
+    python benchmarks/bench_core.py --quick        # fewer repeats
+    python benchmarks/bench_core.py --only sgd --repeats 15 --clock cpu
 
-Prints two tables of medians and ratios:
+Prints medians and ratios of interleaved rounds (each round times every
+contender once, so that a change in the machine's load hits all alike):
 
-1. The reference optimiser (per-sample SGD of SPEC.md): seconds per epoch of
-   `LatentSpace.train_projections` (loss evaluation after every epoch
-   included) against the fastest NumPy transcription we could write (in-place
+1. The reference optimiser (per-sample SGD of SPEC.md): milliseconds per
+   epoch of the compiled epoch alone and of `LatentSpace.train_projections`
+   (which also evaluates the loss before the first epoch and after every
+   epoch), against the fastest NumPy transcription we could write (in-place
    BLAS ``ger``/``gemv`` through SciPy on Fortran-ordered weights, BLAS on
-   one thread), and against the floor set by the bytes an epoch must move:
-   every sample reads and writes every model's ``P`` and ``R`` once, at the
-   read+write bandwidth measured here on an array of the same size.
+   one thread). Then, for weights larger than 1 MiB, microseconds per sample
+   against the floor set by the bytes a sample must move (every weight read
+   and written once) at three rates measured in the same rounds: a STREAM-like
+   copy and an in-place update of as many bytes, and a single-vector gemv of
+   a matrix that stays in L2.
 2. `LatentSpace.project` of one vector against NumPy's ``x @ P``, with
    NumPy's BLAS on its default threads and on one thread, timed in
    interleaved rounds; plus the cost of a call at (4, 4), and the ratio that
@@ -30,6 +35,7 @@ from scipy.linalg import blas
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import latentspace
+from latentspace import _core, _sgd
 
 
 def median_seconds(fn, repeats, number=1):
@@ -67,67 +73,138 @@ def numpy_sgd_epoch(Xs, Ps, Rs, learning_rate, alignment_weight):
             ger(-lr, x, g, a=P, overwrite_a=True)
 
 
-def _rw_bandwidth(n_bytes, dtype, repeats):
-    """Read+write bandwidth (bytes/s) of an in-place update of ``n_bytes``."""
-    a = np.ones(n_bytes // np.dtype(dtype).itemsize, dtype)
-    seconds = median_seconds(lambda: np.add(a, 1, out=a), repeats, number=20)
-    return 2 * a.nbytes / seconds
+def _compiled_epoch(Xs, Ps, Rs, learning_rate, alignment_weight):
+    """The compiled epoch alone (no loss evaluation, no validation), on copies
+    of the weights. Reaches into the private driver of `train_projections`:
+    the public API always evaluates the loss."""
+    widths = np.array([X.shape[1] for X in Xs], dtype=np.intp)
+    X = np.concatenate(Xs, axis=1)
+    P = np.concatenate([p.ravel() for p in Ps])
+    R = np.concatenate([r.ravel() for r in Rs])
+    rates = np.ones(len(Xs), X.dtype)
+    restart, epoch = _sgd._kernels(X, widths, Ps[0].shape[1], None, rates, P, R,
+                                   alignment_weight)
+    restart()
+    return lambda: epoch(learning_rate)
 
 
-def bench_sgd(repeats):
-    rows = []
-    cases = [((3, 5), 4, 200, 200), ((384, 768), 128, 2000, 2)]
+def _rounds(fns, repeats, clock):
+    """Seconds per call of every ``fns`` value (``label: (function, number of
+    calls per timing)``) in each of ``repeats`` interleaved rounds."""
+    times = {label: [] for label in fns}
+    for _ in range(repeats):
+        for label, (fn, number) in fns.items():
+            start = clock()
+            for _ in range(number):
+                fn()
+            times[label].append((clock() - start) / number)
+    return times
+
+
+def _sgd_case(widths, k, n, epochs, dtype, repeats, clock):
+    """Times of one case: a row of the first table and, for weights larger
+    than 1 MiB, one of the second (else None)."""
+    rng = np.random.default_rng(0)
+    Xs = [(rng.standard_normal((n, d)) * 0.1).astype(dtype) for d in widths]
+    space = latentspace.LatentSpace(k, dtype=dtype)
+    for m, d in enumerate(widths):
+        space.register(f"m{m}", d)
+    data = {f"m{m}": X for m, X in enumerate(Xs)}
+    weights = [space.weights(f"m{m}") for m in range(len(widths))]
+    epoch = _compiled_epoch(Xs, [w[0] for w in weights], [w[1] for w in weights],
+                            0.01, 1.0)
+    Ps = [np.asfortranarray(w[0]) for w in weights]
+    Rs = [np.asfortranarray(w[1]) for w in weights]
+    numpy_epochs = max(1, epochs // 20)
+    fns = {
+        "epoch": (epoch, epochs),
+        "train": (lambda: space.train_projections(data, n_epochs=epochs), 1),
+        "numpy": (lambda: numpy_sgd_epoch(Xs, Ps, Rs, 0.01, 1.0), numpy_epochs),
+    }
+    itemsize = np.dtype(dtype).itemsize
+    weight_bytes = 2 * sum(widths) * k * itemsize
+    # Tiny weights sit in L1 and the epoch is bound by instructions, not
+    # bytes: no floor then.
+    if weight_bytes > 2**20:
+        # STREAM-like copy of as many bytes as the weights, and the same bytes
+        # updated in place, as the epoch does.
+        src = np.ones(weight_bytes // itemsize, dtype)
+        dst = np.empty_like(src)
+        fns["copy"] = (lambda: np.copyto(dst, src), 20)
+        fns["inplace"] = (lambda: np.multiply(dst, 1.0, out=dst), 20)
+        # Level-2 BLAS streaming a 256 KiB matrix from L2; its call cost,
+        # measured on a 1 x 1 matrix, is taken off.
+        gemv = blas.dgemv if dtype == np.float64 else blas.sgemv
+        A = np.ones((64, 2**18 // 64 // itemsize), dtype, order="F")
+        x, y = np.ones(A.shape[1], dtype), np.zeros(64, dtype)
+        one, y1 = np.ones((1, 1), dtype, order="F"), np.zeros(1, dtype)
+        fns["gemv"] = (lambda: gemv(1.0, A, x, beta=1.0, y=y, overwrite_y=True), 200)
+        fns["call"] = (lambda: gemv(1.0, one, y1, beta=1.0, y=y1, overwrite_y=True),
+                       200)
+    with threadpool_limits(1, user_api="blas"):
+        t = _rounds(fns, repeats, clock)
+    t["train"] = [v / epochs for v in t["train"]]
+    med = {label: statistics.median(v) for label, v in t.items()}
+    name = np.dtype(dtype).name
+    shape = f"{'+'.join(map(str, widths))}->{k}"
+    row = (name, shape, n, med["epoch"] * 1e3, med["train"] * 1e3, med["numpy"] * 1e3,
+           statistics.median(a / b for a, b in zip(t["numpy"], t["epoch"])),
+           statistics.median(a / b for a, b in zip(t["numpy"], t["train"])))
+    if "copy" not in t:
+        return row, None
+    # Every sample reads and writes every weight once.
+    moved = 2 * weight_bytes
+    per_sample = [v / n for v in t["epoch"]]
+    floor = [name, shape, statistics.median(per_sample) * 1e6, moved / 1e6]
+    for bandwidth in (
+        [2 * weight_bytes / v for v in t["copy"]],
+        [2 * weight_bytes / v for v in t["inplace"]],
+        [A.nbytes / (g - c) for g, c in zip(t["gemv"], t["call"])],
+    ):
+        floor += [
+            statistics.median(bandwidth) / 1e9,
+            statistics.median(moved / b for b in bandwidth) * 1e6,
+            statistics.median(moved / b / s for b, s in zip(bandwidth, per_sample)),
+        ]
+    return row, floor
+
+
+def bench_sgd(repeats, clock):
+    rows, floors = [], []
     for dtype in (np.float64, np.float32):
-        for widths, k, n, epochs in cases:
-            rng = np.random.default_rng(0)
-            Xs = [(rng.standard_normal((n, d)) * 0.1).astype(dtype) for d in widths]
-            space = latentspace.LatentSpace(k, dtype=dtype)
-            for m, d in enumerate(widths):
-                space.register(f"m{m}", d)
-            data = {f"m{m}": X for m, X in enumerate(Xs)}
-            ours = median_seconds(
-                lambda: space.train_projections(data, n_epochs=epochs), repeats
-            ) / epochs
-            Ps = [np.asfortranarray(space.weights(f"m{m}")[0]) for m in range(2)]
-            Rs = [np.asfortranarray(space.weights(f"m{m}")[1]) for m in range(2)]
-            numpy_epochs = max(1, epochs // 20)
-            with threadpool_limits(1, user_api="blas"):
-                ref = median_seconds(
-                    lambda: [
-                        numpy_sgd_epoch(Xs, Ps, Rs, 0.01, 1.0)
-                        for _ in range(numpy_epochs)
-                    ],
-                    repeats,
-                ) / numpy_epochs
-            weight_bytes = 2 * sum(widths) * k * np.dtype(dtype).itemsize
-            # Tiny weights sit in L1 and the epoch is bound by instructions, not
-            # bytes: no floor then.
-            floor = (
-                n * 2 * weight_bytes / _rw_bandwidth(weight_bytes, dtype, repeats)
-                if weight_bytes > 2**20
-                else float("nan")
-            )
-            rows.append(
-                (
-                    np.dtype(dtype).name,
-                    f"{widths[0]}+{widths[1]}->{k}",
-                    n,
-                    ours * 1e3,
-                    ref * 1e3,
-                    ref / ours,
-                    floor * 1e3,
-                    floor / ours,
-                )
-            )
-    print("\nReference SGD: milliseconds per epoch (median of", repeats, "runs)")
-    header = ("dtype", "widths->k", "n", "latentspace", "numpy+blas", "speed-up",
-              "mem floor", "of floor")
-    print("{:<8} {:<14} {:>5} {:>12} {:>11} {:>9} {:>10} {:>9}".format(*header))
+        for widths, k, n, epochs in [((3, 5), 4, 200, 200), ((384, 768), 128, 2000, 2)]:
+            row, floor = _sgd_case(widths, k, n, epochs, dtype, repeats, clock)
+            rows.append(row)
+            if floor is not None:
+                floors.append(floor)
+    avx = _core.sgd_avx()
+    print(f"\nReference SGD: milliseconds per epoch, medians of {repeats} interleaved "
+          f"rounds ({'AVX' if avx else 'baseline'} loops)")
+    header = ("dtype", "widths->k", "n", "epoch", "train", "numpy", "numpy/epoch",
+              "numpy/train")
+    print("{:<8} {:<14} {:>5} {:>9} {:>9} {:>9} {:>12} {:>12}".format(*header))
     for r in rows:
-        line = "{:<8} {:<14} {:>5} {:>12.3f} {:>11.3f} {:>8.1f}x".format(*r[:6])
-        if r[6] == r[6]:  # not NaN
-            line += " {:>10.3f} {:>8.0%}".format(*r[6:])
-        print(line)
+        print("{:<8} {:<14} {:>5} {:>9.3f} {:>9.3f} {:>9.3f} {:>11.2f}x {:>11.2f}x"
+              .format(*r))
+    print("epoch: the compiled epoch alone; train: train_projections per epoch, "
+          "with\nthe loss after every epoch; numpy: the in-place BLAS transcription "
+          "(10 level-2\ncalls per sample, reading P twice and R three times and "
+          "writing each once).")
+    print("\nThe compiled epoch against the memory: a sample reads and writes every "
+          "weight\nonce (no BLAS call: one pass over R and one over P per model)")
+    print("{:<8} {:<13} {:>6} {:>6}   {:^20}   {:^20}   {:^20}".format(
+        "", "", "", "", "copy", "in place", "L2 gemv"))
+    header = ("dtype", "widths->k", "us", "MB") + ("GB/s", "floor", "of it") * 3
+    line = "{:<8} {:<13} {:>6} {:>6}" + "   {:>6} {:>6} {:>6}" * 3
+    print(line.format(*header))
+    line = "{:<8} {:<13} {:>6.1f} {:>6.2f}" + "   {:>6.1f} {:>6.1f} {:>6.0%}" * 3
+    for r in floors:
+        print(line.format(*r))
+    print("us, MB: per sample; copy: np.copyto of as many bytes as the weights; in "
+          "place:\nnp.multiply(a, 1, out=a) on them (read + write counted for both); "
+          "L2 gemv: one\nvector through a 256 KiB matrix, its call cost taken off; "
+          "floor: the MB of a\nsample at that rate, in us; of it: floor / us per "
+          "sample.")
 
 
 def interleaved_medians(fns, repeats, number):
@@ -195,8 +272,19 @@ def bench_project(repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--only", choices=["sgd", "project"], help="one table")
+    parser.add_argument("--repeats", type=int, help="rounds (default 7, quick 3)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this thread's CPU time, which leaves out the "
+                             "time other processes hold the core")
+    parser.add_argument("--no-avx", action="store_true",
+                        help="the SGD epoch's baseline loops instead of its AVX ones "
+                             "(NumPy's BLAS keeps its kernels)")
     args = parser.parse_args()
-    repeats = 3 if args.quick else 7
+    repeats = args.repeats or (3 if args.quick else 7)
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    if args.no_avx:
+        _core.sgd_avx(False)
     print(f"latentspace {latentspace.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the start")
@@ -207,8 +295,11 @@ def main():
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
-    bench_sgd(repeats)
-    bench_project(repeats)
+    print(f"clock: {args.clock}")
+    if args.only != "project":
+        bench_sgd(repeats, clock)
+    if args.only != "sgd":
+        bench_project(repeats)
 
 
 if __name__ == "__main__":

@@ -155,8 +155,10 @@ def test_cli_rejects_bad_arguments(argv, capsys):
 
 
 def test_cli_reports_divergence(capsys):
-    argv = ["demo", "--solver", "sgd", "--epochs", "2", "--latency-calls", "1"]
-    assert main(argv) == 1  # the reference SGD's default rate, on raw features
+    # The MLP's raw features reach ||x||^2 = 113: 0.1 is ten times the stable rate.
+    argv = ["demo", "--solver", "sgd", "--learning-rate", "0.1", "--epochs", "2",
+            "--latency-calls", "1"]
+    assert main(argv) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "diverged" in captured.err and captured.err.count("\n") == 1

@@ -30,14 +30,15 @@ TRAINING_CASES = [
     ("n1-one-wide", (1, 2), 3, 1, 4, 0.05, 1.0),
     ("no-alignment", (4, 6), 3, 12, 3, 0.01, 0.0),
     ("heavy-alignment", (20, 30), 8, 30, 6, 0.005, 2.5),
-    # Past the plain loop (sgd_epoch_direct): the look-ahead kernel, no window.
-    ("look-ahead", (40, 30), 24, 20, 2, 0.002, 1.0),
-    # Wide enough for the BLAS and the blocked code paths of the kernel.
-    ("blocked", (100, 70), 64, 12, 2, 0.001, 1.0),
-    # Past 16 samples: the delayed updates are folded in mid-epoch, and a partial
-    # window at each epoch's end.
-    ("window", (100, 70), 64, 37, 2, 0.001, 1.0),
-    ("window-three-models", (40, 90, 20), 32, 40, 3, 0.002, 1.5),
+    ("wider", (40, 30), 24, 20, 2, 0.002, 1.0),
+    ("wider-n1", (40, 30), 24, 1, 3, 0.002, 1.0),
+    ("wider-n2", (40, 30), 24, 2, 3, 0.002, 1.0),
+    # Widths and k that are not multiples of the kernel's blocks of 4 rows and
+    # of its vector lanes (4 float64, 8 float32), one narrower than a vector.
+    ("odd-sizes", (45, 3, 27), 23, 15, 2, 0.002, 1.0),
+    # Wide enough for BLAS in the look-ahead's start (sgd_prime).
+    ("wide", (100, 70), 64, 12, 2, 0.001, 1.0),
+    ("three-models-wide", (40, 90, 20), 32, 40, 3, 0.002, 1.5),
 ]
 
 
@@ -55,13 +56,27 @@ def _train_both(dtype, widths, k, n, epochs, lr, w, seed=0):
     return space, names, result, Xs64, Ps, Rs
 
 
+@pytest.fixture(params=[True, False], ids=["avx", "baseline"])
+def sgd_loops(request):
+    """The SGD epoch's AVX loops, then its baseline ones."""
+    from latentspace import _core
+
+    if request.param and not _core.sgd_avx():
+        pytest.skip("this CPU has no AVX")
+    before = _core.sgd_avx()
+    _core.sgd_avx(request.param)
+    yield
+    _core.sgd_avx(before)
+
+
 @dtype_params
 @pytest.mark.parametrize(
     "widths, k, n, epochs, lr, w",
     [case[1:] for case in TRAINING_CASES],
     ids=[case[0] for case in TRAINING_CASES],
 )
-def test_training_matches_reference_sgd(dtype, widths, k, n, epochs, lr, w):
+def test_training_matches_reference_sgd(sgd_loops, dtype, widths, k, n, epochs, lr,
+                                        w):
     space, names, _, _, Ps, Rs = _train_both(dtype, widths, k, n, epochs, lr, w)
     for name, P, R in zip(names, Ps, Rs):
         Pk, Rk = space.weights(name)
@@ -570,11 +585,13 @@ def test_project_and_retrieve_of_blocked_sizes(dtype, d, k):
             space.project("m0", bad)
 
 
-def test_training_cases_cover_every_epoch_kernel():
-    """The plain loop, the look-ahead without a window and the windowed one."""
-    from latentspace import _sgd
-
-    sizes = [sum(widths) * k for _, widths, k, *_ in TRAINING_CASES]
-    assert any(s < _sgd._DIRECT_MAX_WEIGHTS for s in sizes)
-    assert any(_sgd._DIRECT_MAX_WEIGHTS <= s < _sgd._WINDOW_MIN_WEIGHTS for s in sizes)
-    assert any(s >= _sgd._WINDOW_MIN_WEIGHTS for s in sizes)
+def test_training_cases_cover_the_blocks_of_the_epoch_kernel():
+    """Whole and partial blocks of 4 rows, and of vector lanes (4 float64,
+    8 float32), and widths narrower than a vector."""
+    ks = [k for _, _, k, *_ in TRAINING_CASES]
+    widths = [d for _, w, *_ in TRAINING_CASES for d in w]
+    assert any(k % 4 == 0 for k in ks) and any(k % 4 and k > 4 for k in ks)
+    for lanes in (4, 8):
+        assert any(d % lanes == 0 for d in widths)
+        assert any(d % lanes and d > lanes for d in widths)
+        assert any(d < lanes for d in widths)

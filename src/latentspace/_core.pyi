@@ -21,21 +21,6 @@ def loss_sum(
     Z: NDArray[Any],
     Xhat: NDArray[Any],
 ) -> float: ...
-def sgd_epoch_direct(
-    X: NDArray[Any],
-    widths: NDArray[Any],
-    observed: NDArray[Any] | None,
-    rates: NDArray[Any],
-    P: NDArray[Any],
-    R: NDArray[Any],
-    Z: NDArray[Any],
-    A: NDArray[Any],
-    e: NDArray[Any],
-    g: NDArray[Any],
-    learning_rate: float,
-    alignment_weight: float,
-    check_every: int,
-) -> int: ...
 def sgd_prime(
     X: NDArray[Any],
     widths: NDArray[Any],
@@ -57,12 +42,8 @@ def sgd_epoch(
     V: NDArray[Any],
     A: NDArray[Any],
     g: NDArray[Any],
-    ZW: NDArray[Any],
-    GW: NDArray[Any],
-    EW: NDArray[Any],
-    XW: NDArray[Any],
-    t: NDArray[Any],
     learning_rate: float,
     alignment_weight: float,
     check_every: int,
 ) -> int: ...
+def sgd_avx(enable: bool | None = ...) -> bool: ...

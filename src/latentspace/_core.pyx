@@ -26,9 +26,6 @@ cdef enum:
     # threshold (m * n < 9216) for threading level-2 calls (its threads make
     # one-vector calls several times slower when the other core is busy).
     BLOCK = 8192
-    # Multiply-adds of one GEMM call, at most OpenBLAS's threshold (m * n * k
-    # <= 262144) for threading GEMM, for the same reason.
-    GEMM_BLOCK = 262144
 
 
 cdef inline bint _finite(floating x) noexcept nogil:
@@ -48,27 +45,6 @@ cdef inline floating _dot(int n, const floating* x, const floating* y) noexcept 
     else:
         s = sdot(&n, <float*> x, &one, <float*> y, &one)
     return s
-
-
-cdef inline void _gemv(int m, int n, floating alpha, const floating* A, int lda,
-                       const floating* x, floating* y) noexcept nogil:
-    """y += alpha * A @ x, for row-major A (m, n) with row stride lda"""
-    cdef int i, j, one = 1
-    cdef char t = b'T'
-    cdef floating s, beta = 1
-    if m * n < SMALL:
-        for i in range(m):
-            s = 0
-            for j in range(n):
-                s += A[i * lda + j] * x[j]
-            y[i] += alpha * s
-    # Row-major A is column-major A.T: y += alpha * (A.T).T @ x.
-    elif floating is double:
-        dgemv(&t, &n, &m, &alpha, <double*> A, &lda, <double*> x, &one, &beta, y,
-              &one)
-    else:
-        sgemv(&t, &n, &m, &alpha, <float*> A, &lda, <float*> x, &one, &beta, y,
-              &one)
 
 
 cdef inline void _gevm(int m, int n, floating alpha, const floating* x,
@@ -101,31 +77,6 @@ cdef inline void _vecmat(int p, int q, const floating* x, const floating* W,
     while r < p:
         _gevm(min(step, p - r), q, 1, x + r, W + <Py_ssize_t> r * q, q, out)
         r += step
-
-
-cdef inline void _sub_outer_sum(int m, int n, int nb, const floating* U, int ldu,
-                                const floating* V, int ldv, floating* C) noexcept nogil:
-    """C -= U.T @ V, for row-major C (m, n) and U (nb, m), V (nb, n) with row
-    strides ldu, ldv (a sum of nb outer products)"""
-    cdef int i, j, s, rows, r = 0, step = max(1, GEMM_BLOCK // (n * nb))
-    cdef char no = b'N', t = b'T'
-    cdef floating one = 1, minus_one = -1
-    if m * n * nb < SMALL:
-        for s in range(nb):
-            for i in range(m):
-                for j in range(n):
-                    C[i * n + j] -= U[s * ldu + i] * V[s * ldv + j]
-        return
-    # Column-major C.T (n, m) -= V.T (n, nb) @ U (nb, m), in blocks of rows of C.
-    while r < m:
-        rows = min(step, m - r)
-        if floating is double:
-            dgemm(&no, &t, &n, &rows, &nb, &minus_one, <double*> V, &ldv,
-                  <double*> U + r, &ldu, &one, C + <Py_ssize_t> r * n, &n)
-        else:
-            sgemm(&no, &t, &n, &rows, &nb, &minus_one, <float*> V, &ldv,
-                  <float*> U + r, &ldu, &one, C + <Py_ssize_t> r * n, &n)
-        r += rows
 
 
 cdef inline void _gemm(int m, int n, int p, const floating* A, int lda,
@@ -342,118 +293,63 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
     return 0.5 * total + 0.5 * alignment_weight * align
 
 
-def sgd_epoch_direct(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
-                     const unsigned char[:, ::1] observed, const floating[::1] rates,
-                     floating[::1] P, floating[::1] R, floating[:, ::1] Z,
-                     floating[:, ::1] A, floating[::1] e, floating[::1] g,
-                     double learning_rate, double alignment_weight,
-                     Py_ssize_t check_every):
-    """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, as written.
+cdef extern from "_sgd_passes.h" nogil:
+    bint ls_sgd_have_avx()
+    void ls_sgd_r_pass_d(bint avx, int k, int d, double lr, double w, double c,
+                         const double* e, const double* a, const double* v, double* z,
+                         double* g, double* R, double* e1)
+    void ls_sgd_r_pass_f(bint avx, int k, int d, float lr, float w, float c,
+                         const float* e, const float* a, const float* v, float* z,
+                         float* g, float* R, float* e1)
+    void ls_sgd_p_pass_d(bint avx, int d, int k, double lr, const double* x,
+                         const double* g, const double* x2, double* P, double* v)
+    void ls_sgd_p_pass_f(bint avx, int d, int k, float lr, const float* x,
+                         const float* g, const float* x2, float* P, float* v)
 
-    For every sample, the latents ``z_m = x_m @ P_m`` of all models, then for
-    every model (``a = z - mean_m z``)::
 
-        e = z @ R - x
-        R -= lr * outer(z, e)
-        P -= lr * outer(x, e @ R.T + w * a)
+# Whether `sgd_epoch` runs its passes with AVX (set at import from the CPU).
+cdef bint _sgd_avx = ls_sgd_have_avx()
 
-    The plain loop, for weights small enough to stay in the L1 cache, where
-    the bookkeeping of `sgd_epoch` costs more than it saves. With
-    ``observed``, a sample only involves the models that observed it (and
-    the mean is theirs); ``lr * rates[m]`` is model ``m``'s step size.
 
-    Parameters
-    ----------
-    X : (n, D) array
-    widths : (M,) array
-    observed : (n, M) array of 0/1, or None
-    rates : (M,) array
-    P, R : (sum(widths) * k,) arrays
-        Updated in place.
-    Z, A : (M, k) arrays
-        Scratch.
-    e : (max(widths),) array
-        Scratch.
-    g : (k,) array
-        Scratch.
-    learning_rate, alignment_weight : float
-    check_every : int
-        Samples between two checks for a pending signal (0: never).
+def sgd_avx(enable=None):
+    """Whether `sgd_epoch` uses its AVX loops; ``enable=False`` makes it use
+    the baseline ones (``True``: AVX again, if the CPU has it). Both give
+    the same updates up to rounding; tests run each."""
+    global _sgd_avx
+    if enable is not None:
+        _sgd_avx = bool(enable) and ls_sgd_have_avx()
+    return _sgd_avx
 
-    Returns
-    -------
-    int
-        ``n``, or the index of the first sample whose gradient was not finite.
-    """
-    cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
-    cdef Py_ssize_t i, m, j, r, col, off, status = n
-    cdef int k = Z.shape[1], d
-    cdef bint masked = observed is not None
-    cdef floating lr, w = alignment_weight, s
-    cdef const floating* x
-    cdef floating* z
-    cdef floating* Pm
-    cdef floating* Rm
-    with nogil:
-        for i in range(n):
-            col = 0
-            off = 0
-            for m in range(M):
-                d = widths[m]
-                for j in range(k):
-                    Z[m, j] = 0
-                _vecmat(d, k, &X[i, col], &P[off], &Z[m, 0])
-                col += d
-                off += <Py_ssize_t> d * k
-            _deviations(&Z[0, 0], &A[0, 0], &observed[i, 0] if masked else NULL,
-                        M, k)
-            col = 0
-            off = 0
-            for m in range(M):
-                d = widths[m]
-                if not masked or observed[i, m]:
-                    lr = learning_rate * rates[m]
-                    x = &X[i, col]
-                    z = &Z[m, 0]
-                    Pm = &P[off]
-                    Rm = &R[off]
-                    # e = z @ R - x
-                    for r in range(d):
-                        e[r] = -x[r]
-                    _vecmat(k, d, z, Rm, &e[0])
-                    # R -= lr * outer(z, e)
-                    for j in range(k):
-                        s = lr * z[j]
-                        for r in range(d):
-                            Rm[j * d + r] -= s * e[r]
-                    # g = R @ e + w * a
-                    for j in range(k):
-                        g[j] = w * A[m, j] + _dot(d, Rm + j * d, &e[0])
-                    if not _finite(_dot(k, &g[0], &g[0])):
-                        status = i
-                        break
-                    # P -= lr * outer(x, g)
-                    for r in range(d):
-                        s = lr * x[r]
-                        for j in range(k):
-                            Pm[r * k + j] -= s * g[j]
-                col += d
-                off += <Py_ssize_t> d * k
-            if status < n:
-                break
-            if check_every and (i + 1) % check_every == 0:
-                with gil:
-                    PyErr_CheckSignals()
-    return status
+
+cdef inline void _r_pass(bint avx, int k, int d, floating lr, floating w, floating c,
+                         const floating* e, const floating* a, const floating* v,
+                         floating* z, floating* g, floating* R,
+                         floating* e1) noexcept nogil:
+    """For every row j of R (k, d): R[j] -= lr * z[j] * e; g[j] = R[j] @ e +
+    w * a[j]; z[j] = v[j] - c * g[j]; e1 += z[j] * R[j]"""
+    if floating is double:
+        ls_sgd_r_pass_d(avx, k, d, lr, w, c, e, a, v, z, g, R, e1)
+    else:
+        ls_sgd_r_pass_f(avx, k, d, lr, w, c, e, a, v, z, g, R, e1)
+
+
+cdef inline void _p_pass(bint avx, int d, int k, floating lr, const floating* x,
+                         const floating* g, const floating* x2, floating* P,
+                         floating* v) noexcept nogil:
+    """For every row r of P (d, k): P[r] -= lr * x[r] * g; v += x2[r] * P[r]"""
+    if floating is double:
+        ls_sgd_p_pass_d(avx, d, k, lr, x, g, x2, P, v)
+    else:
+        ls_sgd_p_pass_f(avx, d, k, lr, x, g, x2, P, v)
 
 
 def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
               const floating[::1] P, const floating[::1] R, floating[:, ::1] Z,
-              floating[:, ::1] E, floating[:, :, ::1] V):
+              floating[:, ::1] E, floating[:, ::1] V):
     """Set the look-ahead state that `sgd_epoch` expects before sample 0.
 
     For every model ``m``: ``Z[m] = x_0 @ P_m``, ``E[0, cols_m] = Z[m] @ R_m -
-    x_0`` and ``V[0, m] = x_1 @ P_m``, where ``x_i`` is row ``i`` of ``X``
+    x_0`` and ``V[m] = x_1 @ P_m``, where ``x_i`` is row ``i`` of ``X``
     restricted to the model's columns (row ``1`` wraps to ``0`` if ``n == 1``).
     """
     cdef Py_ssize_t n = X.shape[0], M = widths.shape[0], m, r, col = 0, off = 0
@@ -464,12 +360,12 @@ def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
         for m in range(M):
             d = widths[m]
             Z[m, :] = 0
-            V[0, m, :] = 0
+            V[m, :] = 0
             for r in range(d):
                 E[0, col + r] = -x0[col + r]
             _vecmat(d, k, x0 + col, &P[off], &Z[m, 0])
             _vecmat(k, d, &Z[m, 0], &R[off], &E[0, col])
-            _vecmat(d, k, x1 + col, &P[off], &V[0, m, 0])
+            _vecmat(d, k, x1 + col, &P[off], &V[m, 0])
             col += d
             off += <Py_ssize_t> d * k
 
@@ -477,10 +373,9 @@ def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
 def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
               const unsigned char[:, ::1] observed, const floating[::1] rates,
               floating[::1] P, floating[::1] R, floating[:, ::1] Z,
-              floating[:, ::1] E, floating[:, :, ::1] V, floating[:, ::1] A,
-              floating[::1] g, floating[:, :, ::1] ZW, floating[:, :, ::1] GW,
-              floating[:, ::1] EW, floating[:, ::1] XW, floating[::1] t,
-              double learning_rate, double alignment_weight, Py_ssize_t check_every):
+              floating[:, ::1] E, floating[:, ::1] V, floating[:, ::1] A,
+              floating[::1] g, double learning_rate, double alignment_weight,
+              Py_ssize_t check_every):
     """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, in place.
 
     The update of sample ``i`` is, for every model (``a = z - mean_m z``)::
@@ -489,42 +384,40 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
         R -= lr * outer(z, e)
         P -= lr * outer(x, e @ R.T + w * a)
 
-    The rank-1 updates are delayed: ``R`` and ``P`` hold the weights as of the
-    start of a window of up to ``B`` samples, and the window's outer products
-    are kept aside (``R_now = R - ZW.T @ EW``, ``P_now = P - XW.T @ GW``) and
-    folded in by one GEMM per window. Every product with the current weights
-    is a product with the stored ones plus a rank-B correction, so each sample
-    only reads ``R`` and ``P`` (once each) and never writes them. The read of
-    ``R`` also yields the next sample's latent and reconstruction error, and
-    the read of ``P`` the product of the sample after next with ``P``, using
-    ``x' @ (P - lr * outer(x, g)) = x' @ P - lr * (x' @ x) * g``. The state
-    ``Z, E[0], V[0]`` carries this look-ahead from one call to the next
-    (`sgd_prime` sets it before the first call); on return ``P`` and ``R``
-    are the exact weights after the epoch.
+    Each sample reads and writes every weight once, in two passes per model
+    that also compute what the next samples need. The pass over the rows of
+    ``R`` updates a row, takes its product with ``e`` (an entry of ``g = R @
+    e + w * a``), and adds the row's share to the next sample's
+    reconstruction error ``e' = z' @ R - x'``; the next sample's latent
+    ``z' = x' @ P`` is known row by row there because ``x' @ (P - lr *
+    outer(x, g)) = v - lr * (x' @ x) * g``, where ``v = x' @ P`` came from the
+    previous sample's pass over ``P``. That pass updates ``P`` and computes
+    ``x'' @ P`` for the sample after next. The state ``Z, E[0], V`` carries
+    this look-ahead from one call to the next (`sgd_prime` sets it before
+    the first call).
 
     Parameters
     ----------
     X : (n, D) array
         Samples; model ``m`` owns ``widths[m]`` consecutive columns.
     widths : (M,) array
+    observed : (n, M) array of 0/1, or None
+        Which model observed which sample (``X`` is zero where one did not);
+        the mean latent of a sample is over the models that observed it.
+    rates : (M,) array
+        ``learning_rate * rates[m]`` is model ``m``'s step size.
     P, R : (sum(widths) * k,) arrays
         Flat projections and reconstructions, updated in place.
     Z : (M, k) array
         IN: latents of sample 0. OUT: latents of the sample after the last.
     E : (2, D) array
         Row 0, IN/OUT: reconstruction errors, as for ``Z``. Row 1: scratch.
-    V : (2, M, k) array
-        Row 0, IN/OUT: products of the following sample with ``P``.
+    V : (M, k) array
+        IN/OUT: products of the following sample with ``P``.
     A : (M, k) array
         Scratch for the alignment errors.
     g : (k,) array
         Scratch for one model's latent gradient.
-    ZW, GW : (M, B, k) arrays
-        Scratch: the window's ``lr * z`` and ``g`` of every model.
-    EW, XW : (B, D) arrays
-        Scratch: the window's ``e`` and ``lr * x`` of every model.
-    t : (B,) array
-        Scratch.
     learning_rate, alignment_weight : float
     check_every : int
         Samples between two checks for a pending signal (0: never).
@@ -536,127 +429,47 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
         (the epoch stops there; weights and state are then meaningless).
     """
     cdef Py_ssize_t n = X.shape[0], M = widths.shape[0]
-    cdef Py_ssize_t i, m, j, r, col, off, cur = 0, nxt, status = n
-    cdef int k = Z.shape[1], D = X.shape[1], B = ZW.shape[1], d, j0, rows, rstep
-    cdef int b = 0, nb
-    cdef floating lr, w = alignment_weight, c
-    cdef bint masked = observed is not None
+    cdef Py_ssize_t i, m, r, col, off, cur = 0, status = n
+    cdef int k = Z.shape[1], d
+    cdef floating lr, w = alignment_weight
+    cdef bint masked = observed is not None, avx = _sgd_avx
     cdef const floating* x
     cdef const floating* x1
     cdef const floating* x2
-    cdef floating* Rb
-    cdef floating* z
-    cdef floating* e
     cdef floating* e1
-    cdef floating* v1
-    cdef floating* v2
-    cdef floating* Zw
-    cdef floating* Gw
-    cdef floating* Ew
-    cdef floating* Xw
     with nogil:
         for i in range(n):
-            nxt = 1 - cur
             # A = Z - Z.mean(axis=0), over the models that observed sample i
             _deviations(&Z[0, 0], &A[0, 0], &observed[i, 0] if masked else NULL,
                         M, k)
             x = &X[i, 0]
             x1 = &X[(i + 1) % n, 0]
             x2 = &X[(i + 2) % n, 0]
-            nb = b + 1
             col = 0
             off = 0
             for m in range(M):
                 d = widths[m]
                 lr = learning_rate * rates[m]
-                z = &Z[m, 0]
-                e = &E[cur, col]
-                e1 = &E[nxt, col]
-                v1 = &V[cur, m, 0]
-                v2 = &V[nxt, m, 0]
-                Zw = &ZW[m, 0, 0]
-                Gw = &GW[m, 0, 0]
-                Ew = &EW[0, col]
-                Xw = &XW[0, col]
-                # Window slot b holds this sample's update of R: lr * outer(z, e).
-                for j in range(k):
-                    Zw[<Py_ssize_t> b * k + j] = lr * z[j]
-                for r in range(d):
-                    Ew[<Py_ssize_t> b * D + r] = e[r]
-                # g = R_now @ e + w * a, R_now = R - Zw.T @ Ew (slot b included)
-                for j in range(nb):
-                    t[j] = 0
-                _gemv(nb, d, 1, Ew, D, e, &t[0])
-                for j in range(k):
-                    g[j] = w * A[m, j]
-                _gevm(nb, k, -1, &t[0], Zw, k, &g[0])
-                # e' = z' @ R_now - x', with z' = x' @ P_now = v1 - c * g
-                c = lr * _dot(d, x1 + col, x + col)
+                # e' = -x', completed by the pass over R
+                e1 = &E[1 - cur, col]
                 for r in range(d):
                     e1[r] = -x1[col + r]
-                rstep = _block_rows(d)
-                j0 = 0
-                while j0 < k:
-                    rows = min(rstep, k - j0)
-                    Rb = &R[off + <Py_ssize_t> j0 * d]
-                    # g[b] += R[b] @ e, for the block b of rows
-                    _gemv(rows, d, 1, Rb, d, e, &g[j0])
-                    for j in range(j0, j0 + rows):
-                        z[j] = v1[j] - c * g[j]
-                    # e' += z'[b] @ R[b]
-                    _gevm(rows, d, 1, z + j0, Rb, d, e1)
-                    j0 += rows
-                # e' -= (Zw @ z') @ Ew
-                for j in range(nb):
-                    t[j] = 0
-                _gemv(nb, k, 1, Zw, k, z, &t[0])
-                _gevm(nb, d, -1, &t[0], Ew, D, e1)
+                _r_pass(avx, k, d, lr, w, lr * _dot(d, x1 + col, x + col),
+                        &E[cur, col], &A[m, 0], &V[m, 0], &Z[m, 0], &g[0], &R[off],
+                        e1)
                 if not _finite(_dot(k, &g[0], &g[0])):
                     status = i
                     break
-                # Window slot b holds this sample's update of P: lr * outer(x, g).
-                for r in range(d):
-                    Xw[<Py_ssize_t> b * D + r] = lr * x[col + r]
-                for j in range(k):
-                    Gw[<Py_ssize_t> b * k + j] = g[j]
-                # v'' = x'' @ P_now = x'' @ P - (Xw @ x'') @ Gw, x'' the sample
-                # after next
-                for j in range(k):
-                    v2[j] = 0
-                _vecmat(d, k, x2 + col, &P[off], v2)
-                for j in range(nb):
-                    t[j] = 0
-                _gemv(nb, d, 1, Xw, D, x2 + col, &t[0])
-                _gevm(nb, k, -1, &t[0], Gw, k, v2)
+                V[m, :] = 0
+                _p_pass(avx, d, k, lr, x + col, &g[0], x2 + col, &P[off], &V[m, 0])
                 col += d
                 off += <Py_ssize_t> d * k
             if status < n:
                 break
-            cur = nxt
-            b = nb
-            if b == B or i == n - 1:
-                _fold_window(widths, b, &P[0], &R[0], &ZW[0, 0, 0], &GW[0, 0, 0],
-                             &EW[0, 0], &XW[0, 0], k, D, B)
-                b = 0
+            cur = 1 - cur
             if check_every and (i + 1) % check_every == 0:
                 with gil:
                     PyErr_CheckSignals()
         if cur:
             E[0, :] = E[1, :]
-            V[0, :, :] = V[1, :, :]
     return status
-
-
-cdef void _fold_window(const Py_ssize_t[::1] widths, int nb, floating* P, floating* R,
-                       const floating* ZW, const floating* GW, const floating* EW,
-                       const floating* XW, int k, int D, int B) noexcept nogil:
-    """R_m -= ZW[m].T @ EW[:, cols_m] and P_m -= XW[:, cols_m].T @ GW[m] for
-    the first nb window slots of every model"""
-    cdef Py_ssize_t m, col = 0, off = 0
-    cdef int d
-    for m in range(widths.shape[0]):
-        d = widths[m]
-        _sub_outer_sum(k, d, nb, ZW + m * B * k, k, EW + col, D, R + off)
-        _sub_outer_sum(d, k, nb, XW + col, D, GW + m * B * k, k, P + off)
-        col += d
-        off += <Py_ssize_t> d * k

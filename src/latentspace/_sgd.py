@@ -15,14 +15,7 @@ __all__ = ["train_sgd"]
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
 _DECAY = 0.999
-# Below this many weights (sum of d_m * k) the plain loop of SPEC.md
-# (`sgd_epoch_direct`) beats the look-ahead of `sgd_epoch`: 1.8x faster at
-# 8 -> 4 and 16+16 -> 8, 1.1x at 48 -> 16, slower at 96 -> 32 (measured).
-_DIRECT_MAX_WEIGHTS = 1024
-# Samples whose weight updates `sgd_epoch` delays and folds in at once: worth
-# it once the weights outgrow the L1 cache.
-_WINDOW = 16
-_WINDOW_MIN_WEIGHTS = 4096
+
 
 
 def _split(flat, widths, k, transpose):
@@ -59,33 +52,18 @@ def _diverged(epoch, loss, learning_rate, blocks, names):
 
 def _kernels(X, widths, k, observed, rates, P, R, w):
     """``restart()``, to call before an epoch after the weights changed, and
-    ``epoch(learning_rate)``, the compiled epoch for the size of the weights."""
-    dtype, n_models, size = X.dtype, len(widths), X.shape[1] * k
-    check_every = max(1, _WORK_PER_SIGNAL_CHECK // size)
+    ``epoch(learning_rate)``, the compiled epoch."""
+    dtype, n_models = X.dtype, len(widths)
+    check_every = max(1, _WORK_PER_SIGNAL_CHECK // (X.shape[1] * k))
     Z = np.empty((n_models, k), dtype)
+    E = np.empty((2, X.shape[1]), dtype)
+    V = np.empty((n_models, k), dtype)
     A = np.empty((n_models, k), dtype)
     g = np.empty(k, dtype)
-    if size < _DIRECT_MAX_WEIGHTS:
-        e = np.empty(widths.max(), dtype)
-
-        def epoch(lr):
-            return _core.sgd_epoch_direct(
-                X, widths, observed, rates, P, R, Z, A, e, g, lr, w, check_every
-            )
-
-        return (lambda: None), epoch
-    E = np.empty((2, X.shape[1]), dtype)
-    V = np.empty((2, n_models, k), dtype)
-    window = _WINDOW if size >= _WINDOW_MIN_WEIGHTS else 1
-    ZW = np.empty((n_models, window, k), dtype)
-    GW = np.empty((n_models, window, k), dtype)
-    EW = np.empty((window, X.shape[1]), dtype)
-    XW = np.empty((window, X.shape[1]), dtype)
-    t = np.empty(window, dtype)
 
     def epoch(lr):
-        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, ZW,
-                               GW, EW, XW, t, lr, w, check_every)
+        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
+                               check_every)
 
     return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
 
