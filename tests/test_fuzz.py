@@ -1178,6 +1178,8 @@ def test_train_with_observed_masks(solver, data, space):
         _assert_space_as(space, before, offsets)
         if matrix is not None and not matrix.any(axis=0).all():
             matrix = None  # a model that observed no sample: refused
+        if matrix is not None and not matrix[matrix.sum(axis=1) > 1].any(axis=0).all():
+            matrix = None  # a model that shares no sample: nothing aligns it
         if matrix is not None:  # valid: only divergence may stop it
             assert isinstance(result, TRAIN_REFUSED[len(REFUSED):]), result
         return

@@ -59,6 +59,13 @@ def zero_filled(Xs, observed):
     return masked(Xs, observed, 0.0)
 
 
+def shared_mean(X, observed, m):
+    """Model ``m``'s mean over the samples it shares with another model: its
+    offset after the closed form (docs/maths.md, 6)."""
+    rows = observed[:, m] & (observed.sum(axis=1) > 1)
+    return X[rows].mean(axis=0)
+
+
 def observed_dict(names, observed):
     return {name: observed[:, m] for m, name in enumerate(names)}
 
@@ -351,10 +358,13 @@ def test_lbfgs_with_missing_views_reaches_a_stationary_point():
 
 
 def reference_missing_cca(Xs, observed, k, regularization):
-    """GCCA with missing rows in plain NumPy (`latentspace._cca.consensus_blocks`):
-    whiten every model over the samples it observed, eigendecompose the
-    whitened ``M sum_i o_m o_l x_m x_l' / |S_i| / sqrt(n_m n_l)`` with the
-    ridge on the diagonal blocks; directions of unit observed variance."""
+    """GCCA with missing rows in plain NumPy (`latentspace._cca.consensus_blocks`)
+    on the samples two or more models observed: whiten every model over the
+    samples it observed, eigendecompose the whitened ``M sum_i o_m o_l x_m
+    x_l' / |S_i| / sqrt(n_m n_l)`` with the ridge on the diagonal blocks;
+    directions of unit observed variance."""
+    shared = observed.sum(axis=1) > 1
+    Xs, observed = [X[shared] for X in Xs], observed[shared]
     n, M = len(Xs[0]), len(Xs)
     counts = observed.sum(axis=0)
     size = np.maximum(observed.sum(axis=1), 1)
@@ -414,30 +424,47 @@ def _top1(space, source, target, queries, gallery):
                          == np.arange(len(queries))))
 
 
-def test_missing_views_beat_dropping_incomplete_rows():
-    """100 samples seen by both models, 400 by each alone: the closed form on
-    all of them retrieves held-out pairs better than on the complete rows
-    (measured: 0.87-0.93 against 0.71-0.79 top-1 over four seeds)."""
+@pytest.mark.parametrize("regularization", [0.01, 1.0, "auto"])
+def test_unpaired_rows_never_change_the_alignment_and_improve_reconstruction(
+    regularization,
+):
+    """100 samples seen by both models, 400 more by each alone (given as
+    ``unpaired`` pools or as ``observed`` masks): the projections and offsets
+    are those of the 100 pairs alone, at any regularization, and the
+    reconstructions, fitted on every row a model observed, are better on
+    held-out items."""
     widths, k, pairs, single, test = (60, 40), 8, 100, 400, 300
     n = pairs + 2 * single
     Xs = correlated(widths, n + test, shared=8, noise=1.5, seed=0)
     observed = np.ones((n, 2), dtype=bool)
     observed[pairs : pairs + single, 0] = False
     observed[pairs + single :, 1] = False
-    scores = {}
-    for label, rows, mask in [
-        ("missing", slice(0, n), observed),
-        ("complete", slice(0, pairs), None),
+    spaces = {}
+    for label, options in [
+        ("pairs", {"data": {f"m{i}": X[:pairs] for i, X in enumerate(Xs)}}),
+        ("masks", {"data": {f"m{i}": X[:n] for i, X in enumerate(Xs)},
+                   "observed": {"m0": observed[:, 0], "m1": observed[:, 1]}}),
+        ("pools", {"data": {f"m{i}": X[:pairs] for i, X in enumerate(Xs)},
+                   "unpaired": {"m0": Xs[0][pairs + single : n],
+                                "m1": Xs[1][pairs : pairs + single]}}),
     ]:
         space, names = make_space(k, widths)
-        space.train_projections(
-            {name: X[rows] for name, X in zip(names, Xs)},
-            observed=None if mask is None else observed_dict(names, mask),
-            solver="cca",
-            regularization=0.01,
-        )
-        scores[label] = _top1(space, names[0], names[1], Xs[0][n:], Xs[1][n:])
-    assert scores["missing"] > scores["complete"] + 0.05, scores
+        space.train_projections(options.pop("data"), regularization=regularization,
+                                **options)
+        spaces[label] = space
+    held_out = {f"m{i}": X[n:] for i, X in enumerate(Xs)}
+    r2 = {label: space.evaluate(held_out).reconstruction_r2
+          for label, space in spaces.items()}
+    for label in ("masks", "pools"):
+        for name in names:
+            assert_allclose(spaces[label].weights(name)[0],
+                            spaces["pairs"].weights(name)[0], rtol=1e-9, atol=1e-12)
+            assert_allclose(spaces[label].offset(name), spaces["pairs"].offset(name),
+                            rtol=1e-12)
+            assert r2[label][name] > r2["pairs"][name], (label, name, r2)
+    for name in names:  # the pools are the masks' rows: the same space
+        assert_allclose(spaces["pools"].weights(name)[1],
+                        spaces["masks"].weights(name)[1], rtol=1e-9, atol=1e-12)
 
 
 # ------------------------------------------------------------------ frozen
@@ -668,7 +695,8 @@ def test_cca_frozen_with_missing_views_zeroes_the_ridge_alignment_gradient():
     count = np.maximum(observed.sum(axis=1), 1)[:, None]
     zbar = sum(Zs) / count
     o = observed[:, 2]
-    assert_allclose(space.offset(names[2]), Xs[2][o].mean(axis=0), rtol=1e-12)
+    assert_allclose(space.offset(names[2]), shared_mean(Xs[2], observed, 2),
+                    rtol=1e-12)
     C = np.where(o[:, None], Xs[2] - space.offset(names[2]), 0.0)
     G = C.T @ C / n
     P = space.weights(names[2])[0]
@@ -786,3 +814,69 @@ def test_frozen_transfer_with_a_gradient_solver_starts_from_the_closed_form(solv
     assert closed_form > 0.7
     assert top1_with(solver=solver) >= closed_form - 0.05
     assert top1_with(solver=solver, init="current") < closed_form - 0.2
+
+
+@pytest.mark.parametrize(
+    "unpaired, match",
+    [
+        ([np.zeros((3, 4))], "unpaired must be a mapping of model name"),
+        ({"zz": np.zeros((3, 4))}, r"unpaired names model 'zz', which is not in the data"),
+        ({"m0": np.zeros((3, 5))}, r"unpaired rows of model 'm0' must have shape \(n, 4\)"),
+        ({"m0": np.zeros(4)}, r"must have shape \(n, 4\), got shape \(4,\)"),
+        ({"m0": np.array([["a"] * 4])}, "unpaired rows of model 'm0' must hold real"),
+        ({"m0": np.full((3, 4), np.nan)},
+         r"data for model 'm0' \(unpaired rows\) contains NaN or Inf \(first in row 0\)"),
+    ],
+)
+def test_bad_unpaired_rows_are_refused_cleanly(unpaired, match):
+    space, names = make_space(2, (4, 3))
+    Xs = correlated((4, 3), 30, seed=48)
+    before = snapshot(space)
+    for solver in ("cca", "sgd"):
+        with pytest.raises(InvalidParameterError, match=match):
+            space.train_projections(dict(zip(names, Xs)), unpaired=unpaired,
+                                    solver=solver)
+        assert_unchanged(space, before)
+
+
+def test_unpaired_rows_in_a_stream_are_chunks_of_one_model():
+    space, names = make_space(2, (4, 3))
+    Xs = correlated((4, 3), 30, seed=49)
+    with pytest.raises(InvalidParameterError, match="a chunk of one model holds "
+                                                    "unpaired rows"):
+        space.train_projections(iter([dict(zip(names, Xs))]),
+                                unpaired={"m0": Xs[0]})
+    pools = {"m0": Xs[0][20:], "m1": Xs[1][20:]}
+    pooled, _ = make_space(2, (4, 3))
+    pooled.train_projections({n: X[:20] for n, X in zip(names, Xs)}, unpaired=pools)
+    space.train_projections(iter([{n: X[:20] for n, X in zip(names, Xs)},
+                                  {"m0": pools["m0"]}, {"m1": pools["m1"]}]))
+    for name in names:
+        for got, want in zip(space.weights(name), pooled.weights(name)):
+            assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_sgd_with_unpaired_rows_is_sgd_with_masks():
+    space, names = make_space(2, (4, 3))
+    masked_space, _ = make_space(2, (4, 3))
+    Xs = correlated((4, 3), 30, seed=50)
+    space.train_projections({n: X[:20] for n, X in zip(names, Xs)},
+                            unpaired={"m1": Xs[1][20:]}, solver="sgd", n_epochs=3)
+    rows = np.vstack([Xs[0][:20], np.zeros((10, 4))])
+    observed = np.r_[np.ones(20, bool), np.zeros(10, bool)]
+    masked_space.train_projections({"m0": rows, "m1": Xs[1]},
+                                   observed={"m0": observed}, solver="sgd", n_epochs=3)
+    for name in names:
+        for got, want in zip(space.weights(name), masked_space.weights(name)):
+            assert got.tobytes() == want.tobytes()
+
+
+def test_a_model_that_shares_no_sample_is_refused():
+    space, names = make_space(2, (4, 3))
+    Xs = correlated((4, 3), 30, seed=51)
+    observed = {"m0": np.arange(30) < 15, "m1": np.arange(30) >= 15}
+    before = snapshot(space)
+    with pytest.raises(InvalidParameterError,
+                       match="model 'm0' shares no sample with another model"):
+        space.train_projections(dict(zip(names, Xs)), observed=observed)
+    assert_unchanged(space, before)

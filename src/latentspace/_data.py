@@ -124,16 +124,89 @@ def _check_counts(names, counts, where="(observed)"):
             raise InvalidParameterError(f"model {name!r} observed no sample {where}")
 
 
+def _pools(unpaired, names, models):
+    """Model index to its unpaired rows (array-likes, not loaded), checked."""
+    if unpaired is None:
+        return {}
+    if not isinstance(unpaired, Mapping):
+        raise InvalidParameterError(
+            "unpaired must be a mapping of model name to an array of that model's "
+            f"rows with no known partner, got {type(unpaired).__name__}"
+        )
+    pools = {}
+    for name, pool in unpaired.items():
+        if name not in names:
+            raise InvalidParameterError(
+                f"unpaired names model {name!r}, which is not in the data "
+                f"({', '.join(map(repr, names))})"
+            )
+        what = f"unpaired rows of model {name!r}"
+        if not is_dask_array(pool):
+            pool = as_numeric(pool, what)
+        elif pool.dtype.kind not in "iuf":
+            raise InvalidParameterError(
+                f"{what} must hold real numbers, got dtype {pool.dtype}"
+            )
+        width = models[name].input_dim
+        if pool.ndim != 2 or pool.shape[1] != width:
+            raise InvalidParameterError(
+                f"{what} must have shape (n, {width}), got shape {pool.shape}"
+            )
+        if len(pool):
+            pools[names.index(name)] = pool
+    return pools
+
+
 class _Source:
-    """Common attributes: ``names`` (registration order), ``widths`` and
-    ``dtype``."""
+    """Common attributes: ``names`` (registration order), ``widths``,
+    ``dtype`` and ``pools`` (model index to rows that model alone observed)."""
 
     streamed = False
 
-    def __init__(self, names, models, dtype):
+    def __init__(self, names, models, dtype, pools=None):
         self.names = names
         self.widths = [models[name].input_dim for name in names]
         self.dtype = dtype
+        self.pools = pools or {}
+
+    def _pool_sums(self, offsets):
+        """Per-pattern `Sums` of the unpaired rows: one pattern per model."""
+        sums = {}
+        step = self._chunk_rows()
+        for m, pool in self.pools.items():
+            where = " (unpaired rows)"
+            for start in range(0, len(pool), step):
+                rows = np.asarray(pool[start : start + step])
+                sums = merge_sums(sums, _checked_sums(
+                    [self.names[m]], [rows], None, [offsets[m]], self.dtype, where,
+                    start,
+                ))
+        return sums
+
+    def _with_pools(self, blocks, observed, offsets):
+        """``(blocks, observed)`` of `samples` with the unpaired rows after the
+        paired ones, each observed by its model alone."""
+        if not self.pools:
+            return blocks, observed
+        n = len(blocks[0])
+        counts = {m: len(pool) for m, pool in self.pools.items()}
+        total = n + sum(counts.values())
+        mask = np.zeros((total, len(blocks)), dtype=bool)
+        mask[:n] = True if observed is None else observed
+        out = [np.zeros((total, d), self.dtype) for d in self.widths]
+        for block, full in zip(blocks, out):
+            full[:n] = block
+        at = n
+        for m, pool in self.pools.items():
+            what = f"data for model {self.names[m]!r} (unpaired rows)"
+            rows = as_kernel_array(np.asarray(pool), self.dtype, what)
+            check_finite(rows, what)
+            out[m][at : at + len(rows)] = rows
+            if offsets[m] is not None:
+                out[m][at : at + len(rows)] -= offsets[m]
+            mask[at : at + len(rows), m] = True
+            at += len(rows)
+        return out, mask
 
     def _chunk_rows(self):
         return max(1, CHUNK_ENTRIES // sum(self.widths))
@@ -149,7 +222,7 @@ class _Source:
 
 
 class _Arrays(_Source):
-    def __init__(self, data, models, dtype, observed, min_models):
+    def __init__(self, data, models, dtype, observed, min_models, unpaired):
         _check_model_count(data, min_models)
         names = _names(data, models)
         arrays = [as_numeric(data[name], f"data for model {name!r}") for name in names]
@@ -158,7 +231,7 @@ class _Arrays(_Source):
             raise InvalidParameterError("data holds zero samples")
         if n > BLAS_INT_MAX:
             raise InvalidParameterError(f"data has {n} samples; at most {BLAS_INT_MAX}")
-        super().__init__(names, models, dtype)
+        super().__init__(names, models, dtype, _pools(unpaired, names, models))
         self.arrays = arrays
         self.n_samples = n
         self.observed = _masks(observed, names, n, lazy=False)
@@ -172,7 +245,7 @@ class _Arrays(_Source):
         return block
 
     def statistics(self, offsets):
-        sums = {}
+        sums = self._pool_sums(offsets)
         step = self._chunk_rows()
         for start in range(0, self.n_samples, step):
             rows = slice(start, start + step)
@@ -185,7 +258,9 @@ class _Arrays(_Source):
 
     def samples(self, offsets):
         blocks = [self._block(m) for m in range(len(self.names))]
-        return _shifted(blocks, self.observed, offsets), self.observed
+        return self._with_pools(
+            _shifted(blocks, self.observed, offsets), self.observed, offsets
+        )
 
 
 def _shifted(blocks, observed, offsets):
@@ -206,11 +281,12 @@ def _shifted(blocks, observed, offsets):
 class _Stream(_Source):
     streamed = True
 
-    def __init__(self, data, models, dtype, observed, min_models):
-        if observed is not None:
+    def __init__(self, data, models, dtype, observed, min_models, unpaired):
+        if observed is not None or unpaired is not None:
             raise InvalidParameterError(
-                "observed is for a mapping of arrays; in a stream, a model missing "
-                "from a chunk did not observe its rows"
+                f"{'observed' if observed is not None else 'unpaired'} is for a "
+                "mapping of arrays; in a stream, a model missing from a chunk did "
+                "not observe its rows (a chunk of one model holds unpaired rows)"
             )
         if inspect.isgenerator(data) and (
             inspect.getgeneratorstate(data) == inspect.GEN_CLOSED
@@ -323,7 +399,7 @@ def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row, step):
 
 
 class _DaskArrays(_Source):
-    def __init__(self, data, models, dtype, observed, min_models):
+    def __init__(self, data, models, dtype, observed, min_models, unpaired):
         _check_model_count(data, min_models)
         names = _names(data, models)
         import dask.array as da
@@ -345,7 +421,7 @@ class _DaskArrays(_Source):
         n = _aligned(names, arrays, models)
         if n == 0:
             raise InvalidParameterError("data holds zero samples")
-        super().__init__(names, models, dtype)
+        super().__init__(names, models, dtype, _pools(unpaired, names, models))
         self.arrays = arrays
         self.observed = _masks(observed, names, n, lazy=True)
 
@@ -387,7 +463,8 @@ class _DaskArrays(_Source):
                 dask.delayed(merge_sums)(a, b) for a, b in zip(parts[::2], parts[1::2])
             ]
             parts = merged + ([parts[-1]] if len(parts) % 2 else [])
-        stats = statistics(self.names, self.widths, self.dtype, parts[0].compute())
+        sums = merge_sums(parts[0].compute(), self._pool_sums(offsets))
+        stats = statistics(self.names, self.widths, self.dtype, sums)
         _check_counts(self.names, stats.counts)
         return stats
 
@@ -404,10 +481,10 @@ class _DaskArrays(_Source):
             blocks.append(block)
         if observed is not None and observed.all():
             observed = None
-        return _shifted(blocks, observed, offsets), observed
+        return self._with_pools(_shifted(blocks, observed, offsets), observed, offsets)
 
 
-def training_data(data, models, dtype, *, observed=None, min_models=2):
+def training_data(data, models, dtype, *, observed=None, unpaired=None, min_models=2):
     """The source of training data for ``data`` (see the module docstring).
 
     Parameters
@@ -419,6 +496,9 @@ def training_data(data, models, dtype, *, observed=None, min_models=2):
     observed : mapping of str to (n,) bool array-like, optional
         Which samples every model observed (a mapping of arrays only; models
         not named observed all).
+    unpaired : mapping of str to (n_m, d_m) array-like, optional
+        Rows of a model with no known partner: samples that model alone
+        observed, after the aligned ones (a mapping of arrays only).
     min_models : int
 
     Raises
@@ -426,12 +506,13 @@ def training_data(data, models, dtype, *, observed=None, min_models=2):
     InvalidParameterError, UnknownModelError
         For what can be checked before reading the values.
     """
+    args = (models, dtype, observed, min_models, unpaired)
     if isinstance(data, Mapping):
         if any(is_dask_array(value) for value in data.values()):
-            return _DaskArrays(data, models, dtype, observed, min_models)
-        return _Arrays(data, models, dtype, observed, min_models)
+            return _DaskArrays(data, *args)
+        return _Arrays(data, *args)
     if isinstance(data, Iterable) and not isinstance(data, (str, bytes, np.ndarray)):
-        return _Stream(data, models, dtype, observed, min_models)
+        return _Stream(data, *args)
     raise InvalidParameterError(
         "data must be a mapping of model name to array, or an iterable of such "
         f"mappings (chunks of rows), got {type(data).__name__}"

@@ -15,7 +15,12 @@ from typing import NamedTuple
 import numpy as np
 
 from ._cca import canonicalise, fit_cca, fit_to_frozen, least_squares_inverse
-from ._exceptions import ConvergenceWarning, DimensionWarning, TrainingDivergedError
+from ._exceptions import (
+    ConvergenceWarning,
+    DimensionWarning,
+    InvalidParameterError,
+    TrainingDivergedError,
+)
 from ._gradient import train_lbfgs, train_minibatch
 from ._losses import Objective, sample_scale, whitening
 from ._monitor import Monitor
@@ -234,6 +239,24 @@ def _diverged(solver, config, what):
     )
 
 
+def _multiview(stats, names):
+    """`Statistics.multiview`, refusing a model that shares no sample."""
+    aligned = stats.multiview()
+    for name, count in zip(names, aligned.counts):
+        if not count:
+            raise InvalidParameterError(
+                f"model {name!r} shares no sample with another model (every row "
+                "it observed is unpaired): nothing aligns it"
+            )
+    return aligned
+
+
+def _inverse(stats, centres, m, projection):
+    """Model ``m``'s least-squares reconstruction over every row it observed,
+    about the mean of ``centres``, the statistics that set its offset."""
+    return least_squares_inverse(stats.about(m, centres.means()[m]), projection)
+
+
 def _paired(stats, blocks, observed):
     """The number of samples that at least two models observed."""
     if stats is not None:
@@ -280,15 +303,22 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
     # minimised from the current weights, as the reference optimiser does; the
     # frozen models keep their offsets.
     centre = solver == "cca" or kind == "whitened" or init == "cca" or transfer
-    stats = moments = pending = None
+    stats = aligned = moments = pending = None
     shifts = [None] * len(widths)
     regularization = (0.0,) * len(widths)
     if centre or solver in ("lbfgs", "minibatch"):
         stats = source.statistics(offsets)
-        regularization = stats.ridges(config.regularization)
+        # The alignment comes from the samples two or more models observed; a
+        # sample one model observed alone only improves its reconstruction.
+        aligned = _multiview(stats, source.names)
+        regularization = aligned.ridges(config.regularization)
+        # The closed form centres on the shared samples; the objectives of
+        # the gradient solvers average over every observed sample.
+        centres = aligned if solver == "cca" else stats
         if centre:
             shifts = [
-                None if f else mu.astype(dtype) for f, mu in zip(frozen, stats.means())
+                None if f else mu.astype(dtype)
+                for f, mu in zip(frozen, centres.means())
             ]
         shift = np.concatenate(
             [np.zeros(d) if s is None else s for d, s in zip(widths, shifts)]
@@ -326,9 +356,9 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         if transfer:
             Ps = fit_to_frozen(moments, widths, Ps, frozen, regularization)
         else:
-            Ps, agreement = fit_cca(stats, k, regularization)
+            Ps, agreement = fit_cca(aligned, k, regularization)
         Rs = [
-            R if f else least_squares_inverse(stats.block(m, m), P)
+            R if f else _inverse(stats, centres, m, P)
             for m, (f, P, R) in enumerate(zip(frozen, Ps, Rs))
         ]
     problem = _Problem(source.names, blocks, observed, pending, stats, moments,
@@ -352,7 +382,7 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         Ps, Rs, finished = out
         if kind == "whitened" and solver != "cca":
             Ps, agreement = canonicalise(stats, Ps, k, regularization)
-            Rs = [least_squares_inverse(stats.block(m, m), P) for m, P in enumerate(Ps)]
+            Rs = [_inverse(stats, centres, m, P) for m, P in enumerate(Ps)]
             monitor.replace_last(objective(Ps, Rs, moments, gradient=False))
         if not math.isfinite(monitor.history[-1] if monitor.history else 0.0):
             raise _diverged(solver, config, "loss")

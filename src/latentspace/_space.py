@@ -355,8 +355,8 @@ class LatentSpace:
             blocks, mask = source.samples(offsets)
         return mean_loss(blocks, Ps, Rs, w, mask)
 
-    def train_projections(self, data, config=None, *, observed=None, frozen=(),
-                          **overrides):
+    def train_projections(self, data, config=None, *, observed=None, unpaired=None,
+                          frozen=(), **overrides):
         """Learn the projections and reconstructions of the models in ``data``.
 
         Runs ``config.solver`` (by default SPEC.md's reference optimiser,
@@ -388,6 +388,11 @@ class LatentSpace:
             hold NaN); a sample's consensus is the mean latent of the models
             that observed it, and a sample seen by one model still trains its
             reconstruction. Every solver supports it.
+        unpaired : mapping of str to array-like of shape (n_m, d_m), optional
+            Rows of a model with no known partner in ``data`` (each model its
+            own number): samples that model alone observed. They improve each
+            model's own statistics (its mean, its covariance, its
+            reconstruction) and never its alignment with another model.
         frozen : iterable of str, default=()
             Models of ``data`` whose weights and offsets stay bit-identical:
             the others learn to land on the space the frozen ones define
@@ -430,7 +435,9 @@ class LatentSpace:
             if dim != snapshot.dim:
                 rng = copy.deepcopy(rng)
         start = snapshot.models
-        with training_data(data, start, self._dtype, observed=observed) as source:
+        with training_data(
+            data, start, self._dtype, observed=observed, unpaired=unpaired
+        ) as source:
             names = source.names
             frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
             if source.streamed and config.solver not in ("cca", "lbfgs"):

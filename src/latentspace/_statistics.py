@@ -310,6 +310,21 @@ class Statistics(NamedTuple):
                 count += sums.count
         return (gram / max(count, 1)).astype(self.gram.dtype)
 
+    def multiview(self):
+        """The statistics of the samples at least two models observed (self
+        if there are no others): what the alignment of the models is
+        estimated from (`docs/maths.md`, 6)."""
+        shared = tuple(p for p in self.patterns if len(p[0]) > 1)
+        if len(shared) == len(self.patterns):
+            return self
+        return _from_patterns(self.widths, self.gram.dtype, shared)
+
+    def about(self, m, centre):
+        """Model ``m``'s second moment about ``centre`` over the samples it
+        observed (`block` ``(m, m)`` for ``centre`` its mean)."""
+        delta = self.mean[slices(self.widths)[m]] - centre
+        return self.block(m, m) + np.outer(delta, delta).astype(self.gram.dtype)
+
     def means(self):
         """The mean of every model's features, a list of (d_m,) float64 arrays."""
         return [self.mean[s] for s in slices(self.widths)]
@@ -364,11 +379,16 @@ def statistics(names, widths, dtype, sums):
         Tuple of model names (a pattern) to `Sums` (`chunk_sums`, `merge_sums`).
     """
     index = {name: m for m, name in enumerate(names)}
-    widths = tuple(int(d) for d in widths)
     patterns = tuple(
         (tuple(sorted(index[name] for name in key)), value)
         for key, value in sums.items()
     )
+    return _from_patterns(widths, dtype, patterns)
+
+
+def _from_patterns(widths, dtype, patterns):
+    """The `Statistics` of ``(members, Sums)`` patterns."""
+    widths = tuple(int(d) for d in widths)
     n = sum(value.count for _, value in patterns)
     M = len(widths)
     counts = np.zeros(M, dtype=np.int64)
