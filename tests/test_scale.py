@@ -26,9 +26,10 @@ N = 300
 # The statistics of a stream are merged in another order than those of one
 # mapping: float64 agrees to rounding, float32 to its precision (measured
 # over the splits below: at most 2.4e-13 and 2.7e-5 absolute, on weights of
-# up to 3.3 in magnitude).
+# up to 3.3 in magnitude; 25 L-BFGS iterations on missing views amplify the
+# float64 difference to 1.2e-10).
 TOL = {
-    np.dtype(np.float64): {"rtol": 0.0, "atol": 1e-10},
+    np.dtype(np.float64): {"rtol": 0.0, "atol": 1e-9},
     np.dtype(np.float32): {"rtol": 1e-4, "atol": 1e-4},
 }
 

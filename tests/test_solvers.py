@@ -58,18 +58,19 @@ def reference_cca(Xs, k, regularization):
 
     Directions: leading eigenvectors of the whitened block matrix with
     identity diagonal blocks; per model normalised to unit regularised
-    variance; sorted by mean pairwise correlation; column ``j`` of model
-    ``m`` weighted by ``a_mj ** 2``, ``a`` the one-factor loadings (for two
-    models ``a**2`` is the canonical correlation).
+    variance; sorted by the mean pairwise correlation (the agreement), by
+    which column ``j`` of every model is weighted (for two models the
+    canonical correlation).
     """
     n, M = len(Xs[0]), len(Xs)
     mus = [X.mean(axis=0) for X in Xs]
     Cs = [X - mu for X, mu in zip(Xs, mus)]
     G = [[A.T @ B / n for B in Cs] for A in Cs]
     W = []
+    ridges = np.broadcast_to(regularization, (M,))  # one, or one per model
     for m in range(M):
         d = len(G[m][m])
-        r = regularization * np.trace(G[m][m]) / d
+        r = ridges[m] * np.trace(G[m][m]) / d
         W.append(_inv_sqrt(G[m][m] + r * np.eye(d)))
     T = np.block(
         [
@@ -94,21 +95,8 @@ def reference_cca(Xs, k, regularization):
                 rho[:, m, l] = np.einsum("ij,ij->j", dirs[m], G[m][l] @ dirs[l])
     agreement = np.array([rho[j][np.triu_indices(M, 1)].mean() for j in range(k)])
     order = np.argsort(-agreement, kind="stable")
-    rho, agreement = rho[order], agreement[order]
-    loadings = np.empty((k, M))
-    for j in range(k):
-        c = np.clip(rho[j], 0, 1)
-        a = np.sqrt((c.sum(axis=1) - 1) / (M - 1))
-        if M > 2:
-            for _ in range(5000):
-                previous = a.copy()
-                for m in range(M):
-                    o = np.arange(M) != m
-                    a[m] = max(0.0, c[m, o] @ a[o] / (a[o] @ a[o]))
-                if np.abs(a - previous).max() <= 1e-15:
-                    break
-        loadings[j] = np.clip(a, 0, 1)
-    Ps = [dirs[m][:, order] * loadings[:, m] ** 2 for m in range(M)]
+    agreement = np.maximum(agreement[order], 0)
+    Ps = [dirs[m][:, order] * agreement for m in range(M)]
     return mus, Ps, agreement
 
 
@@ -832,32 +820,24 @@ def test_features_that_overflow_float32_are_a_divergence(solver):
 
 
 @pytest.mark.parametrize("n", [20, 300, 5000])
-def test_auto_regularization_is_the_oas_shrinkage_as_a_relative_ridge(n):
-    covariance = pytest.importorskip("sklearn.covariance")
+def test_auto_regularization_is_the_width_over_the_sample_count(n):
     rng = np.random.default_rng(n)
     Xs = [rng.standard_normal((n, d)) @ rng.standard_normal((d, d)) + 5
           for d in (12, 7)]
-    _, _, result = trained((12, 7), 3, Xs)  # the default: "auto"
-    for X, ridge in zip(Xs, result.regularization):
-        _, shrinkage = covariance.oas(X)  # towards mu I, (1 - s) S + s mu I
-        assert ridge == pytest.approx(shrinkage / (1 - shrinkage), rel=1e-9)
+    space, names, result = trained((12, 7), 3, Xs)  # the default: "auto"
+    assert result.regularization == (12 / n, 7 / n)
+    # ... which is what the closed form used
+    _, Ps, _ = reference_cca(Xs, 3, result.regularization)
+    for name, P in zip(names, Ps):
+        assert_allclose(_match_signs(P, space.weights(name)[0]), P, rtol=1e-7,
+                        atol=1e-10)
 
 
-def test_auto_regularization_is_large_for_few_samples_and_small_for_many():
-    Xs = correlated((40, 30), 6000, shared=5, noise=1.0, seed=40)
-    few = trained((40, 30), 5, [X[:60] for X in Xs])[2].regularization
-    many = trained((40, 30), 5, Xs)[2].regularization
-    # measured: 0.087 and 0.10 for 60 samples, 0.0008 and 0.001 for 6,000
-    assert min(few) > 20 * max(many), (few, many)
-
-
-def test_auto_regularization_of_a_constant_model_is_the_cap():
-    from latentspace._statistics import MAX_AUTO_RIDGE
-
-    Xs = correlated((4, 3), 50, seed=41)
-    Xs[1][:] = 2.0
-    _, _, result = trained((4, 3), 2, Xs)
-    assert result.regularization[1] == MAX_AUTO_RIDGE
+def test_auto_regularization_counts_the_samples_a_model_shares():
+    Xs = correlated((6, 5), 300, seed=41)
+    observed = {"m0": np.arange(300) < 200, "m1": np.arange(300) >= 50}
+    _, _, result = trained((6, 5), 2, Xs, observed=observed)
+    assert result.regularization == (6 / 150, 5 / 150)  # rows 50..199
 
 
 def test_the_default_solver_aligns_raw_unnormalised_embeddings():

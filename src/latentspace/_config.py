@@ -106,9 +106,9 @@ class ProjectionConfig:
     regularization : "auto" or float, default="auto"
         Ridge added to every model's covariance, relative to the mean
         variance of its features (``G_m + r_m * trace(G_m) / d_m * I``), by
-        "cca", ``init="cca"`` and the whitened objective. "auto": ``r_m`` is
-        chosen per model from its own statistics (an analytic shrinkage of
-        the covariance, large for few samples and small for many, see
+        "cca", ``init="cca"`` and the whitened objective. "auto": ``r_m = d_m /
+        n_m``, the model's width over the number of samples it shares with
+        another model (large for few samples and small for many, see
         ``docs/maths.md``); a number is used for every model. Larger values
         trust correlations in low-variance directions less.
     batch_size : int, default=256

@@ -21,13 +21,11 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = [
-    "MAX_AUTO_RIDGE",
     "Moments",
     "Statistics",
     "Sums",
     "chunk_sums",
     "merge_sums",
-    "auto_ridge",
     "ridge",
     "slices",
     "statistics",
@@ -48,36 +46,6 @@ def ridge(gram, regularization):
     of the features of a ``(d, d)`` Gram block (1 if they are all constant)."""
     scale = float(np.trace(gram)) / len(gram)
     return regularization * (scale if scale > 0 else 1.0)
-
-
-# The largest ridge "auto" chooses, relative to the mean variance: beyond it
-# the whitening is the identity to within 0.1%.
-MAX_AUTO_RIDGE = 1e3
-
-
-def auto_ridge(gram, n_samples):
-    """The relative ridge of regularization="auto" for one model's covariance.
-
-    The oracle approximating shrinkage (OAS; Chen, Wiesel, Eldar and Hero,
-    2010) of the sample covariance ``S`` (``p x p``, from ``n`` samples)
-    towards ``mu I``, ``mu = trace(S) / p``: ``(1 - s) S + s mu I`` with::
-
-        s = min(1, (tr(S^2) / p^2 + mu^2) / ((n + 1) (tr(S^2) / p^2 - mu^2 / p)))
-
-    (scikit-learn's ``oas``). As a ridge on ``S`` relative to ``mu`` (the
-    overall scale ``1 - s`` changes no direction of the closed form) that is
-    ``s / (1 - s)``, capped at `MAX_AUTO_RIDGE`: large for few samples and
-    many features, small for many samples.
-    """
-    S = np.asarray(gram, dtype=np.float64)
-    p = len(S)
-    mu = float(np.trace(S)) / p
-    alpha = float(np.einsum("ij,ij->", S, S)) / p**2  # mean(S ** 2)
-    den = (n_samples + 1) * (alpha - mu**2 / p)
-    if not (mu > 0 and den > 0):
-        return MAX_AUTO_RIDGE
-    s = min((alpha + mu**2) / den, 1.0)
-    return min(s / (1 - s), MAX_AUTO_RIDGE) if s < 1 else MAX_AUTO_RIDGE
 
 
 class Sums(NamedTuple):
@@ -287,12 +255,11 @@ class Statistics(NamedTuple):
 
     def ridges(self, regularization):
         """Every model's relative ridge: ``regularization`` for each, or, for
-        "auto", `auto_ridge` of its covariance over the samples it observed."""
+        "auto", its width over the number of samples it observed, ``d_m / n_m``
+        (`docs/maths.md`, 5.1)."""
         if regularization != "auto":
             return (float(regularization),) * len(self.widths)
-        return tuple(
-            auto_ridge(self.block(m, m), int(n)) for m, n in enumerate(self.counts)
-        )
+        return tuple(d / max(int(n), 1) for d, n in zip(self.widths, self.counts))
 
     def paired(self, m, l):
         """Model ``m``'s covariance over the samples it shares with model
