@@ -926,3 +926,45 @@ def test_cca_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
     assert drivers == ["gesdd", "gesvd"]
     for name in names:
         assert_allclose(space.weights(name)[0], expected.weights(name)[0], atol=1e-10)
+
+
+def test_pair_maps_are_the_two_model_cca_of_the_latents(monkeypatch):
+    # A NumPy transcription of docs/maths.md 5.6 on the statistics of complete
+    # data: C_a = P_a' (G_aa + r_a I) P_a, C_ab = P_a' G_ab P_b; the maps are
+    # C_a^-1/2 U S and C_b^-1/2 V S.
+    import latentspace._space
+
+    widths, k = (7, 6, 5), 4
+    Xs = correlated(widths, 400, shared=4, seed=52)
+    captured = {}
+    train = latentspace._space.train
+
+    def spy(*args, **kwargs):
+        captured["outcome"] = outcome = train(*args, **kwargs)
+        return outcome
+
+    monkeypatch.setattr(latentspace._space, "train", spy)
+    space, names = make_space(k, widths)
+    space.train_projections(dict(zip(names, Xs)))
+    maps = captured["outcome"].pair_maps
+    assert set(maps) == {("m0", "m1"), ("m0", "m2"), ("m1", "m2")}
+    Cs = [X - X.mean(axis=0) for X in Xs]
+    n = len(Xs[0])
+
+    def inv_sqrt(C):
+        e, V = np.linalg.eigh(C)
+        keep = e > e[-1] * 1e-12
+        return V[:, keep] / np.sqrt(e[keep])
+
+    for (a, b), (Ma, Mb) in maps.items():
+        i, j = names.index(a), names.index(b)
+        Pa, Pb = (np.asarray(space.weights(m)[0]) for m in (a, b))
+        Gaa, Gbb, Gab = (Cs[p].T @ Cs[q] / n for p, q in ((i, i), (j, j), (i, j)))
+        ra, rb = (widths[m] / n * np.trace(G) / widths[m] for m, G in ((i, Gaa),
+                                                                      (j, Gbb)))
+        Wa = inv_sqrt(Pa.T @ (Gaa + ra * np.eye(widths[i])) @ Pa)
+        Wb = inv_sqrt(Pb.T @ (Gbb + rb * np.eye(widths[j])) @ Pb)
+        U, s, Vt = np.linalg.svd(Wa.T @ Pa.T @ Gab @ Pb @ Wb)
+        # The same comparison: z_a Ma . z_b Mb, whatever the signs and bases.
+        want = (Wa @ U * s) @ (Wb @ Vt.T * s).T
+        assert_allclose(Ma @ Mb.T, want, rtol=1e-8, atol=1e-10)

@@ -440,3 +440,67 @@ def canonicalise(stats, projections, n_components, regularization):
     )
     inner, agreement = _weigh(directions, rho, n_components, stats.gram.dtype)
     return _signed([P @ A for P, A in zip(projections, inner)]), agreement
+
+
+def _inverse_sqrt(C):
+    """``C^(-1/2)`` on the range of the symmetric ``C`` (null directions dropped)."""
+    values, vectors = scipy.linalg.eigh(C, check_finite=False)
+    keep = values > values[-1] * len(C) * np.finfo(np.float64).eps
+    return vectors[:, keep] / np.sqrt(values[keep])
+
+
+def pair_maps(stats, projections, regularization):
+    """The maps through which every pair of models is best compared.
+
+    In a space of more than two models, the latent dimensions are those on
+    which all of them agree (MAXVAR): not the canonical directions of any one
+    pair. For models ``a`` and ``b`` with latents ``z_a = x_a P_a``, the
+    two-model CCA of the latents themselves, from their ``k x k`` statistics
+    over the samples both observed::
+
+        C_a = P_a' (G_aa + r_a I) P_a,  C_b likewise,  C_ab = P_a' G_ab P_b
+        U S V' = svd(C_a^(-1/2) C_ab C_b^(-1/2))
+        M_a = C_a^(-1/2) U S,  M_b = C_b^(-1/2) V S
+
+    compares ``z_a M_a`` with ``z_b M_b`` (weighted by the pair's canonical
+    correlations ``S``, as a two-model space is): `docs/maths.md`, 5.6.
+
+    Parameters
+    ----------
+    stats : Statistics
+        Of the samples the alignment is fitted on.
+    projections : list of (d_m, k) ndarray
+    regularization : "auto" or float
+        The ridges ``r_a``, ``r_b``: "auto" counts the samples both observed.
+
+    Returns
+    -------
+    dict
+        ``(a, b)`` (model indices, ``a < b``) to ``(M_a, M_b)``, float64
+        arrays of shape ``(k, c)``, for every pair that shares two samples or
+        more.
+    """
+    M = len(stats.widths)
+    shared = np.zeros((M, M), dtype=np.int64)
+    for members, sums in stats.patterns:
+        shared[np.ix_(members, members)] += sums.count
+    maps = {}
+    for a in range(M):
+        for b in range(a + 1, M):
+            n = int(shared[a, b])
+            if n < 2:
+                continue
+            sides = []
+            for m, other in ((a, b), (b, a)):
+                G = stats.paired(m, other).astype(np.float64)
+                P = projections[m].astype(np.float64)
+                relative = stats.widths[m] / n if regularization == "auto" else (
+                    regularization
+                )
+                shift = ridge(G, relative)
+                sides.append((P, _inverse_sqrt(P.T @ (G @ P) + shift * (P.T @ P))))
+            (Pa, Wa), (Pb, Wb) = sides
+            cross = Pa.T @ stats.block(a, b).astype(np.float64) @ Pb
+            U, s, Vt = _svd(Wa.T @ cross @ Wb)
+            maps[a, b] = (Wa @ U * s, Wb @ Vt.T * s)
+    return maps

@@ -14,7 +14,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._cca import canonicalise, fit_cca, fit_to_frozen, least_squares_inverse
+from ._cca import (
+    canonicalise,
+    fit_cca,
+    fit_to_frozen,
+    least_squares_inverse,
+    pair_maps,
+)
 from ._exceptions import (
     ConvergenceWarning,
     DimensionWarning,
@@ -52,6 +58,7 @@ class Outcome(NamedTuple):
     objective: str
     agreement: tuple | None
     regularization: tuple | None  # every model's relative ridge, if used
+    pair_maps: dict  # (name_a, name_b) -> (M_a, M_b), spaces of 3+ models
 
 
 class _Problem(NamedTuple):
@@ -398,6 +405,13 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         )
     if kind == "reference" and solver != "cca":
         agreement = None  # that of the start, if init="cca": no longer true
+    maps = {}
+    if agreement is not None and len(widths) > 2:
+        names = source.names
+        maps = {
+            (names[a], names[b]): value
+            for (a, b), value in pair_maps(aligned, Ps, config.regularization).items()
+        }
     return Outcome(
         projections=[np.ascontiguousarray(P, dtype=dtype) for P in Ps],
         reconstructions=[np.ascontiguousarray(R, dtype=dtype) for R in Rs],
@@ -409,4 +423,5 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         objective=kind,
         agreement=None if agreement is None else tuple(float(a) for a in agreement),
         regularization=None if stats is None else regularization,
+        pair_maps=maps,
     )
