@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from latentspace import LatentSpace, ProjectionConfig, SpaceFileError, _io
-from latentspace._space import _make_model, _Snapshot
+from latentspace._space import _make_model
 
 DTYPES = ["float64", "float32"]
 
@@ -33,7 +33,7 @@ def _trained_space(dtype="float64", offsets=False, seed=3):
         mu.flags.writeable = False
         models = dict(space._snapshot.models)
         models["image"] = _make_model(P, R, mu)
-        space._snapshot = _Snapshot(space.dim, models)
+        space._snapshot = space._snapshot._replace(models=models)
     return space
 
 
@@ -418,7 +418,7 @@ def test_pickled_object_arrays_are_never_unpickled(tmp_path, saved):
     header, arrays = _members(path)
     arrays["model0.projection"] = np.array([object()], dtype=object)
     _rewrite(tmp_path / "bad.npz", header, arrays)
-    _refused(tmp_path / "bad.npz", "corrupted")
+    _refused(tmp_path / "bad.npz", "dtype object")
 
 
 @pytest.mark.parametrize(
@@ -682,10 +682,19 @@ def test_concurrent_saves_and_registrations(tmp_path):
             )
 
 
-def test_in_memory_buffer_is_not_needed():
-    # `save` takes paths only; a file object is rejected with a clear error.
-    with pytest.raises(TypeError):
-        _trained_space().save(io.BytesIO())
+@pytest.mark.parametrize("key", [None, b"secret"])
+def test_save_into_a_binary_file_object(tmp_path, key):
+    space = _trained_space(offsets=True)
+    buffer = io.BytesIO()
+    space.save(buffer, key=key)
+    (tmp_path / "s.npz").write_bytes(buffer.getvalue())
+    loaded = LatentSpace.load(tmp_path / "s.npz", key=key)
+    _assert_identical(space, loaded)
+    with open(tmp_path / "t.npz", "wb") as file:
+        space.save(file)
+    _assert_identical(space, LatentSpace.load(tmp_path / "t.npz"))
+    with pytest.raises(TypeError, match="binary"), open(tmp_path / "u.npz", "w") as text:
+        space.save(text)
 
 
 def test_zip_members_are_npy(saved):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 from reference import reference_sgd, xavier
-from support import WEIGHT_TOL, assert_unchanged, dtype_params, snapshot
+from support import MAP_TOL, WEIGHT_TOL, assert_unchanged, dtype_params, snapshot
 
 import latentspace
 from latentspace import (
@@ -550,3 +550,87 @@ def test_float32_training_data_beyond_range_is_named(solver):
         lambda space: space.train_projections(data, solver=solver), ValueError, match,
         "float32",
     )
+
+
+# ------------------------------------------------------ out=, aliasing, big batches
+
+
+def _square_space(dtype):
+    """Models as wide as the space, so that an input can be its own ``out``."""
+    space = latentspace.LatentSpace(4, dtype=dtype, seed=1)
+    space.register("a", 4)
+    space.register("b", 4)
+    rng = np.random.default_rng(2)
+    data = {name: rng.standard_normal((30, 4)) + 1.0 for name in ("a", "b")}
+    space.train_projections(data, solver="cca")  # offsets too
+    return space
+
+
+_CALLS = {
+    "project": lambda space, x, out: space.project("a", x, out=out),
+    "retrieve": lambda space, x, out: space.retrieve("a", x, out=out),
+    "translate": lambda space, x, out: space.translate("a", "b", x, out=out),
+}
+
+
+@dtype_params
+@pytest.mark.parametrize("call", list(_CALLS))
+@pytest.mark.parametrize("shape", [(4,), (1, 4), (6, 4)], ids=str)
+@pytest.mark.parametrize("shift", [0, 1, -1, 3])
+def test_out_overlapping_the_input_gives_the_right_answer(dtype, call, shape, shift):
+    """``out`` that is the input, or overlaps it shifted by some entries
+    either way: the result is that of a separate ``out``."""
+    space = _square_space(dtype)
+    size = int(np.prod(shape))
+    buffer = np.random.default_rng(3).standard_normal(size + 8).astype(dtype)
+    x = buffer[4 : 4 + size].reshape(shape)
+    out = buffer[4 + shift : 4 + shift + size].reshape(shape)
+    assert np.shares_memory(x, out) or size == 0
+    expected = _CALLS[call](space, x.copy(), None)
+    assert _CALLS[call](space, x, out) is out
+    assert np.array_equal(out, expected)
+
+
+@dtype_params
+@pytest.mark.parametrize("call", list(_CALLS))
+@pytest.mark.parametrize("aliased", [False, True], ids=["separate", "aliased"])
+def test_a_refused_call_leaves_out_alone(dtype, call, aliased):
+    space = _square_space(dtype)
+    x = np.ones((3, 4), dtype)
+    x[1, 2] = np.nan
+    out = x if aliased else np.full((3, 4), 7.0, dtype)
+    before = out.copy()
+    with pytest.raises(ValueError, match="row 1 of the features contains NaN"
+                       if call != "retrieve" else "row 1 of the latent"):
+        _CALLS[call](space, x, out)
+    assert np.array_equal(out, before, equal_nan=True)
+
+
+@dtype_params
+@pytest.mark.parametrize("rows", [1, 2, 3, 7])
+def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkeypatch):
+    """More rows than one BLAS call takes (2**31 - 1; lowered here) are
+    computed in blocks: every row, as one call would."""
+    space = _square_space(dtype)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((10, 4)).astype(dtype)
+    gallery = rng.standard_normal((9, 4)).astype(dtype)
+    expected = {
+        "project": space.project("a", x),
+        "translate": space.translate("a", "b", x),
+        "search": space.search("a", x, "b", gallery, k=3),
+    }
+    monkeypatch.setattr(latentspace._core, "MAX_ROWS", rows)
+    tol = MAP_TOL[np.dtype(dtype)]
+    assert_allclose(space.project("a", x), expected["project"], **tol)
+    out = np.full((10, 4), np.nan, dtype)
+    assert space.project("a", x, out=out) is out
+    assert_allclose(out, expected["project"], **tol)
+    assert_allclose(space.translate("a", "b", x), expected["translate"], **tol)
+    indices, scores = space.search("a", x, "b", gallery, k=3)
+    assert_allclose(scores, expected["search"].scores, **tol)
+    assert np.array_equal(indices, expected["search"].indices)
+
+
+def test_the_rows_of_one_blas_call_fit_a_blas_int():
+    assert 1 <= latentspace._core.MAX_ROWS <= 2**31 - 1
