@@ -676,7 +676,7 @@ def _read_npy(archive, info, dtype, shape, path):
             else:
                 raise _fail(path, f"{problem} (.npy format {version})")
             found, fortran, found_dtype = read(member, max_header_size=_MAX_NPY_HEADER)
-            if shape is None and len(found) == 1:
+            if shape is None and len(found) == 1 and found[0] <= limit:
                 shape = found
             if fortran or found_dtype != dtype or found != shape:
                 raise _fail(
