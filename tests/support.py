@@ -1,6 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Helpers shared by the tests (not an oracle: see `reference`)."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -92,3 +95,76 @@ def correlated(widths, n, *, shared=3, noise=0.5, seed=0):
         / (2 * d)
         for d in widths
     ]
+
+
+class LineInterrupter:
+    """Ctrl-C at every line: runs a call once per line it executes (in files
+    under ``roots``), raising KeyboardInterrupt just before that line.
+
+    ``lines(call)`` runs ``call`` once, traced, and returns the file of every
+    line it executed, in order; ``run(call, at)`` runs it again and raises
+    KeyboardInterrupt at the ``at``-th of those lines, returning the
+    exception (None if the call returned). Calls must be deterministic, so
+    that the ``at``-th line is the same line in every run.
+
+    A line counts the first time a function call executes it (not again in a
+    loop): Python reports the exit of a ``with`` block as its ``with`` line
+    again, before calling ``__exit__``, where no real signal can arrive
+    (CPython runs signal handlers after calls, on function entry and at loop
+    back-edges), and an exception raised there would skip ``__exit__``.
+    """
+
+    def __init__(self, *roots):
+        self.roots = tuple(os.fspath(root) for root in roots)
+
+    def _trace(self, on_line):
+        def start(frame, event, arg):
+            if not frame.f_code.co_filename.startswith(self.roots):
+                return None
+            seen = set()
+
+            def local(frame, event, arg):
+                if event == "line" and frame.f_lineno not in seen:
+                    seen.add(frame.f_lineno)
+                    on_line(frame.f_code.co_filename)
+                return local
+
+            return local
+
+        return start
+
+    def lines(self, call):
+        files = []
+        sys.settrace(self._trace(files.append))
+        try:
+            call()
+        finally:
+            sys.settrace(None)
+        return files
+
+    def run(self, call, at):
+        count = [0]
+
+        def on_line(filename):
+            count[0] += 1
+            if count[0] == at:
+                raise KeyboardInterrupt(f"line {at}")
+
+        sys.settrace(self._trace(on_line))
+        try:
+            call()
+        except KeyboardInterrupt as exc:
+            return exc
+        finally:
+            sys.settrace(None)
+        return None
+
+    @staticmethod
+    def chosen(files, every_line_in, every_other):
+        """Positions (1-based) of ``files`` to interrupt at: every line of a
+        file whose name ends with one of ``every_line_in``, every
+        ``every_other``-th of the others."""
+        return [
+            at for at, name in enumerate(files, 1)
+            if name.endswith(every_line_in) or at % every_other == 0
+        ]

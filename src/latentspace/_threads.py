@@ -21,7 +21,6 @@ __all__ = ["blas_single_threaded", "scipy_blas_single_threaded"]
 
 _lock = threading.Lock()
 _controllers = None  # filepath -> (threadpoolctl controller of it, is SciPy's)
-_local = threading.local()  # per thread: filepath -> contexts open on it
 
 
 def _find_blas():
@@ -47,27 +46,23 @@ def _single_threaded(scipy_only):
 
     Limits are set and restored by the thread that opens the context, in
     last-in-first-out order (OpenBLAS does not reliably let another thread
-    restore them); nested contexts of one thread limit a library once.
-    Concurrent threads each set and restore their own limit, as
-    threadpoolctl's contexts in scikit-learn do.
+    restore them); a nested context sets the limit again and restores it to
+    one. Concurrent threads each set and restore their own limit, as
+    threadpoolctl's contexts in scikit-learn do. No state outlives the
+    context, so an interrupt anywhere in it can at worst leave a library on
+    one thread.
     """
     global _controllers
     with _lock:
         if _controllers is None:
             _controllers = _find_blas()
-    depth = _local.__dict__.setdefault("depth", {})
     limiters = []
-    for path, (controller, scipy) in _controllers.items():
-        if scipy or not scipy_only:
-            if depth.get(path, 0) == 0:
-                limiters.append(controller.limit(limits=1))
-            depth[path] = depth.get(path, 0) + 1
     try:
+        for controller, scipy in _controllers.values():
+            if scipy or not scipy_only:
+                limiters.append(controller.limit(limits=1))
         yield
     finally:
-        for path, (_, scipy) in _controllers.items():
-            if scipy or not scipy_only:
-                depth[path] -= 1
         for limiter in reversed(limiters):
             limiter.restore_original_limits()
 
