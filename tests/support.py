@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Helpers shared by the tests (not an oracle: see `reference`)."""
 
+import linecache
 import os
 import sys
 
@@ -107,15 +108,38 @@ class LineInterrupter:
     exception (None if the call returned). Calls must be deterministic, so
     that the ``at``-th line is the same line in every run.
 
-    A line counts the first time a function call executes it (not again in a
-    loop): Python reports the exit of a ``with`` block as its ``with`` line
-    again, before calling ``__exit__``, where no real signal can arrive
-    (CPython runs signal handlers after calls, on function entry and at loop
-    back-edges), and an exception raised there would skip ``__exit__``.
+    CPython runs a signal handler (raising KeyboardInterrupt) only after a
+    call returns, on function entry and at loop back-edges. Some line events
+    come where no signal can: those points are skipped, because an
+    exception raised there would do what Ctrl-C cannot, and a real
+    interrupt at the nearest possible point is simulated by the previous
+    line anyway:
+
+    - a line already executed in the same function call (a ``with``
+      statement's exit is reported as its ``with`` line again, before
+      ``__exit__`` is called; loops are interrupted in their first pass);
+    - a ``try:`` line (a no-op before the protected block starts);
+    - the first line of a ``finally:`` block (reached after the try block's
+      last call, with no call in between);
+    - any line of a ``__del__`` method (Python does not propagate an
+      exception raised in a finaliser).
     """
 
     def __init__(self, *roots):
         self.roots = tuple(os.fspath(root) for root in roots)
+        self._skipped = {}
+
+    def _skip(self, code, lineno):
+        key = (code.co_filename, lineno)
+        if key not in self._skipped:
+            line = linecache.getline(code.co_filename, lineno).strip()
+            previous = ""
+            for before in range(lineno - 1, 0, -1):
+                previous = linecache.getline(code.co_filename, before).strip()
+                if previous and not previous.startswith("#"):
+                    break
+            self._skipped[key] = line == "try:" or previous == "finally:"
+        return code.co_name == "__del__" or self._skipped[key]
 
     def _trace(self, on_line):
         def start(frame, event, arg):
@@ -124,9 +148,11 @@ class LineInterrupter:
             seen = set()
 
             def local(frame, event, arg):
-                if event == "line" and frame.f_lineno not in seen:
-                    seen.add(frame.f_lineno)
-                    on_line(frame.f_code.co_filename)
+                lineno = frame.f_lineno
+                if event == "line" and lineno not in seen:
+                    seen.add(lineno)
+                    if not self._skip(frame.f_code, lineno):
+                        on_line(frame.f_code.co_filename)
                 return local
 
             return local

@@ -1084,3 +1084,40 @@ def test_save_into_a_missing_directory_names_the_directory(tmp_path):
     assert info.value.filename == str(missing)
     assert ".tmp" not in str(info.value)
     assert "no such directory" in str(info.value)
+
+
+def test_ctrl_c_at_any_line_of_save(tmp_path):
+    """Whichever line of `save` (or of the zip and .npy writers it calls)
+    Ctrl-C interrupts: the exception is the KeyboardInterrupt, the target is
+    the old file or the complete new one, no temporary file and no file
+    descriptor are left behind. Every line of `_io`, every 10th of zipfile
+    and numpy's .npy writer."""
+    import gc
+    import sys
+
+    from support import LineInterrupter
+
+    space = _trained_space(offsets=True)
+    path = tmp_path / "s.npz"
+    _other_space().save(path)
+    old = path.read_bytes()
+    interrupter = LineInterrupter(
+        os.path.dirname(_io.__file__), zipfile.__file__, np.lib.format.__file__
+    )
+    files = interrupter.lines(lambda: space.save(path))
+    descriptors = "/proc/self/fd"
+    opened = len(os.listdir(descriptors)) if sys.platform == "linux" else None
+    replaced = 0
+    for at in interrupter.chosen(files, ("_io.py",), 10):
+        path.write_bytes(old)
+        exc = interrupter.run(lambda: space.save(path), at)
+        assert isinstance(exc, KeyboardInterrupt) or exc is None, (at, exc)
+        assert os.listdir(tmp_path) == ["s.npz"], (at, files[at - 1])
+        if path.read_bytes() != old:
+            _assert_identical(space, LatentSpace.load(path))
+            replaced += 1
+    assert replaced >= 1
+    del exc  # and the frames of its traceback
+    gc.collect()
+    if opened is not None:
+        assert len(os.listdir(descriptors)) == opened

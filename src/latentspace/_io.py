@@ -533,12 +533,13 @@ def _write_npz(file, members):
         for name, array in members.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
+        archive.close()
     except BaseException:
-        # Abandon the archive (the caller discards its file): closing it would
-        # write its directory, or raise if an interrupt left a member open.
+        # Abandon the archive (the caller discards its file): closing it (now
+        # or when it is collected) would write its directory, or raise if an
+        # interrupt left a member open.
         archive.fp = None
         raise
-    archive.close()
 
 
 def _copy_mode(source, destination):
