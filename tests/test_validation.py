@@ -634,3 +634,198 @@ def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkey
 
 def test_the_rows_of_one_blas_call_fit_a_blas_int():
     assert 1 <= latentspace._core.MAX_ROWS <= 2**31 - 1
+
+
+# ----------------------------------------------------------- weights are immutable
+
+
+@dtype_params
+def test_weights_and_offsets_cannot_be_made_writeable(dtype):
+    space = _square_space(dtype)  # with offsets
+    arrays = [*space.weights("a"), space.offset("a")]
+    for array in arrays:
+        with pytest.raises(ValueError):
+            array.flags.writeable = True
+        with pytest.raises(ValueError):
+            array[...] = 0
+        view = array.view()
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
+    copy = arrays[0].copy()
+    copy[...] = 0  # a copy is the caller's own
+
+
+# ------------------------------------------------------------------ masked arrays
+
+
+def test_project_refuses_masked_entries():
+    space = build()
+    x = np.ma.masked_array(XA[:2], mask=[[False, True, False], [False, False, False]])
+    with pytest.raises(ValueError, match=r"masked array with 1 masked entries "
+                                         r"\(the first at index \(0, 1\)\)"):
+        space.project("a", x)
+    with pytest.raises(ValueError, match="masked"):
+        space.translate("a", "b", x)
+    with pytest.raises(ValueError, match="masked"):
+        space.search("a", x, "b", XB)
+    unmasked = np.ma.masked_array(XA[:2], mask=False)
+    assert np.array_equal(space.project("a", unmasked), space.project("a", XA[:2]))
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["sgd", "cca", "lbfgs", "minibatch"])
+def test_masked_entries_are_rows_a_model_did_not_observe(solver):
+    """Training on masked arrays is training with ``observed=`` the rows
+    without masked entries; what the masked entries hold (1e6, NaN) is not
+    used."""
+    rows = np.arange(N) % 3 != 0
+    xb = XB.copy()
+    xb[~rows, 1] = np.nan
+    xb[~rows, 3] = 1e6
+    mask = np.zeros(XB.shape, dtype=bool)
+    mask[~rows, 1] = mask[~rows, 3] = True
+    masked, plain = build(), build()
+    masked.train_projections({"a": XA, "b": np.ma.masked_array(xb, mask)},
+                             solver=solver, n_epochs=2)
+    plain.train_projections({"a": XA, "b": np.where(rows[:, None], XB, 0.0)},
+                            observed={"b": rows}, solver=solver, n_epochs=2)
+    for name in ("a", "b"):
+        for got, expected in zip(masked.weights(name), plain.weights(name)):
+            assert got.tobytes() == expected.tobytes()
+    assert masked.loss({"a": XA, "b": np.ma.masked_array(xb, mask)}) == plain.loss(
+        {"a": XA, "b": XB}, observed={"b": rows})
+    with pytest.raises(ValueError, match="'b' has masked entries"):
+        masked.evaluate({"a": XA, "b": np.ma.masked_array(xb, mask)})
+
+
+def test_a_model_with_every_row_masked_is_refused():
+    space = build()
+    before = snapshot(space)
+    with pytest.raises(ValueError, match="'b' observed no sample"):
+        space.train_projections({"a": XA, "b": np.ma.masked_all(XB.shape)})
+    assert_unchanged(space, before)
+
+
+# --------------------------------------------------------------- tiny magnitudes
+
+
+@pytest.mark.parametrize("solver", ["sgd", "cca", "lbfgs", "minibatch"])
+@pytest.mark.parametrize("dtype, scale", [("float32", 1e-25), ("float64", 1e-170)])
+def test_features_too_small_for_the_dtype_are_named(dtype, scale, solver):
+    """Products of such features underflow: the statistics and the gradients
+    would be zeros (training "succeeded" at chance level)."""
+    data = {"a": XA.astype(dtype) * scale, "b": XB}
+    error = assert_fails_cleanly(
+        train_data(data, solver=solver, n_epochs=2), ValueError,
+        rf"data for model 'a' is at most [0-9.e-]+ in magnitude: too small for "
+        rf"the space's {dtype}", dtype)
+    assert "scale the features up" in str(error)
+
+
+def test_tiny_features_in_a_stream_are_named():
+    chunks = [{"a": XA[:5], "b": XB[:5]}, {"a": XA[5:] * 1e-170, "b": XB[5:]}]
+    assert_fails_cleanly(train_data(chunks, solver="cca"), ValueError,
+                         r"'a' in chunk 1 \(from row 5 of the stream\) is at most")
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1.0])
+def test_small_but_representable_features_train(scale):
+    space = build("float32")
+    space.train_projections({"a": XA * scale, "b": XB}, solver="cca")
+
+
+def test_float32_conversion_to_zero_is_named():
+    space = build("float32")
+    x = XA.copy()
+    x[1, 2] = 1e-100
+    with pytest.raises(ValueError, match=r"holds 1e-100 \(at index \(1, 2\)\), so "
+                                         r"small that the space's float32 rounds "
+                                         r"it to 0"):
+        space.project("a", x[:2])
+    assert_fails_cleanly(train_data({"a": x, "b": XB}), ValueError,
+                         r"'a' holds 1e-100", "float32")
+    x[1, 2] = 1e-40  # a float32 subnormal: kept
+    assert np.isfinite(space.project("a", x[:2])).all()
+
+
+# ------------------------------------------------------------- other arguments
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "42", [1, 2], True, b"x",
+                                  np.random.default_rng(0)])
+def test_bad_seeds_are_named(seed):
+    with pytest.raises(InvalidParameterError, match="seed must be an integer >= 0 or None"):
+        latentspace.LatentSpace(3, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [None, 0, np.uint32(7), 2**100])
+def test_good_seeds(seed):
+    latentspace.LatentSpace(3, seed=seed).register("a", 2)
+
+
+def test_index_references_must_be_a_mapping():
+    space = build()
+    with pytest.raises(InvalidParameterError, match="references must be a mapping"):
+        space.index("b", XB, references=[XA])
+
+
+def test_vectors_are_not_counted_as_items():
+    from latentspace import metrics
+
+    space = build()
+    with pytest.raises(ValueError, match=r"'a' must have shape \(n, 3\), got shape \(3,\)"):
+        metrics.retrieval_ranks(space, "a", XA[0], "b", XB[0])
+    with pytest.raises(ValueError, match=r"'a' must have shape \(n, 3\), got shape \(3,\)"):
+        metrics.retrieval_scores(space, {"a": XA[0], "b": XB})
+
+
+# ----------------------------------------- inputs changed by another thread mid-call
+
+
+class _Racing:
+    """An affine map that another thread races: during its first call the
+    input holds NaN, which is then taken back."""
+
+    def __init__(self, affine_map, row):
+        self.map, self.W, self.row, self.calls = affine_map, affine_map.W, row, 0
+
+    def __call__(self, x, out=None):
+        self.calls += 1
+        if self.calls > 1 or not isinstance(x, np.ndarray) or x.ndim != 2:
+            return self.map(x, out)
+        saved = x[self.row].copy()
+        x[self.row] = np.nan
+        try:
+            return self.map(x, out)
+        finally:
+            x[self.row] = saved
+
+
+def test_an_input_changed_during_a_call_is_not_called_an_overflow():
+    space = build()
+    model = space._snapshot.models["a"]
+    racing = _Racing(model.project, 2)
+    space._snapshot = space._snapshot._replace(
+        models={**space._snapshot.models, "a": model._replace(project=racing)})
+    x = XA.copy()
+    result = space.project("a", x)  # computed again, from a private copy
+    assert racing.calls >= 2
+    assert np.array_equal(result, model.project(XA))
+
+
+def test_training_data_changed_during_training_is_named():
+    # (The minibatch solver reads the caller's arrays every epoch; sgd copies
+    # them into one matrix first.)
+    space = build()
+    before = snapshot(space)
+    xa = XA.copy()
+
+    def callback(state):  # another thread, as it were, between two epochs
+        xa[4, 1] = np.nan
+
+    with pytest.raises(ValueError, match=r"data for model 'a' contains NaN or Inf "
+                                         r"\(first in row 4\), which it did not when "
+                                         r"training started"):
+        space.train_projections({"a": xa, "b": XB}, solver="minibatch",
+                                n_epochs=3, callback=callback)
+    assert_unchanged(space, before)
