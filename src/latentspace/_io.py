@@ -218,7 +218,7 @@ def make_generator(state):
     `_RNG_STATES` with every value of the right type and in range.
     """
     name = state.get("bit_generator") if isinstance(state, dict) else None
-    if name not in _RNG_STATES:
+    if not isinstance(name, str) or name not in _RNG_STATES:
         raise ValueError(f"unsupported random bit generator {name!r}")
     fields = {key: value for key, value in state.items() if key != "bit_generator"}
     bit_generator = getattr(np.random, name)()
