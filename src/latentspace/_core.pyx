@@ -11,6 +11,8 @@ width ``d_m`` owns ``d_m * k`` consecutive entries of ``P`` (its ``d_m x k``
 projection, row-major) and of ``R`` (its ``k x d_m`` reconstruction), and
 columns ``col_m : col_m + d_m`` of the sample matrix ``X``.
 """
+import numpy as np
+
 cimport numpy as cnp
 from cython cimport floating
 from cpython.exc cimport PyErr_CheckSignals
@@ -168,6 +170,15 @@ cdef inline void _deviations(const floating* Z, floating* A, const unsigned char
                 A[m * k + j] = 0
 
 
+cdef inline bint _all_finite(Py_ssize_t size, const floating* x) noexcept nogil:
+    """np.isfinite(x[:size]).all(), without a branch per entry"""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(size):
+        bad |= x[i] - x[i] != 0  # NaN for NaN and +-Inf
+    return not bad
+
+
 cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
                   const floating* shift, floating* out, Py_ssize_t block) noexcept nogil:
     """out = X @ W + shift (no shift if NULL), one GEMM per ``block`` rows;
@@ -187,19 +198,7 @@ cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating*
         if shift != NULL:
             for i in range(size):
                 out[i] += shift[i % q]
-    for i in range(size):
-        if not _finite(out[i]):
-            return False
-    return True
-
-
-cdef inline bint _all_finite(Py_ssize_t size, const floating* x) noexcept nogil:
-    """np.isfinite(x[:size]).all()"""
-    cdef Py_ssize_t i
-    for i in range(size):
-        if not _finite(x[i]):
-            return False
-    return True
+    return _all_finite(size, out)
 
 
 # Rows of a batch in one GEMM call: BLAS sizes are C ints, so a batch of more
@@ -271,15 +270,21 @@ cdef class AffineMap:
                 result = target
         else:
             return None
+        if n == 0:
+            return result if target is None else target
         cdef const void* X = cnp.PyArray_DATA(a)
         cdef void* o = cnp.PyArray_DATA(result)
         cdef void* copy_to = NULL
         cdef Py_ssize_t block = MAX_ROWS if n > 1 else 1
-        cdef bint check_input = target is not None, finite = True
-        if target is not None and result is not target:
+        cdef bint direct = target is not None and result is target, finite = True
+        # Straight into out only from a finite x (else out stays as it was):
+        # checked in the kernel for one vector, by NumPy's vectorised isfinite
+        # for a batch.
+        cdef bint check_input = direct and n == 1
+        if direct and n > 1 and not np.isfinite(a).all():
+            return None
+        if target is not None and not direct:
             copy_to = cnp.PyArray_DATA(target)
-        if n == 0:
-            return result if target is None else target
         with nogil:
             if self.typenum == cnp.NPY_DOUBLE:
                 if check_input:

@@ -32,6 +32,7 @@ from ._validation import (
 __all__ = ["LatentSpace"]
 
 _INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
+_ALIGNMENT = 64  # bytes: a cache line, and AVX-512's vector
 
 class _Model(NamedTuple):
     """One model's weights; the arrays are read-only and never change."""
@@ -50,12 +51,17 @@ class _Model(NamedTuple):
         return self.retrieve.W
 
 
-def _frozen(array, dtype=None):
-    """A read-only C-contiguous copy of ``array`` whose memory is an immutable
-    ``bytes`` object: NumPy refuses to make it writeable again, so no caller
-    can change weights that readers share."""
-    array = np.ascontiguousarray(array, dtype=dtype)
-    return np.frombuffer(array.tobytes(), dtype=array.dtype).reshape(array.shape)
+def _frozen(array):
+    """A read-only copy of ``array``, C-contiguous, on a 64-byte boundary (the
+    kernels' loads are up to a fifth slower off it), seen through a read-only
+    buffer: NumPy refuses to make it writeable again, so no caller can change
+    weights that readers share."""
+    array = np.asarray(array)
+    memory = bytearray(array.nbytes + _ALIGNMENT)
+    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
+    view = memoryview(memory)[start : start + array.nbytes]
+    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
+    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
 
 
 def _make_model(projection, reconstruction, offset=None):
