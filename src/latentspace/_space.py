@@ -34,6 +34,7 @@ __all__ = ["LatentSpace"]
 _INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
 _ALIGNMENT = 64  # bytes: a cache line, and AVX-512's vector
 
+
 class _Model(NamedTuple):
     """One model's weights; the arrays are read-only and never change."""
 
@@ -709,14 +710,14 @@ class LatentSpace:
         """
         from . import _search
 
-        index = _search.GalleryIndex(
-            self, target, gallery, csls_k=csls_k, batch_size=batch_size
-        )
         if references is not None and not isinstance(references, Mapping):
             raise InvalidParameterError(
                 "references must be a mapping of source model name to reference "
                 f"items, got {type(references).__name__}"
             )
+        index = _search.GalleryIndex(
+            self, target, gallery, csls_k=csls_k, batch_size=batch_size
+        )
         for source, features in (references or {}).items():
             index.add_reference(source, features)
         return index
