@@ -693,7 +693,7 @@ def test_save_into_a_binary_file_object(tmp_path, key):
     with open(tmp_path / "t.npz", "wb") as file:
         space.save(file)
     _assert_identical(space, LatentSpace.load(tmp_path / "t.npz"))
-    with pytest.raises(TypeError, match="binary"), open(tmp_path / "u.npz", "w") as text:
+    with open(tmp_path / "u.npz", "w") as text, pytest.raises(TypeError, match="binary"):
         space.save(text)
 
 

@@ -754,7 +754,8 @@ def test_float32_conversion_to_zero_is_named():
 @pytest.mark.parametrize("seed", [-1, 1.5, "42", [1, 2], True, b"x",
                                   np.random.default_rng(0)])
 def test_bad_seeds_are_named(seed):
-    with pytest.raises(InvalidParameterError, match="seed must be an integer >= 0 or None"):
+    pattern = "seed must be an integer >= 0 or None"
+    with pytest.raises(InvalidParameterError, match=pattern):
         latentspace.LatentSpace(3, seed=seed)
 
 
@@ -773,9 +774,10 @@ def test_vectors_are_not_counted_as_items():
     from latentspace import metrics
 
     space = build()
-    with pytest.raises(ValueError, match=r"'a' must have shape \(n, 3\), got shape \(3,\)"):
+    pattern = r"'a' must have shape \(n, 3\), got shape \(3,\)"
+    with pytest.raises(ValueError, match=pattern):
         metrics.retrieval_ranks(space, "a", XA[0], "b", XB[0])
-    with pytest.raises(ValueError, match=r"'a' must have shape \(n, 3\), got shape \(3,\)"):
+    with pytest.raises(ValueError, match=pattern):
         metrics.retrieval_scores(space, {"a": XA[0], "b": XB})
 
 

@@ -180,7 +180,8 @@ cdef inline bint _all_finite(Py_ssize_t size, const floating* x) noexcept nogil:
 
 
 cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
-                  const floating* shift, floating* out, Py_ssize_t block) noexcept nogil:
+                  const floating* shift, floating* out,
+                  Py_ssize_t block) noexcept nogil:
     """out = X @ W + shift (no shift if NULL), one GEMM per ``block`` rows;
     return np.isfinite(out).all()"""
     cdef Py_ssize_t i, r = 0, rows, size = n * q

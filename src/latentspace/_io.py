@@ -599,7 +599,9 @@ def _read(path):
             archive = zipfile.ZipFile(file)
         except Exception as exc:  # BadZipFile, struct, overflow errors alike
             # A damaged zip directory can fail in many ways; all mean the same.
-            raise _fail(path, f"not a readable .npz archive (truncated?): {exc}") from None
+            raise _fail(
+                path, f"not a readable .npz archive (truncated?): {exc}"
+            ) from None
         with archive:
             members = _members(archive, path)
             if _HEADER not in members:
@@ -618,9 +620,11 @@ def _read(path):
             if missing:
                 raise _fail(path, f"array {missing[0]!r} is missing")
             if extra:
-                raise _fail(path, f"unexpected array {extra[0]!r:.80} (not in the header)")
+                raise _fail(
+                    path, f"unexpected array {extra[0]!r:.80} (not in the header)"
+                )
             dtype = np.dtype(header["dtype"]).newbyteorder("<")
-            total = sum(math.prod(shape) for shape in expected.values()) * dtype.itemsize
+            total = dtype.itemsize * sum(math.prod(s) for s in expected.values())
             if total > size:
                 raise _fail(
                     path,

@@ -343,7 +343,8 @@ class LatentSpace:
         return model.projection, model.reconstruction
 
     def offset(self, name):
-        """The input offset ``mu`` of model ``name`` (read-only, as `weights`), or None."""
+        """The input offset ``mu`` of model ``name`` (read-only, as `weights`),
+        or None."""
         return self._model(name).offset
 
     def loss(self, data, alignment_weight=1.0, *, observed=None):

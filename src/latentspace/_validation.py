@@ -86,7 +86,8 @@ def check_seed(seed):
         return None
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise InvalidParameterError(
-            f"seed must be an integer >= 0 or None, got {seed!r} ({type(seed).__name__})"
+            "seed must be an integer >= 0 or None, got "
+            f"{seed!r} ({type(seed).__name__})"
         )
     seed = operator.index(seed)
     if seed < 0:
@@ -167,15 +168,18 @@ def check_out(out, shape, dtype):
 
 
 def as_kernel_array(array, dtype, what, rows=None, first_row=0):
-    """``array`` as an aligned, native-endian, C-contiguous ``dtype`` array,
-    copied only if needed; raise if a finite value (in a row where the bool
-    mask ``rows``, if given) does not fit ``dtype`` (beyond its range, or
-    non-zero but rounded to zero), naming where (rows counted from
-    ``first_row``)."""
+    """``array`` as an aligned, native-endian, C-contiguous ``dtype`` ndarray
+    (not a subclass), copied only if needed; raise if a finite value (in a
+    row where the bool mask ``rows``, if given) does not fit ``dtype``
+    (beyond its range, or non-zero but rounded to zero), naming where (rows
+    counted from ``first_row``)."""
     dtype = np.dtype(dtype)
     narrowing = array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize
     with np.errstate(over="ignore") if narrowing else contextlib.nullcontext():
-        out = np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
+        # "E": a plain ndarray (the kernels' fast path takes no subclass).
+        out = np.require(
+            array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED", "E"]
+        )
     if narrowing:
         lost = np.isinf(out) if not np.isfinite(out).all() else None
         if (out == 0).any():
