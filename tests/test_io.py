@@ -1121,3 +1121,24 @@ def test_ctrl_c_at_any_line_of_save(tmp_path):
     gc.collect()
     if opened is not None:
         assert len(os.listdir(descriptors)) == opened
+
+
+def test_json_nested_deeper_than_a_header_is_refused(saved, tmp_path):
+    """Found by a probe of nesting depths: JSON nested a little less than
+    Python's recursion limit parsed, then could not be written back to check
+    its checksum (RecursionError). Whatever the depth, a SpaceFileError."""
+    import sys
+
+    _, path = saved
+    for depth in range(1, sys.getrecursionlimit() + 50):
+        raw = np.frombuffer(("[" * depth + "]" * depth).encode(), np.uint8)
+        try:
+            header = _io._parse_json(raw, path)
+        except SpaceFileError:
+            continue
+        _io._canonical(header)  # what the checksum needs
+    header, arrays = _members(path)
+    header["config"] = {"x": json.loads("[" * 500 + "]" * 500)}
+    raw = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    np.savez(tmp_path / "deep.npz", header=raw, **arrays)
+    _refused(tmp_path / "deep.npz", "nests more than 32 levels")

@@ -92,6 +92,8 @@ _MAX_HEADER_BYTES = 64 << 20
 _MAX_NPY_HEADER = 10_000
 # Longest integer in the header: 2**128 has 39 digits.
 _MAX_INT_DIGITS = 40
+# Deepest nesting of the header's JSON (a saved one nests 4 levels).
+_MAX_JSON_DEPTH = 32
 # Bytes of array data read at a time.
 _READ_BYTES = 16 << 20
 # Bytes of the target's name in a temporary file's name.
@@ -100,7 +102,7 @@ _TEMPORARY_NAME_BYTES = 64
 # The state of every bit generator a file may hold, as NumPy's ``state``
 # property gives it: nested keys down to an int ``b`` (an integer in
 # [0, b)) or a ``(dtype, length)`` array (written as a JSON list).
-_U32, _U64, _U128 = 2**32, 2**64, 2**128
+_U32, _U128 = 2**32, 2**128
 _PCG = {"state": {"state": _U128, "inc": _U128}, "has_uint32": 2, "uinteger": _U32}
 _RNG_STATES = {
     "PCG64": _PCG,
@@ -219,12 +221,14 @@ def make_generator(state):
     """
     name = state.get("bit_generator") if isinstance(state, dict) else None
     if not isinstance(name, str) or name not in _RNG_STATES:
-        raise ValueError(f"unsupported random bit generator {name!r}")
+        raise ValueError(f"unsupported random bit generator {name!r:.40}")
     fields = {key: value for key, value in state.items() if key != "bit_generator"}
+    decoded = {"bit_generator": name, **_decoded(fields, _RNG_STATES[name], name)}
     bit_generator = getattr(np.random, name)()
-    bit_generator.state = {
-        "bit_generator": name, **_decoded(fields, _RNG_STATES[name], name)
-    }
+    try:
+        bit_generator.state = decoded
+    except (TypeError, OverflowError) as exc:  # a state NumPy has more rules for
+        raise ValueError(str(exc)) from None
     return np.random.Generator(bit_generator)
 
 
@@ -282,7 +286,7 @@ def _expected_arrays(header):
 def _checksum(header, arrays, names, key=None):
     """SHA-256 (HMAC-SHA256 with a ``key``) of the canonical header (without
     checksum) and the arrays."""
-    content = {key: value for key, value in header.items() if key != "checksum"}
+    content = {field: value for field, value in header.items() if field != "checksum"}
     if key is None:
         digest = hashlib.sha256(_canonical(content))
     else:
@@ -712,15 +716,27 @@ def _read_npy(archive, info, dtype, shape, path):
 
 
 def _parse_json(raw, path):
-    """The header's JSON, of bounded integers and no NaN or Infinity."""
+    """The header's JSON, of bounded integers, no NaN or Infinity, and nested
+    at most `_MAX_JSON_DEPTH` levels (JSON that Python can parse but not
+    write back, to compute its checksum, is refused)."""
     try:
-        return json.loads(
+        header = json.loads(
             raw.tobytes().decode("utf-8"),
             parse_int=_json_int,
             parse_constant=_json_constant,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise _fail(path, f"the header is not valid JSON ({exc})") from None
+    level = [header]
+    for _ in range(_MAX_JSON_DEPTH):
+        level = [
+            item
+            for value in level if isinstance(value, (dict, list))
+            for item in (value.values() if isinstance(value, dict) else value)
+        ]
+    if any(isinstance(value, (dict, list)) for value in level):
+        raise _fail(path, f"the header nests more than {_MAX_JSON_DEPTH} levels")
+    return header
 
 
 def _json_int(text):
