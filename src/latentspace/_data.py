@@ -336,17 +336,21 @@ class _Stream(_Source):
 
 
 def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
-    """`chunk_sums` of a chunk; if they are not finite, the error names the
-    first row that holds NaN or Inf where observed (without one, the features
-    overflow the dtype, which the solvers report)."""
+    """`chunk_sums` of a chunk, its values checked where observed: a value
+    that ``dtype`` cannot hold is named (found by converting the chunk if it
+    is of a wider dtype), as is the first row with NaN or Inf if the sums
+    are not finite (without one, the features overflow the dtype, which the
+    solvers report), and features too small for ``dtype``."""
     sums = chunk_sums(names, blocks, observed, offsets, dtype)
     finite = all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values())
     for m, (name, block) in enumerate(zip(names, blocks)):
         what = f"data for model {name!r}{where}"
         mask = None if observed is None else observed[:, m]
-        if not finite:
+        narrowing = block.dtype.kind == "f" and block.dtype.itemsize > dtype.itemsize
+        if narrowing or not finite:
             checked = as_kernel_array(block, dtype, what, mask, first_row)
-            check_finite(checked, what, mask, first_row)
+            if not finite:
+                check_finite(checked, what, mask, first_row)
         check_scale(block, what, dtype, mask)
     return sums
 
