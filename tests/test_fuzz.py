@@ -596,7 +596,13 @@ def test_train_projections(solver, data, space):
             Xs, Ps, Rs, float(options["learning_rate"]), len(result.loss_history),
             float(options.get("alignment_weight", 1.0)),
         )
-        if all(np.isfinite(P).all() and np.abs(P).max() < 1e3 for P in Ps):
+        start = max(1.0, *(np.abs(before["weights"][n][0]).max() for n in names_))
+        # A run whose weights grow by orders of magnitude in a few epochs
+        # amplifies rounding: float32 then parts from the float64 oracle
+        # (the long fuzz found P going 0.01 -> -734 in one epoch, 0.16 % off).
+        stable = space.dtype == np.float64 or all(
+            np.abs(P).max() < 100 * start for P in Ps)
+        if stable and all(np.isfinite(P).all() and np.abs(P).max() < 1e3 for P in Ps):
             tol = 1e-8 if space.dtype == np.float64 else 1e-3
             for name, P, R in zip(names_, Ps, Rs):
                 got = space.weights(name)
