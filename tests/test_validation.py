@@ -841,3 +841,24 @@ def test_training_data_changed_during_training_is_named():
         space.train_projections({"a": xa, "b": XB}, solver="minibatch",
                                 n_epochs=3, callback=callback)
     assert_unchanged(space, before)
+
+
+def test_a_training_that_needs_no_iteration_has_a_final_loss(tmp_path, capsys):
+    # Found by the long fuzz: one sample, L-BFGS-B from the closed form, whose
+    # gradient is zero: no iteration ran, and final_loss raised IndexError
+    # (so did `train` on the command line, which prints it).
+    from latentspace.__main__ import main
+
+    space = latentspace.LatentSpace(1, seed=0)
+    space.register("a", 1)
+    space.register("b", 1)
+    x = np.array([[0.125]])
+    result = space.train_projections({"a": x, "b": x}, solver="lbfgs", n_epochs=1,
+                                     objective="reference", init="cca")
+    assert result.n_epochs == 0 and result.loss_history == ()
+    assert result.final_loss == result.initial_loss
+    np.save(tmp_path / "x.npy", x)
+    argv = ["train", str(tmp_path / "s.npz"), f"a={tmp_path / 'x.npy'}",
+            f"b={tmp_path / 'x.npy'}", "--dim", "1", "--solver", "lbfgs",
+            "--objective", "reference", "--init", "cca", "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
