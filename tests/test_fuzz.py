@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.linalg
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
@@ -49,8 +50,12 @@ from latentspace.__main__ import main
 # SpaceFileError are among them).
 REFUSED = (ValueError, TypeError, KeyError)
 # Training also documents divergence; a ConvergenceWarning turned into an error
-# (filterwarnings=error) is raised before anything is published.
-TRAIN_REFUSED = (*REFUSED, TrainingDivergedError, ConvergenceWarning)
+# (filterwarnings=error) is raised before anything is published. So is SciPy's
+# LinAlgWarning, which the closed form with frozen models lets through for an
+# ill-conditioned system (degenerate data: two samples in float32, found by
+# the long fuzz; a known issue, docs/reliability.md): the space stays as it was.
+TRAIN_REFUSED = (*REFUSED, TrainingDivergedError, ConvergenceWarning,
+                 scipy.linalg.LinAlgWarning)
 
 _TMP = tempfile.mkdtemp(prefix="latentspace-fuzz-")
 
