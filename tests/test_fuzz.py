@@ -1500,8 +1500,14 @@ def test_train_on_a_stream(solver, data, space, form):
     other = pickle.loads(pristine)
     rows = matrix.any(axis=1)
     kept = {name: X[rows] for name, X in batch.items()}
-    _train(other, _filled(kept, matrix[rows], names_, np.nan),
-           observed=_observed_for(matrix[rows], names_), **options)
+    with warnings.catch_warnings():
+        # Whether L-BFGS-B reports convergence (a projected gradient of
+        # exactly 0) can differ by rounding between the two (found by the
+        # long fuzz); the weights are compared all the same.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        other.train_projections(_filled(kept, matrix[rows], names_, np.nan),
+                                observed=_observed_for(matrix[rows], names_),
+                                **options)
     # Summed by chunks or at once: rounding, amplified by the conditioning of
     # the ridge (1 / regularization) when there are fewer samples than features.
     rtol = _VIEW_RTOL[space.dtype] * max(1.0, 1e-4 / options.get("regularization", 0.1))
