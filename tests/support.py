@@ -1,6 +1,10 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Helpers shared by the tests (not an oracle: see `reference`)."""
 
+import linecache
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -92,3 +96,101 @@ def correlated(widths, n, *, shared=3, noise=0.5, seed=0):
         / (2 * d)
         for d in widths
     ]
+
+
+class LineInterrupter:
+    """Ctrl-C at every line: runs a call once per line it executes (in files
+    under ``roots``), raising KeyboardInterrupt just before that line.
+
+    ``lines(call)`` runs ``call`` once, traced, and returns the file of every
+    line it executed, in order; ``run(call, at)`` runs it again and raises
+    KeyboardInterrupt at the ``at``-th of those lines, returning the
+    exception (None if the call returned). Calls must be deterministic, so
+    that the ``at``-th line is the same line in every run.
+
+    CPython runs a signal handler (raising KeyboardInterrupt) only after a
+    call returns, on function entry and at loop back-edges. Some line events
+    come where no signal can: those points are skipped, because an
+    exception raised there would do what Ctrl-C cannot, and a real
+    interrupt at the nearest possible point is simulated by the previous
+    line anyway:
+
+    - a line already executed in the same function call (a ``with``
+      statement's exit is reported as its ``with`` line again, before
+      ``__exit__`` is called; loops are interrupted in their first pass);
+    - a ``try:`` line (a no-op before the protected block starts);
+    - the first line of a ``finally:`` block (reached after the try block's
+      last call, with no call in between);
+    - any line of a ``__del__`` method (Python does not propagate an
+      exception raised in a finaliser).
+    """
+
+    def __init__(self, *roots):
+        self.roots = tuple(os.fspath(root) for root in roots)
+        self._skipped = {}
+
+    def _skip(self, code, lineno):
+        key = (code.co_filename, lineno)
+        if key not in self._skipped:
+            line = linecache.getline(code.co_filename, lineno).strip()
+            previous = ""
+            for before in range(lineno - 1, 0, -1):
+                previous = linecache.getline(code.co_filename, before).strip()
+                if previous and not previous.startswith("#"):
+                    break
+            self._skipped[key] = line == "try:" or previous == "finally:"
+        return code.co_name == "__del__" or self._skipped[key]
+
+    def _trace(self, on_line):
+        def start(frame, event, arg):
+            if not frame.f_code.co_filename.startswith(self.roots):
+                return None
+            seen = set()
+
+            def local(frame, event, arg):
+                lineno = frame.f_lineno
+                if event == "line" and lineno not in seen:
+                    seen.add(lineno)
+                    if not self._skip(frame.f_code, lineno):
+                        on_line(frame.f_code.co_filename)
+                return local
+
+            return local
+
+        return start
+
+    def lines(self, call):
+        files = []
+        sys.settrace(self._trace(files.append))
+        try:
+            call()
+        finally:
+            sys.settrace(None)
+        return files
+
+    def run(self, call, at):
+        count = [0]
+
+        def on_line(filename):
+            count[0] += 1
+            if count[0] == at:
+                raise KeyboardInterrupt(f"line {at}")
+
+        sys.settrace(self._trace(on_line))
+        try:
+            call()
+        except KeyboardInterrupt as exc:
+            return exc
+        finally:
+            sys.settrace(None)
+        return None
+
+    @staticmethod
+    def chosen(files, every_line_in, every_other):
+        """Positions (1-based) of ``files`` to interrupt at: every line of a
+        file whose name ends with one of ``every_line_in``, every
+        ``every_other``-th of the others."""
+        return [
+            at for at, name in enumerate(files, 1)
+            if name.endswith(every_line_in) or at % every_other == 0
+        ]

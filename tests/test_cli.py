@@ -5,15 +5,17 @@ Most tests call `main` in-process (fast); a few run the real command in a
 subprocess, in a temporary folder, end to end.
 """
 
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from latentspace import LatentSpace
+from latentspace import LatentSpace, _io
 from latentspace.__main__ import main
 
 
@@ -532,3 +534,101 @@ def test_pictures_without_matplotlib_fail_before_training(files, capsys, monkeyp
     err = _error(capsys, argv)
     assert "pip install matplotlib" in err
     assert not os.path.exists(files / "s.npz")
+
+
+# ------------------------------------------------------------------ reliability
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--dim", "7"], "--dim 7: .* is a 4-d space"),
+        (["--dtype", "float32"], "--dtype float32: .* is a float64 space"),
+        (["--seed", "3"], "--seed: .* its own random generator"),
+    ],
+)
+def test_continue_refuses_options_the_saved_space_contradicts(trained, capsys,
+                                                               option, message):
+    argv = ["train", str(trained / "more.npz"), f"a={trained / 'a.npy'}",
+            f"b={trained / 'b.npz'}", "--continue", str(trained / "space.npz"),
+            *option]
+    err = _error(capsys, argv)
+    assert re.search(message, err), err
+    assert not (trained / "more.npz").exists()
+    # The saved space's own values are accepted.
+    same = {"--dim": "4", "--dtype": "float64"}.get(option[0])
+    if same is not None:
+        assert main(argv[:-1] + [same, "-q"]) == 0
+
+
+def test_a_full_disk_leaves_an_existing_output_as_it_was(trained, capsys,
+                                                         monkeypatch):
+    def full_disk(file, *args, **kwargs):
+        file.write(b"\x93NUMPY partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(np, "savez", full_disk)
+    space = str(trained / "space.npz")
+    for output, argv in [
+        ("latent.npy", ["project", space, "a", str(trained / "a.npy")]),
+        ("hits.npz", ["search", space, f"a={trained / 'a.npy'}",
+                      f"b={trained / 'b.npz'}", "-q"]),
+    ]:
+        (trained / output).write_bytes(b"the previous output")
+        err = _error(capsys, [*argv, "-o", str(trained / output)])
+        assert "No space left on device" in err
+        assert (trained / output).read_bytes() == b"the previous output"
+        assert not [f for f in os.listdir(trained) if f.endswith(".tmp")]
+
+
+def test_an_input_member_that_is_not_npy_is_a_one_line_error(trained, capsys):
+    import zipfile
+
+    with zipfile.ZipFile(trained / "odd.npz", "w") as archive:
+        archive.writestr("x.txt", b"not an array")
+    err = _error(capsys, ["project", str(trained / "space.npz"), "a",
+                          str(trained / "odd.npz"), "-o", str(trained / "o.npy")])
+    assert "is not a NumPy array" in err
+
+
+def test_out_of_memory_is_a_one_line_error(trained, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(LatentSpace, "project", exhausted)
+    err = _error(capsys, ["project", str(trained / "space.npz"), "a",
+                          str(trained / "a.npy"), "-o", str(trained / "o.npy")])
+    assert "out of memory" in err
+
+
+def test_info_calls_crafted_files_invalid(trained, capsys):
+    """Files whose checksum matches but whose content is hostile: one line,
+    exit 2, like any invalid file."""
+    path = trained / "space.npz"
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    header = json.loads(arrays.pop("header").tobytes())
+    crafted = {
+        "rng": {"bit_generator": "MT19937", "state": {
+            "key": {"__ndarray__": "<u4", "data": [1] * 624}, "pos": 10**8}},
+        "config": [1, 2],
+        "dim": 2**31,
+    }
+    for key, value in crafted.items():
+        bad = json.loads(json.dumps(header))
+        bad[key] = value
+        names = list(_io._expected_arrays(bad)) if key != "dim" else []
+        bad["checksum"]["digest"] = _io._checksum(bad, arrays, names)
+        raw = np.frombuffer(json.dumps(bad).encode(), np.uint8)
+        np.savez(trained / "crafted.npz", header=raw, **arrays)
+        for command in (["info"], ["info", "--json"]):
+            argv = [command[0], str(trained / "crafted.npz"), *command[1:]]
+            err = _error(capsys, argv)
+            assert "cannot load" in err, (key, err)
+        argv = ["train", str(trained / "x.npz"), f"a={trained / 'a.npy'}",
+                f"b={trained / 'b.npz'}", "--continue", str(trained / "crafted.npz")]
+        assert "cannot load" in _error(capsys, argv)
+    nested = np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8)
+    np.savez(trained / "nested.npz", header=nested, **arrays)
+    assert "not valid JSON" in _error(capsys, ["info", str(trained / "nested.npz")])

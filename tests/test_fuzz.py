@@ -18,6 +18,7 @@ profile at least 10,000 (``--hypothesis-profile=fuzz``, see conftest.py).
 import contextlib
 import inspect
 import io
+import json
 import math
 import os
 import pickle
@@ -26,6 +27,7 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.linalg
 from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
@@ -42,6 +44,7 @@ from latentspace import (
     UnknownModelError,
     metrics,
 )
+from latentspace import _io
 from latentspace.__main__ import main
 
 # What a refused call may raise (InvalidParameterError, UnknownModelError and
@@ -49,9 +52,12 @@ from latentspace.__main__ import main
 REFUSED = (ValueError, TypeError, KeyError)
 # Training also documents divergence; a ConvergenceWarning or DimensionWarning
 # turned into an error (filterwarnings=error) is raised before anything is
-# published.
+# published. So is SciPy's LinAlgWarning, which the closed form with frozen
+# models lets through for an ill-conditioned system (degenerate data: two
+# samples in float32, found by the long fuzz; a known issue,
+# docs/reliability.md): the space stays as it was.
 TRAIN_REFUSED = (*REFUSED, TrainingDivergedError, ConvergenceWarning,
-                 DimensionWarning)
+                 DimensionWarning, scipy.linalg.LinAlgWarning)
 
 # Fuzzed shapes often ask for more latent dimensions than the data can fill;
 # that warning has its own tests (test_solvers.py).
@@ -229,6 +235,8 @@ def _reference_rows(value, width, dtype):
     with np.errstate(all="ignore"):
         cast = array.astype(dtype)
     if not np.isfinite(cast).all():
+        return None
+    if ((cast == 0) & (array != 0)).any():  # rounded to zero: refused too
         return None
     return cast.astype(np.float64)
 
@@ -576,8 +584,10 @@ def test_train_projections(solver, data, space):
         batch = batch[0]
     assert isinstance(batch, dict) and len(batch) >= 2
     assert set(batch) <= set(space.models)
-    assert result.solver == solver and len(result.loss_history) >= 1
+    # (L-BFGS-B may stop before its first iteration: a zero gradient.)
+    assert result.solver == solver and len(result.loss_history) == result.n_epochs
     assert all(math.isfinite(v) for v in result.loss_history)
+    assert math.isfinite(result.final_loss)
     _published(space, before, set(batch))
     for name in batch:  # project stays (x - mu) @ P with the new weights
         x = np.random.default_rng(0).normal(size=(2, space.models[name]))
@@ -600,7 +610,35 @@ def test_train_projections(solver, data, space):
             float(options.get("alignment_weight", 1.0)),
         )
         if all(np.isfinite(P).all() and np.abs(P).max() < 1e3 for P in Ps):
-            tol = 1e-8 if space.dtype == np.float64 else 1e-3
+            # The iteration can amplify rounding a great deal (the long fuzz
+            # found float64 runs where inputs changed by 1e-15 moved the
+            # weights by 4e-5, and float32 runs, from weights R of 5e3 that
+            # reconstruct through cancellation, 1.6 % from the float64
+            # reference): allow what rounding the inputs to the space's
+            # precision, or computing in it, does to the reference itself.
+            eps = float(np.finfo(space.dtype).eps)
+            rng = np.random.default_rng(0)
+            starts = [[before["weights"][n][i] for n in names_] for i in (0, 1)]
+            runs = [
+                ([X * (1 + eps * rng.uniform(-1, 1, X.shape)) for X in Xs],
+                 [W.astype(np.float64) for W in starts[0]],
+                 [W.astype(np.float64) for W in starts[1]]),
+                ([X.astype(space.dtype) for X in Xs], starts[0], starts[1]),
+            ]
+            spread = 0.0
+            for X_, P_, R_ in runs:
+                Pp, Rp = reference_sgd(
+                    X_, P_, R_, float(options["learning_rate"]),
+                    len(result.loss_history),
+                    float(options.get("alignment_weight", 1.0)),
+                )
+                with np.errstate(invalid="ignore", over="ignore"):
+                    spread = max(spread, *(np.abs(a - b).max()
+                                           for a, b in zip(Ps + Rs, Pp + Rp)))
+            tol = (1e-8 if space.dtype == np.float64 else 1e-3) + 100 * spread
+            event("sgd oracle: rounding spread "
+                  + ("< 1e-12" if spread < 1e-12 else "< 1e-6" if spread < 1e-6
+                     else ">= 1e-6"))
             for name, P, R in zip(names_, Ps, Rs):
                 got = space.weights(name)
                 np.testing.assert_allclose(got[0], P, rtol=tol, atol=tol)
@@ -748,6 +786,15 @@ def test_search(data, space, options):
     g = _reference_rows(gallery, space.models[target], space.dtype)
     assert q is not None and g is not None and g.ndim == 2
     indices, scores = result
+    for rows, name in ((q, source), (g, target)):
+        z, _ = _affine_reference(_weights(space, name, "P"), np.atleast_2d(rows), "P")
+        largest = np.abs(z).max(axis=1)
+        info = np.finfo(space.dtype)
+        if ((largest > 0) & (largest < info.tiny / info.eps)).any():
+            # A latent whose entries are subnormal in the space's dtype has
+            # no direction there (it may even round to zero): no oracle.
+            event("latent of subnormal size")
+            return
     Q, G = _latents(space, source, q), _latents(space, target, g)
     assert k >= 1
     k = min(k, len(G))  # "at most the gallery's size"
@@ -799,10 +846,21 @@ def test_metrics_and_evaluate(data, space, k, method):
         paired = np.diag(S)[:, None]
         return 1 + (S > paired + tie).sum(axis=1), (S >= paired - tie).sum(axis=1)
 
-    def r2(predicted, X):
-        sse = ((predicted - X) ** 2).sum()
-        sst = ((X - X.mean(axis=0)) ** 2).sum()
-        return (1.0 if sse == 0 else 0.0) if sst == 0 else 1 - sse / sst
+    def r2_matches(value, predicted, X):
+        with np.errstate(over="ignore", invalid="ignore"):
+            sse = ((predicted - X) ** 2).sum()
+            sst = ((X - X.mean(axis=0)) ** 2).sum()
+        if not (np.isfinite(sse) and np.isfinite(sst)):
+            event("R^2 of values whose squares overflow: no oracle")
+            return True
+        if sst == 0:
+            # Constant data: 1 for a perfect reconstruction, else 0 (as
+            # scikit-learn's r2_score). Whether one is perfect depends on
+            # rounding when the reference is perfect up to rounding.
+            error = np.abs(predicted - X).max() / (1 + np.abs(X).max())
+            perfect = error <= 1e3 * float(np.finfo(space.dtype).eps)
+            return value in ((1.0, 0.0) if perfect else (0.0,))
+        return abs(value - (1 - sse / sst)) <= 1e-6 * max(1.0, abs(1 - sse / sst))
 
     def reconstruction(n):
         P, mu = _weights(space, n, "P")
@@ -815,8 +873,7 @@ def test_metrics_and_evaluate(data, space, k, method):
     elif which == "reconstruction_r2":
         assert set(result) == set(blocks)
         for n, value in result.items():
-            expected = r2(reconstruction(n), blocks[n])
-            assert abs(value - expected) <= 1e-6 * max(1.0, abs(expected))
+            assert r2_matches(value, reconstruction(n), blocks[n]), (n, value)
     else:
         scores = result if which == "retrieval_scores" else result.retrieval
         assert set(scores) == {(a, b) for a in blocks for b in blocks if a != b}
@@ -829,8 +886,7 @@ def test_metrics_and_evaluate(data, space, k, method):
             assert np.mean(1 / high) - 1e-12 <= values["mrr"] <= np.mean(1 / low) + 1e-12
         if which == "evaluate":
             for n, value in result.reconstruction_r2.items():
-                expected = r2(reconstruction(n), blocks[n])
-                assert abs(value - expected) <= 1e-6 * max(1.0, abs(expected))
+                assert r2_matches(value, reconstruction(n), blocks[n]), (n, value)
 
 
 # ---------------------------------------------------------------- estimator
@@ -1021,12 +1077,14 @@ def _assert_space_as(space, before, offsets):
 
 
 @st.composite
-def views(draw, space, min_models=2):
+def views(draw, space, min_models=2, masked=True):
     """``(data, observed, matrix)``: aligned clean samples of some models, an
     ``observed=`` argument (None, valid masks, or masks with one fault) and the
     (n, M) bool matrix of the data's models (registration order) the call must
     use, or None if it must be refused. Rows a model did not observe often
-    hold NaN (which must be ignored)."""
+    hold NaN (which must be ignored). With ``masked``, valid masks are
+    sometimes given as masked arrays instead (a row with a masked entry is
+    one its model did not observe)."""
     registered = list(space.models)
     chosen = draw(st.lists(st.sampled_from(registered), unique=True,
                            min_size=min(min_models, len(registered)),
@@ -1058,6 +1116,18 @@ def views(draw, space, min_models=2):
     fault = draw(st.sampled_from([None] * 10 + _OBSERVED_FAULTS))
     note(f"observed fault: {fault}")
     if fault is None:
+        if masked and observed is not None and draw(st.integers(0, 3)) == 0:
+            # The same, said with masked arrays: a row with a masked entry
+            # is a row its model did not observe.
+            note("as masked arrays")
+            for m, name in enumerate(names_):
+                mask = np.zeros(data[name].shape, dtype=bool)
+                for row in np.flatnonzero(~matrix[:, m]):
+                    columns = draw(st.lists(st.integers(0, mask.shape[1] - 1),
+                                            min_size=1, max_size=3))
+                    mask[row, columns] = True
+                data[name] = np.ma.masked_array(data[name], mask)
+            return data, None, matrix
         return data, observed, matrix
     observed = {} if observed is None else observed
     name = draw(st.sampled_from(names_))
@@ -1185,8 +1255,9 @@ def test_train_with_observed_masks(solver, data, space):
         return
     assert matrix is not None, "invalid observed= accepted"
     assert matrix.any(axis=0).all(), "a model that observed nothing was trained"
-    assert len(result.loss_history) >= 1
+    assert len(result.loss_history) == result.n_epochs
     assert all(math.isfinite(v) for v in result.loss_history)
+    assert math.isfinite(result.final_loss)
     _published(space, before, set(batch))
     # The same training with another value (zero) where a model did not
     # observe, and observed= as a plain matrix (None when all observed; all-True
@@ -1434,15 +1505,59 @@ def test_train_on_a_stream(solver, data, space, form):
     # The same samples as a mapping (NaN where a model missing from a chunk did
     # not observe), with observed=: the same weights and offsets. Rows of
     # chunks that hold no model are not samples of the stream.
-    other = pickle.loads(pristine)
     rows = matrix.any(axis=1)
     kept = {name: X[rows] for name, X in batch.items()}
-    _train(other, _filled(kept, matrix[rows], names_, np.nan),
-           observed=_observed_for(matrix[rows], names_), **options)
+    mapping = _filled(kept, matrix[rows], names_, np.nan)
+
+    def as_mapping(relative_noise=0.0, **changes):
+        other = pickle.loads(pristine)
+        noise = np.random.default_rng(1)
+        data_ = {name: X * (1 + relative_noise * noise.uniform(-1, 1, X.shape))
+                 for name, X in mapping.items()}
+        with warnings.catch_warnings():
+            # Whether L-BFGS-B reports convergence (a projected gradient of
+            # exactly 0) can differ by rounding between the two (found by the
+            # long fuzz); the weights are compared all the same.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return other, other.train_projections(
+                data_, observed=_observed_for(matrix[rows], names_),
+                **{**options, **changes})
+
+    other, other_result = as_mapping()
     # Summed by chunks or at once: rounding, amplified by the conditioning of
     # the ridge (1 / regularization) when there are fewer samples than features.
     rtol = _VIEW_RTOL[space.dtype] * max(1.0, 1e-4 / options.get("regularization", 0.1))
-    _assert_weights_close(space, other, space.models, rtol)
+    try:
+        _assert_weights_close(space, other, space.models, rtol)
+    except AssertionError:
+        # Or what rounding the data at the dtype's precision does to the
+        # mapping's own result, when the problem amplifies it more than that
+        # (found by the long fuzz: float64, missing views, regularization
+        # 1e-6, 6.5e-7 apart).
+        perturbed, _ = as_mapping(float(np.finfo(space.dtype).eps))
+        spread = max(
+            np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max()
+            for name in space.models
+            for a, b in zip(other.weights(name), perturbed.weights(name)))
+        try:
+            _assert_weights_close(space, other, space.models, rtol + 100 * spread)
+            event("ill-conditioned: within the rounding spread")
+            return
+        except AssertionError:
+            pass
+        # Unless the solution is not unique: the dim-th and the next
+        # canonical correlations tie (few samples correlate perfectly in
+        # several directions; found by the long fuzz, float32, 3 samples of
+        # widths 3 and 2), and rounding picks any direction they span.
+        _, wider = as_mapping(solver="cca", latent_dim=space.dim + 1)
+        agreement = wider.agreement
+        tie = 1e-6 if space.dtype == np.float64 else 1e-3
+        if agreement is None or agreement[space.dim - 1] - agreement[space.dim] > tie:
+            raise
+        event("tied canonical correlations: no unique weights")
+        if result.agreement is not None:
+            np.testing.assert_allclose(result.agreement, other_result.agreement,
+                                       atol=tie)
 
 
 @pytest.mark.parametrize("solver", _SOLVERS)
@@ -1450,7 +1565,7 @@ def test_train_on_a_stream(solver, data, space, form):
 @given(data=st.data(), space=spaces(min_models=2),
        stored=st.sampled_from(["float64", "float32", ">f8", "int16"]))
 def test_train_on_memory_mapped_files(solver, data, space, stored):
-    batch, observed, _ = data.draw(views(space), label="views")
+    batch, observed, _ = data.draw(views(space, masked=False), label="views")
     options = data.draw(view_configs(solver), label="options")
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -1472,6 +1587,235 @@ def test_train_on_memory_mapped_files(solver, data, space, stored):
         assert type(result) is type(other_result)
         return
     _assert_weights_close(space, other, space.models, 1e-12)
+
+
+# ------------------------------------------------------------ out= aliasing
+
+
+@given(data=st.data(), space=spaces(),
+       method=st.sampled_from(["project", "retrieve", "translate"]))
+def test_out_overlapping_the_input(data, space, method):
+    """``out`` and the input are views of one buffer, overlapping or not, in
+    any order: the result is that of separate arrays, and a refused call
+    (NaN in the input) writes nothing."""
+    names_ = list(space.models)
+    source = data.draw(st.sampled_from(names_), label="source")
+    target = data.draw(st.sampled_from(names_), label="target")
+    width = space.dim if method == "retrieve" else space.models[source]
+    out_width = {"project": space.dim, "retrieve": space.models[source],
+                 "translate": space.models[target]}[method]
+    n = data.draw(st.sampled_from([None, 0, 1, 2, 5]), label="rows")
+    shape_in = (width,) if n is None else (n, width)
+    shape_out = (out_width,) if n is None else (n, out_width)
+    size_in, size_out = math.prod(shape_in), math.prod(shape_out)
+    span = max(size_in, size_out)
+    buffer = data.draw(npst.arrays(space.dtype, 3 * span + 2, elements=st.floats(
+        -10, 10, width=32)), label="buffer")
+    a = data.draw(st.integers(0, 2 * span + 2 - size_in + span), label="input at")
+    b = data.draw(st.integers(0, 3 * span + 2 - size_out), label="out at")
+    a = min(a, len(buffer) - size_in)
+    x = buffer[a:a + size_in].reshape(shape_in)
+    out = buffer[b:b + size_out].reshape(shape_out)
+    poisoned = size_in and data.draw(st.integers(0, 4)) == 0
+    if poisoned:
+        x.reshape(-1)[data.draw(st.integers(0, size_in - 1))] = np.nan
+    event(f"overlap: {bool(np.shares_memory(x, out))}")
+    call = {
+        "project": lambda x_, o: space.project(source, x_, out=o),
+        "retrieve": lambda x_, o: space.retrieve(source, x_, out=o),
+        "translate": lambda x_, o: space.translate(source, target, x_, out=o),
+    }[method]
+    before = buffer.copy()
+    status, result = _refused(lambda: call(x.copy(), None))
+    if status == "refused":
+        assert poisoned, result
+    status, result = _refused(lambda: call(x, out))
+    if poisoned:
+        assert status == "refused", "NaN accepted"
+        assert np.array_equal(buffer, before, equal_nan=True), "out was written"
+        return
+    expected = call(before[a:a + size_in].reshape(shape_in), None)
+    assert status == "ok" and result is out
+    assert np.array_equal(out, expected)
+    outside = np.ones(len(buffer), dtype=bool)
+    outside[b:b + size_out] = False
+    assert np.array_equal(buffer[outside], before[outside], equal_nan=True)
+
+
+# ------------------------------------------------------------ crafted files
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**140), 2**140)
+    | st.floats(allow_nan=False) | st.text(max_size=4)
+    | st.sampled_from([0, 1, -1, 623, 624, 625, 4, 5, 2**31 - 1, 2**31, 2**32,
+                       2**64, 2**128 - 1, 2**128, 10**39, 10**40, "", "PCG64",
+                       "MT19937", "Philox", "SFC64", "<u4", "<u8", "<f8",
+                       "float32", "float64", "sha256", "hmac-sha256"]),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _json_paths(value, prefix=()):
+    """Every path (keys and indices) to a value inside a JSON value."""
+    if prefix:
+        yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _json_paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _json_paths(item, prefix + (index,))
+
+
+def _edit_json(draw, header):
+    paths = list(_json_paths(header))
+    path = draw(st.sampled_from(paths))
+    parent = header
+    for key in path[:-1]:
+        parent = parent[key]
+    action = draw(st.sampled_from(["replace"] * 4 + ["delete", "add", "number"]))
+    note(f"header edit: {action} at {path}")
+    if action == "delete":
+        del parent[path[-1]]
+    elif action == "add" and isinstance(parent, dict):
+        parent[draw(st.text(max_size=4))] = draw(_JSON_VALUES)
+    elif action == "number" and isinstance(parent[path[-1]], int):
+        parent[path[-1]] += draw(st.sampled_from([1, -1, 2**31, 2**64, -(2**70)]))
+    else:
+        parent[path[-1]] = draw(_JSON_VALUES)
+
+
+def _npy_bytes(array):
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def _edit_members(draw, members):
+    """Edit the raw ``{name: bytes}`` members of a saved space; returns the
+    per-member compression."""
+    import zipfile
+
+    names_ = sorted(members)
+    compression = {}
+    action = draw(st.sampled_from(["drop", "duplicate-name", "rename", "reshape",
+                                   "retype", "junk", "truncate", "compress",
+                                   "foreign", "fortran", "npy-version"]))
+    name = draw(st.sampled_from(names_))
+    note(f"member edit: {action} of {name}")
+    raw = members[name]
+    try:
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
+    except Exception:  # noqa: BLE001 - a member already edited
+        array = None
+    if action == "drop":
+        del members[name]
+    elif action == "rename":
+        members[draw(st.sampled_from(["model9.offset.npy", "header", "x.npy",
+                                      "model0.projection", "../evil.npy"]))] = (
+            members.pop(name))
+    elif action == "reshape" and array is not None:
+        shape = draw(st.sampled_from([(-1,), (1, -1), (-1, 1)]))
+        members[name] = _npy_bytes(array.reshape(shape))
+    elif action == "retype" and array is not None:
+        dtype = draw(st.sampled_from([">f8", "<f4", "<f2", "<i8", "|u1", "O", "<c16"]))
+        members[name] = _npy_bytes(array.astype(dtype))
+    elif action == "fortran" and array is not None and array.ndim == 2:
+        members[name] = _npy_bytes(np.asfortranarray(array.T).T)
+    elif action == "npy-version" and array is not None:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, array, version=draw(st.sampled_from(
+            [(2, 0), (3, 0)])))
+        members[name] = buffer.getvalue()
+    elif action == "junk":
+        members[name] = raw + draw(st.binary(min_size=1, max_size=16))
+    elif action == "truncate":
+        members[name] = raw[: draw(st.integers(0, max(len(raw) - 1, 0)))]
+    elif action == "compress":
+        compression[name] = draw(st.sampled_from(
+            [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
+    elif action == "foreign":
+        members[draw(st.text(min_size=1, max_size=6))] = draw(st.binary(max_size=32))
+    elif action == "duplicate-name":
+        compression["duplicate"] = name
+    return compression
+
+
+@st.composite
+def crafted_files(draw, space, directory):
+    """A saved space, edited (its header or its members) and often re-signed:
+    anyone can compute a SHA-256."""
+    import zipfile
+
+    path = os.path.join(directory, "space.npz")
+    space.save(path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = json.loads(
+        np.load(io.BytesIO(members["header.npy"])).tobytes())
+    compression = {}
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.integers(0, 2)):
+            _edit_json(draw, header)
+        else:
+            compression.update(_edit_members(draw, members))
+    if draw(st.integers(0, 3)) and "header.npy" in members:  # re-sign
+        try:
+            arrays = {name[:-4]: np.load(io.BytesIO(raw), allow_pickle=False)
+                      for name, raw in members.items()
+                      if name.endswith(".npy") and name != "header.npy"}
+            names_ = list(_io._expected_arrays(header))
+            header["checksum"]["digest"] = _io._checksum(
+                header, arrays, names_)
+            note("re-signed")
+        except Exception:  # noqa: BLE001 - a header or members too broken to sign
+            pass
+    if "header.npy" in members:
+        text = json.dumps(header).encode()
+        members["header.npy"] = _npy_bytes(np.frombuffer(text, np.uint8))
+    crafted = os.path.join(directory, "crafted.npz")
+    duplicate = compression.pop("duplicate", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of duplicate names
+        with zipfile.ZipFile(crafted, "w") as archive:
+            for name, raw in members.items():
+                archive.writestr(name, raw, compress_type=compression.get(
+                    name, zipfile.ZIP_STORED))
+            if duplicate in members:
+                archive.writestr(duplicate, members[duplicate])
+    return crafted
+
+
+@given(space=spaces(), data=st.data())
+def test_crafted_files(space, data):
+    """Loading a crafted file gives a space that works, or SpaceFileError;
+    never another exception, a crash or a hang. `info` agrees, in one line."""
+    directory = tempfile.mkdtemp(dir=_TMP)
+    path = data.draw(crafted_files(space, directory), label="file")
+    status, loaded = _refused(lambda: LatentSpace.load(path), SpaceFileError)
+    header_status, _ = _refused(lambda: _io.read_header(path), SpaceFileError)
+    assert header_status == status
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["info", path])
+    assert code == (0 if status == "ok" else 2), err.getvalue()
+    assert "Traceback" not in err.getvalue()
+    assert code == 0 or err.getvalue().count("\n") == 1
+    if status == "refused":
+        return
+    # A space that loaded works: every model maps, new models register, and
+    # it saves and loads again unchanged.
+    for name, width in loaded.models.items():
+        z = loaded.project(name, np.ones(width))
+        assert z.shape == (loaded.dim,) and np.isfinite(z).all()
+        assert loaded.retrieve(name, z).shape == (width,)
+    loaded.register("a new model", 3)
+    before = snapshot(loaded)
+    again = os.path.join(directory, "again.npz")
+    loaded.save(again)
+    assert_unchanged(LatentSpace.load(again), before)
 
 
 # --------------------------------------------------------- found by fuzzing
@@ -1543,22 +1887,25 @@ def test_generator_refused_at_its_first_chunk_is_spent(first):
 def test_float32_space_ignores_out_of_range_values_in_unobserved_rows(call):
     # Found by fuzzing: on the paths that load the samples, the float32 range
     # check refused rows a model did not observe (ignored, they may hold NaN).
-    space = LatentSpace(1, dtype="float32", seed=0)
-    space.register("a", 1)
-    space.register("b", 1)
+    # Whatever those rows hold, the result is that of zeros there.
+    pristine = LatentSpace(1, dtype="float32", seed=0)
+    pristine.register("a", 1)
+    pristine.register("b", 1)
     rng = np.random.default_rng(0)
     data = {"a": rng.normal(size=(8, 1)), "b": rng.normal(size=(8, 1))}
     seen = {"b": np.arange(8) >= 4}
 
-    def run():
+    def run(unobserved):
+        space = pickle.loads(pickle.dumps(pristine))
+        data["b"][:4] = unobserved
         if call == "loss":
             return space.loss(data, observed=seen)
-        return space.train_projections(data, observed=seen, solver=call)
+        space.train_projections(data, observed=seen, solver=call)
+        return [w.tobytes() for name in ("a", "b") for w in space.weights(name)]
 
-    data["b"][:4] = np.nan  # ignored: accepted
-    run()
-    data["b"][:4] = 1e300  # ignored too
-    run()
+    expected = run(0.0)
+    assert run(np.nan) == expected
+    assert run(1e300) == expected
 
 
 @pytest.mark.parametrize("case", ["observed-by-nobody", "stream"])

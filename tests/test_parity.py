@@ -540,7 +540,7 @@ def _map_tol(dtype, terms):
 
 @dtype_params
 @pytest.mark.parametrize("p, q", THRESHOLD_SHAPES, ids=lambda v: str(v))
-@pytest.mark.parametrize("n", [None, 1, 3], ids=lambda n: f"n={n}")
+@pytest.mark.parametrize("n", [None, 1, 2, 3], ids=lambda n: f"n={n}")
 @pytest.mark.parametrize("shifted", [False, True], ids=["plain", "shift"])
 def test_affine_map_around_thresholds(dtype, p, q, n, shifted):
     rng = np.random.default_rng(p * q)

@@ -3,15 +3,25 @@
 
 import _thread
 import gc
+import os
+import pickle
 import re
 import threading
 import time
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from support import assert_unchanged, dtype_params, make_space, random_data, snapshot
+from support import (
+    LineInterrupter,
+    assert_unchanged,
+    dtype_params,
+    make_space,
+    random_data,
+    snapshot,
+)
 
 import latentspace
 from latentspace import TrainingDivergedError
@@ -373,3 +383,146 @@ def test_callback_raising_at_any_iteration_keeps_the_space(solver, error, at):
         warnings.simplefilter("ignore", latentspace.ConvergenceWarning)
         result = space.train_projections(data, solver=solver, n_epochs=2, tol=0.0)
     assert result.n_epochs == (1 if solver == "cca" else 2)
+
+
+# ------------------------------------------------------------ Ctrl-C at every line
+
+_PACKAGE = os.path.dirname(latentspace.__file__)
+
+
+def _same(space, before):
+    try:
+        assert_unchanged(space, before)
+    except AssertionError:
+        return False
+    return True
+
+
+def _lock_is_free(space):
+    if not space._lock.acquire(timeout=10):
+        return False
+    space._lock.release()
+    return True
+
+
+def _probe(space):
+    """The weights the space's generator draws next (registered on a copy)."""
+    copy = pickle.loads(pickle.dumps(space))
+    copy.register("probe", 3)
+    return [w.tobytes() for w in copy.weights("probe")]
+
+
+@pytest.mark.parametrize("solver", ["sgd", "cca"])
+@pytest.mark.parametrize("latent_dim", [None, 2])
+def test_ctrl_c_at_any_line_of_training(solver, latent_dim):
+    """Publishing is the last step of training: Ctrl-C on any line before it
+    leaves the space as it was (weights, generator, recorded configuration)
+    and says so; on a line after it, the new weights are all there and the
+    interrupt says so. Every line of `_space` and `_io`, every 20th of the
+    other modules (the solvers, which the callback tests interrupt too)."""
+    pristine = pickle.dumps(make_space(3, (4, 5), seed=3)[0])
+    data = dict(zip(["m0", "m1"], random_data((4, 5), 12, seed=2)))
+
+    def training(space):
+        return lambda: space.train_projections(
+            data, solver=solver, n_epochs=1, latent_dim=latent_dim)
+
+    trained = pickle.loads(pristine)
+    training(trained)()
+    after = snapshot(trained)
+    interrupter = LineInterrupter(_PACKAGE)
+    files = interrupter.lines(training(pickle.loads(pristine)))
+    outcomes = Counter()
+    for at in interrupter.chosen(files, ("_space.py", "_io.py"), 20):
+        space = pickle.loads(pristine)
+        before, probe = snapshot(space), _probe(space)
+        exc = interrupter.run(training(space), at)
+        assert exc is not None, f"line {at}: training ran to the end"
+        assert _lock_is_free(space), f"line {at}: the lock is held"
+        notes = " ".join(getattr(exc, "__notes__", ()))
+        if _same(space, before):
+            assert "published" not in notes, (at, notes)
+            assert _probe(space) == probe, f"line {at}: the generator moved"
+            assert space._snapshot.config is None
+            outcomes["unchanged"] += 1
+        else:
+            assert "its weights are published" in notes, (at, files[at - 1], notes)
+            assert_unchanged(space, after)
+            assert _probe(space) == _probe(trained)
+            assert space._snapshot.config == trained._snapshot.config
+            outcomes["published"] += 1
+    assert outcomes["unchanged"] > 50 and outcomes["published"] >= 1, outcomes
+
+
+def test_ctrl_c_at_any_line_of_register():
+    """A registration is all or nothing, its draws from the generator too."""
+    pristine = pickle.dumps(make_space(3, (4, 5), seed=3)[0])
+    twin = pickle.loads(pristine)
+    twin.register("new", 6)
+    new = [w.tobytes() for w in twin.weights("new")]
+    interrupter = LineInterrupter(_PACKAGE)
+    fresh = pickle.loads(pristine)
+    files = interrupter.lines(lambda: fresh.register("new", 6))
+    outcomes = Counter()
+    for at in range(1, len(files) + 1):
+        space = pickle.loads(pristine)
+        before, probe = snapshot(space), _probe(space)
+        assert interrupter.run(lambda: space.register("new", 6), at) is not None
+        assert _lock_is_free(space)
+        if "new" in space.models:
+            assert [w.tobytes() for w in space.weights("new")] == new
+            assert _probe(space) == _probe(twin)
+            outcomes["registered"] += 1
+        else:
+            assert_unchanged(space, before)
+            assert _probe(space) == probe, f"line {at}: the generator moved"
+            outcomes["unchanged"] += 1
+    assert outcomes["unchanged"] > 5, outcomes
+
+
+def test_a_failed_registration_draws_nothing(monkeypatch):
+    space, _ = make_space(3, (4, 5), seed=3)
+    twin, _ = make_space(3, (4, 5), seed=3)
+    real = latentspace._space._make_model
+
+    def out_of_memory(*args):  # P and R were drawn
+        raise MemoryError
+
+    monkeypatch.setattr(latentspace._space, "_make_model", out_of_memory)
+    with pytest.raises(MemoryError):
+        space.register("big", 7)
+    monkeypatch.setattr(latentspace._space, "_make_model", real)
+    space.register("next", 2)
+    twin.register("next", 2)
+    for got, expected in zip(space.weights("next"), twin.weights("next")):
+        assert got.tobytes() == expected.tobytes()
+
+
+# ------------------------------------------------- another writer during training
+
+
+@pytest.mark.parametrize("replaced", ["frozen", "trained"])
+@pytest.mark.parametrize("solver", ["sgd", "cca"])
+def test_a_model_replaced_during_training_is_detected(replaced, solver):
+    """Another writer re-registers a model that training reads (a frozen one,
+    to which the free ones are aligned, or one it trains): the training
+    raises and the other writer's weights stay."""
+    space, names = make_space(3, (4, 5, 6), seed=4)
+    data = dict(zip(names, random_data((4, 5, 6), 20, seed=5)))
+    space.train_projections(data, solver="cca")
+    target = "m0" if replaced == "frozen" else "m1"
+    replacements = []
+
+    def callback(state):  # runs inside the training: another writer, as it were
+        if not replacements:
+            space.register(target, space.models[target], replace=True)
+            replacements.append(space.weights(target))
+
+    others = {n: space.weights(n) for n in names if n != target}
+    with pytest.raises(RuntimeError, match=f"space changed while training.*'{target}'"):
+        space.train_projections(
+            {"m0": data["m0"], "m1": data["m1"]}, frozen=["m0"], solver=solver,
+            callback=callback, n_epochs=2, learning_rate=1e-3)
+    assert space.weights(target) == replacements[0]  # the very arrays
+    for name, weights in others.items():
+        assert space.weights(name) == weights

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 from reference import reference_sgd, xavier
-from support import WEIGHT_TOL, assert_unchanged, dtype_params, snapshot
+from support import MAP_TOL, WEIGHT_TOL, assert_unchanged, dtype_params, snapshot
 
 import latentspace
 from latentspace import (
@@ -52,11 +52,12 @@ def assert_fails_cleanly(call, exc, match, dtype="float64"):
 
 
 def train(**overrides):
-    return lambda space: space.train_projections({"a": XA, "b": XB}, **overrides, solver="sgd")
+    return lambda space: space.train_projections({"a": XA, "b": XB},
+                                                 **{"solver": "sgd", **overrides})
 
 
 def train_data(data, **overrides):
-    return lambda space: space.train_projections(data, **overrides, solver="sgd")
+    return lambda space: space.train_projections(data, **{"solver": "sgd", **overrides})
 
 
 def with_value(array, row, col, value):
@@ -550,3 +551,318 @@ def test_float32_training_data_beyond_range_is_named(solver):
         lambda space: space.train_projections(data, solver=solver), ValueError, match,
         "float32",
     )
+
+
+# ------------------------------------------------------ out=, aliasing, big batches
+
+
+def _square_space(dtype):
+    """Models as wide as the space, so that an input can be its own ``out``."""
+    space = latentspace.LatentSpace(4, dtype=dtype, seed=1)
+    space.register("a", 4)
+    space.register("b", 4)
+    rng = np.random.default_rng(2)
+    data = {name: rng.standard_normal((30, 4)) + 1.0 for name in ("a", "b")}
+    space.train_projections(data, solver="cca")  # offsets too
+    return space
+
+
+_CALLS = {
+    "project": lambda space, x, out: space.project("a", x, out=out),
+    "retrieve": lambda space, x, out: space.retrieve("a", x, out=out),
+    "translate": lambda space, x, out: space.translate("a", "b", x, out=out),
+}
+
+
+@dtype_params
+@pytest.mark.parametrize("call", list(_CALLS))
+@pytest.mark.parametrize("shape", [(4,), (1, 4), (6, 4)], ids=str)
+@pytest.mark.parametrize("shift", [0, 1, -1, 3])
+def test_out_overlapping_the_input_gives_the_right_answer(dtype, call, shape, shift):
+    """``out`` that is the input, or overlaps it shifted by some entries
+    either way: the result is that of a separate ``out``."""
+    space = _square_space(dtype)
+    size = int(np.prod(shape))
+    buffer = np.random.default_rng(3).standard_normal(size + 8).astype(dtype)
+    x = buffer[4 : 4 + size].reshape(shape)
+    out = buffer[4 + shift : 4 + shift + size].reshape(shape)
+    assert np.shares_memory(x, out) or size == 0
+    expected = _CALLS[call](space, x.copy(), None)
+    assert _CALLS[call](space, x, out) is out
+    assert np.array_equal(out, expected)
+
+
+@dtype_params
+@pytest.mark.parametrize("call", list(_CALLS))
+@pytest.mark.parametrize("aliased", [False, True], ids=["separate", "aliased"])
+def test_a_refused_call_leaves_out_alone(dtype, call, aliased):
+    space = _square_space(dtype)
+    x = np.ones((3, 4), dtype)
+    x[1, 2] = np.nan
+    out = x if aliased else np.full((3, 4), 7.0, dtype)
+    before = out.copy()
+    with pytest.raises(ValueError, match="row 1 of the features contains NaN"
+                       if call != "retrieve" else "row 1 of the latent"):
+        _CALLS[call](space, x, out)
+    assert np.array_equal(out, before, equal_nan=True)
+
+
+@dtype_params
+@pytest.mark.parametrize("rows", [1, 2, 3, 7])
+def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkeypatch):
+    """More rows than one BLAS call takes (2**31 - 1; lowered here) are
+    computed in blocks: every row, as one call would."""
+    space = _square_space(dtype)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((10, 4)).astype(dtype)
+    gallery = rng.standard_normal((9, 4)).astype(dtype)
+    expected = {
+        "project": space.project("a", x),
+        "translate": space.translate("a", "b", x),
+        "search": space.search("a", x, "b", gallery, k=3),
+    }
+    monkeypatch.setattr(latentspace._core, "MAX_ROWS", rows)
+    tol = MAP_TOL[np.dtype(dtype)]
+    assert_allclose(space.project("a", x), expected["project"], **tol)
+    out = np.full((10, 4), np.nan, dtype)
+    assert space.project("a", x, out=out) is out
+    assert_allclose(out, expected["project"], **tol)
+    assert_allclose(space.translate("a", "b", x), expected["translate"], **tol)
+    indices, scores = space.search("a", x, "b", gallery, k=3)
+    assert_allclose(scores, expected["search"].scores, **tol)
+    assert np.array_equal(indices, expected["search"].indices)
+
+
+def test_the_rows_of_one_blas_call_fit_a_blas_int():
+    assert 1 <= latentspace._core.MAX_ROWS <= 2**31 - 1
+
+
+# ----------------------------------------------------------- weights are immutable
+
+
+@dtype_params
+def test_weights_and_offsets_cannot_be_made_writeable(dtype):
+    space = _square_space(dtype)  # with offsets
+    arrays = [*space.weights("a"), space.offset("a")]
+    for array in arrays:
+        with pytest.raises(ValueError):
+            array.flags.writeable = True
+        with pytest.raises(ValueError):
+            array[...] = 0
+        view = array.view()
+        with pytest.raises(ValueError):
+            view.flags.writeable = True
+    copy = arrays[0].copy()
+    copy[...] = 0  # a copy is the caller's own
+
+
+# ------------------------------------------------------------------ masked arrays
+
+
+def test_project_refuses_masked_entries():
+    space = build()
+    x = np.ma.masked_array(XA[:2], mask=[[False, True, False], [False, False, False]])
+    with pytest.raises(ValueError, match=r"masked array with 1 masked entries "
+                                         r"\(the first at index \(0, 1\)\)"):
+        space.project("a", x)
+    with pytest.raises(ValueError, match="masked"):
+        space.translate("a", "b", x)
+    with pytest.raises(ValueError, match="masked"):
+        space.search("a", x, "b", XB)
+    unmasked = np.ma.masked_array(XA[:2], mask=False)
+    assert np.array_equal(space.project("a", unmasked), space.project("a", XA[:2]))
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.DimensionWarning")  # dim 4 > width 3
+@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["sgd", "cca", "lbfgs", "minibatch"])
+def test_masked_entries_are_rows_a_model_did_not_observe(solver):
+    """Training on masked arrays is training with ``observed=`` the rows
+    without masked entries; what the masked entries hold (1e6, NaN) is not
+    used."""
+    rows = np.arange(N) % 3 != 0
+    xb = XB.copy()
+    xb[~rows, 1] = np.nan
+    xb[~rows, 3] = 1e6
+    mask = np.zeros(XB.shape, dtype=bool)
+    mask[~rows, 1] = mask[~rows, 3] = True
+    masked, plain = build(), build()
+    masked.train_projections({"a": XA, "b": np.ma.masked_array(xb, mask)},
+                             solver=solver, n_epochs=2)
+    plain.train_projections({"a": XA, "b": np.where(rows[:, None], XB, 0.0)},
+                            observed={"b": rows}, solver=solver, n_epochs=2)
+    for name in ("a", "b"):
+        for got, expected in zip(masked.weights(name), plain.weights(name)):
+            assert got.tobytes() == expected.tobytes()
+    assert masked.loss({"a": XA, "b": np.ma.masked_array(xb, mask)}) == plain.loss(
+        {"a": XA, "b": XB}, observed={"b": rows})
+    with pytest.raises(ValueError, match="'b' has masked entries"):
+        masked.evaluate({"a": XA, "b": np.ma.masked_array(xb, mask)})
+
+
+def test_a_model_with_every_row_masked_is_refused():
+    space = build()
+    before = snapshot(space)
+    with pytest.raises(ValueError, match="'b' observed no sample"):
+        space.train_projections({"a": XA, "b": np.ma.masked_all(XB.shape)})
+    assert_unchanged(space, before)
+
+
+# --------------------------------------------------------------- tiny magnitudes
+
+
+@pytest.mark.parametrize("solver", ["sgd", "cca", "lbfgs", "minibatch"])
+@pytest.mark.parametrize("dtype, scale", [("float32", 1e-25), ("float64", 1e-170)])
+def test_features_too_small_for_the_dtype_are_named(dtype, scale, solver):
+    """Products of such features underflow: the statistics and the gradients
+    would be zeros (training "succeeded" at chance level)."""
+    data = {"a": XA.astype(dtype) * scale, "b": XB}
+    error = assert_fails_cleanly(
+        train_data(data, solver=solver, n_epochs=2), ValueError,
+        rf"data for model 'a' is at most [0-9.e-]+ in magnitude: too small for "
+        rf"the space's {dtype}", dtype)
+    assert "scale the features up" in str(error)
+
+
+def test_tiny_features_in_a_stream_are_named():
+    chunks = [{"a": XA[:5], "b": XB[:5]}, {"a": XA[5:] * 1e-170, "b": XB[5:]}]
+    assert_fails_cleanly(train_data(chunks, solver="cca"), ValueError,
+                         r"'a' in chunk 1 \(from row 5 of the stream\) is at most")
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.DimensionWarning")  # dim 4 > width 3
+@pytest.mark.parametrize("scale", [1e-12, 1e-6, 1.0])
+def test_small_but_representable_features_train(scale):
+    space = build("float32")
+    space.train_projections({"a": XA * scale, "b": XB}, solver="cca")
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["sgd", "cca", "lbfgs", "minibatch"])
+def test_float32_conversion_to_zero_is_named(solver):
+    # (Fuzzing found the closed form and lbfgs, which read statistics, taking
+    # what project then refused.)
+    space = build("float32")
+    x = XA.copy()
+    x[1, 2] = 1e-100
+    with pytest.raises(ValueError, match=r"holds 1e-100 \(at index \(1, 2\)\), so "
+                                         r"small that the space's float32 rounds "
+                                         r"it to 0"):
+        space.project("a", x[:2])
+    assert_fails_cleanly(train_data({"a": x, "b": XB}, solver=solver), ValueError,
+                         r"'a' holds 1e-100 \(at index \(1, 2\)\)", "float32")
+    chunks = [{"a": XA, "b": XB}, {"a": x, "b": XB}]
+    if solver in ("cca", "lbfgs"):
+        assert_fails_cleanly(train_data(chunks, solver=solver), ValueError,
+                             r"'a' in chunk 1 \(from row 10 of the stream\) holds "
+                             r"1e-100 \(at index \(11, 2\)\)", "float32")
+    x[1, 2] = 1e-40  # a float32 subnormal: kept
+    assert np.isfinite(space.project("a", x[:2])).all()
+
+
+# ------------------------------------------------------------- other arguments
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "42", [1, 2], True, b"x",
+                                  np.random.default_rng(0)])
+def test_bad_seeds_are_named(seed):
+    pattern = "seed must be an integer >= 0 or None"
+    with pytest.raises(InvalidParameterError, match=pattern):
+        latentspace.LatentSpace(3, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [None, 0, np.uint32(7), 2**100])
+def test_good_seeds(seed):
+    latentspace.LatentSpace(3, seed=seed).register("a", 2)
+
+
+def test_index_references_must_be_a_mapping():
+    space = build()
+    with pytest.raises(InvalidParameterError, match="references must be a mapping"):
+        space.index("b", XB, references=[XA])
+
+
+def test_vectors_are_not_counted_as_items():
+    from latentspace import metrics
+
+    space = build()
+    pattern = r"'a' must have shape \(n, 3\), got shape \(3,\)"
+    with pytest.raises(ValueError, match=pattern):
+        metrics.retrieval_ranks(space, "a", XA[0], "b", XB[0])
+    with pytest.raises(ValueError, match=pattern):
+        metrics.retrieval_scores(space, {"a": XA[0], "b": XB})
+
+
+# ----------------------------------------- inputs changed by another thread mid-call
+
+
+class _Racing:
+    """An affine map raced by another thread: while it reads the caller's
+    array, a row holds NaN, which is then taken back."""
+
+    def __init__(self, affine_map, caller, row):
+        self.map, self.W, self.calls = affine_map, affine_map.W, 0
+        self.caller, self.row = caller, row
+
+    def __call__(self, x, out=None):
+        self.calls += 1
+        if not (isinstance(x, np.ndarray) and np.shares_memory(x, self.caller)):
+            return self.map(x, out)
+        saved = self.caller[self.row].copy()
+        self.caller[self.row] = np.nan
+        try:
+            return self.map(x, out)
+        finally:
+            self.caller[self.row] = saved
+
+
+def test_an_input_changed_during_a_call_is_not_called_an_overflow():
+    space = build()
+    model = space._snapshot.models["a"]
+    x = XA.copy()
+    racing = _Racing(model.project, x, 2)
+    space._snapshot = space._snapshot._replace(
+        models={**space._snapshot.models, "a": model._replace(project=racing)})
+    result = space.project("a", x)  # computed again, from a private copy
+    assert racing.calls == 3
+    assert np.array_equal(result, model.project(XA))
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.DimensionWarning")  # dim 4 > width 3
+def test_training_data_changed_during_training_is_named():
+    # (The minibatch solver reads the caller's arrays every epoch; sgd copies
+    # them into one matrix first.)
+    space = build()
+    before = snapshot(space)
+    xa = XA.copy()
+
+    def callback(state):  # another thread, as it were, between two epochs
+        xa[4, 1] = np.nan
+
+    with pytest.raises(ValueError, match=r"data for model 'a' contains NaN or Inf "
+                                         r"\(first in row 4\), which it did not when "
+                                         r"training started"):
+        space.train_projections({"a": xa, "b": XB}, solver="minibatch",
+                                n_epochs=3, callback=callback)
+    assert_unchanged(space, before)
+
+
+def test_a_training_that_needs_no_iteration_has_a_final_loss(tmp_path, capsys):
+    # Found by the long fuzz: one sample, L-BFGS-B from the closed form, whose
+    # gradient is zero: no iteration ran, and final_loss raised IndexError
+    # (so did `train` on the command line, which prints it).
+    from latentspace.__main__ import main
+
+    space = latentspace.LatentSpace(1, seed=0)
+    space.register("a", 1)
+    space.register("b", 1)
+    x = np.array([[0.125]])
+    result = space.train_projections({"a": x, "b": x}, solver="lbfgs", n_epochs=1,
+                                     objective="reference", init="cca")
+    assert result.n_epochs <= 1
+    assert result.final_loss == result.initial_loss
+    np.save(tmp_path / "x.npy", x)
+    argv = ["train", str(tmp_path / "s.npz"), f"a={tmp_path / 'x.npy'}",
+            f"b={tmp_path / 'x.npy'}", "--dim", "1", "--solver", "lbfgs",
+            "--objective", "reference", "--init", "cca", "-q"]
+    assert main(argv) == 0, capsys.readouterr().err

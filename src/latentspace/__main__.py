@@ -169,6 +169,8 @@ def _read_matrix(spec, what):
                 array = loaded[key]
             except (ValueError, OSError, EOFError) as exc:
                 raise UsageError(f"{what}: cannot read {spec!r} ({exc})") from None
+            if not isinstance(array, np.ndarray):  # a member that is not .npy
+                raise UsageError(f"{what}: {spec!r} is not a NumPy array (.npy)")
     elif key is not None:
         raise UsageError(f"{what}: {path!r} is a .npy file; drop ':{key}'")
     else:
@@ -249,18 +251,19 @@ def _check_width(space, name, array, what):
 
 
 def _write_output(path, arrays):
-    """Save one array (``.npy``) or several (``.npz``) at ``path``."""
+    """Save one array (``.npy``) or several (``.npz``) at ``path``, atomically
+    (a full disk leaves an existing file as it was)."""
     import numpy as np
+
+    from ._io import write_atomically
 
     _check_writable(path)
     if path.endswith(".npz"):
-        with open(path, "wb") as file:
-            np.savez(file, **arrays)
+        write_atomically(path, lambda file: np.savez(file, **arrays))
     else:
         if len(arrays) != 1:
             raise UsageError(f"{path!r}: several arrays need a .npz output file")
-        with open(path, "wb") as file:
-            np.save(file, next(iter(arrays.values())))
+        write_atomically(path, lambda file: np.save(file, *arrays.values()))
 
 
 class _Reporter:
@@ -333,8 +336,8 @@ def _add_training_options(parser):
     group.add_argument(
         "--dim",
         type=_positive_int,
-        default=64,
-        help="dimension of the shared latent space (default: %(default)s)",
+        help="dimension of the shared latent space (default: 64, or that of "
+        "the --continue space)",
     )
     group.add_argument(
         "--epochs",
@@ -372,14 +375,14 @@ def _add_training_options(parser):
     group.add_argument(
         "--seed",
         type=int,
-        default=42,
-        help="seed of the initial weights (default: %(default)s)",
+        help="seed of the initial weights (default: 42; a --continue space "
+        "has its own generator)",
     )
     group.add_argument(
         "--dtype",
         choices=["float64", "float32"],
-        default="float64",
-        help="precision of the weights (default: %(default)s)",
+        help="precision of the weights (default: float64, or that of the "
+        "--continue space)",
     )
     group.add_argument(
         "--continue",
@@ -458,6 +461,7 @@ def _train(args, report):
         raise UsageError("--freeze keeps trained weights: use it with --continue SPACE")
     if args.resume:
         space = _load_space(args.resume)
+        _check_resumed(space, args)
         for name in args.freeze:
             if name not in space.models:
                 raise UsageError(
@@ -469,10 +473,11 @@ def _train(args, report):
                 space.register(name, array.shape[1])
         dim = space.dim
     else:
-        space = LatentSpace(args.dim, dtype=args.dtype, seed=args.seed)
+        dim = 64 if args.dim is None else args.dim
+        seed = 42 if args.seed is None else args.seed
+        space = LatentSpace(dim, dtype=args.dtype or "float64", seed=seed)
         for name, array in data.items():
             space.register(name, array.shape[1])
-        dim = args.dim
     fields = _config_fields()
     options = {
         "n_epochs": args.epochs,
@@ -514,6 +519,23 @@ def _train(args, report):
             written.append(_plots.space_map(space, data, f"{args.plot}-map.png"))
         print("pictures: " + ", ".join(written))
     return 0
+
+
+def _check_resumed(space, args):
+    """Refuse options that the saved space contradicts (they would be ignored)."""
+    if args.dim is not None and args.dim != space.dim:
+        raise UsageError(
+            f"--dim {args.dim}: {args.resume!r} is a {space.dim}-d space (drop "
+            "--dim to continue it, or train a new space)"
+        )
+    if args.dtype is not None and args.dtype != space.dtype.name:
+        raise UsageError(
+            f"--dtype {args.dtype}: {args.resume!r} is a {space.dtype.name} space"
+        )
+    if args.seed is not None:
+        raise UsageError(
+            f"--seed: {args.resume!r} continues with its own random generator"
+        )
 
 
 def _info(args, report):
@@ -1065,6 +1087,9 @@ def main(argv=None):
         # SpaceFileError, UnknownModelError and InvalidParameterError included.
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"{prefix} {message}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prefix} out of memory", file=sys.stderr)
         return 2
 
 

@@ -256,5 +256,6 @@ class TrainingResult:
 
     @property
     def final_loss(self) -> float:
-        """Mean per-sample loss after the last iteration."""
-        return self.loss_history[-1]
+        """Mean per-sample loss after the last iteration (`initial_loss` if
+        none ran: L-BFGS-B stops before its first where the gradient is 0)."""
+        return self.loss_history[-1] if self.loss_history else self.initial_loss

@@ -3,6 +3,8 @@ from typing import Any
 
 from numpy.typing import NDArray
 
+MAX_ROWS: int
+
 class AffineMap:
     W: NDArray[Any]
     shift: NDArray[Any] | None

@@ -11,9 +11,12 @@ width ``d_m`` owns ``d_m * k`` consecutive entries of ``P`` (its ``d_m x k``
 projection, row-major) and of ``R`` (its ``k x d_m`` reconstruction), and
 columns ``col_m : col_m + d_m`` of the sample matrix ``X``.
 """
+import numpy as np
+
 cimport numpy as cnp
 from cython cimport floating
 from cpython.exc cimport PyErr_CheckSignals
+from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport ddot, dgemm, dgemv, sdot, sgemm, sgemv
 
 cnp.import_array()
@@ -118,25 +121,41 @@ cdef inline void _deviations(const floating* Z, floating* A, const unsigned char
                 A[m * k + j] = 0
 
 
+cdef inline bint _all_finite(Py_ssize_t size, const floating* x) noexcept nogil:
+    """np.isfinite(x[:size]).all(), without a branch per entry"""
+    cdef Py_ssize_t i
+    cdef int bad = 0
+    for i in range(size):
+        bad |= x[i] - x[i] != 0  # NaN for NaN and +-Inf
+    return not bad
+
+
 cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
-                  const floating* shift, floating* out) noexcept nogil:
-    """out = X @ W + shift (no shift if NULL); return np.isfinite(out).all()"""
-    cdef Py_ssize_t i, size = n * q
+                  const floating* shift, floating* out,
+                  Py_ssize_t block) noexcept nogil:
+    """out = X @ W + shift (no shift if NULL), one GEMM per ``block`` rows;
+    return np.isfinite(out).all()"""
+    cdef Py_ssize_t i, r = 0, rows, size = n * q
     if n == 1:
         for i in range(q):
             out[i] = shift[i] if shift != NULL else 0
         # out += x @ W
         _vecmat(p, q, X, W, out)
     else:
-        # out = X @ W
-        _gemm(n, q, p, X, p, W, q, out, q)
+        while r < n:
+            rows = min(block, n - r)
+            # out[r:r + rows] = X[r:r + rows] @ W
+            _gemm(<int> rows, q, p, X + r * p, p, W, q, out + r * q, q)
+            r += rows
         if shift != NULL:
             for i in range(size):
                 out[i] += shift[i % q]
-    for i in range(size):
-        if not _finite(out[i]):
-            return False
-    return True
+    return _all_finite(size, out)
+
+
+# Rows of a batch in one GEMM call: BLAS sizes are C ints, so a batch of more
+# rows is computed in blocks (tests lower this to exercise the blocking).
+MAX_ROWS = 2**31 - 1
 
 
 cdef class AffineMap:
@@ -170,11 +189,14 @@ cdef class AffineMap:
         """``x @ W + shift``, in ``out`` if given, else in a new array.
 
         Returns None instead if ``x`` is not a C-contiguous, aligned,
-        native-endian ``(p,)`` or ``(n, p)`` ndarray of W's dtype, if ``out``
-        is not such a writeable array of the result's shape, or if the result
-        is not finite: the caller then validates and explains.
+        native-endian ``(p,)`` or ``(n, p)`` ndarray (not a subclass) of W's
+        dtype, if ``out`` is not such a writeable array of the result's shape,
+        or if the result is not finite: the caller then validates and
+        explains. ``out`` is written only if ``x`` is finite; if the two
+        overlap in memory, the result is computed aside and copied into
+        ``out`` once it is known to be finite.
         """
-        if not _is_kernel_array(x, self.typenum, False):
+        if not (cnp.PyArray_CheckExact(x) and _is_kernel_array(x, self.typenum, False)):
             return None
         cdef cnp.ndarray a = <cnp.ndarray> x
         cdef int ndim = cnp.PyArray_NDIM(a)
@@ -184,7 +206,7 @@ cdef class AffineMap:
         cdef Py_ssize_t n = cnp.PyArray_DIM(a, 0) if ndim == 2 else 1
         dims[0] = n
         dims[ndim - 1] = self.q
-        cdef cnp.ndarray result
+        cdef cnp.ndarray result, target = None
         if out is None:
             result = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
         elif (
@@ -193,24 +215,55 @@ cdef class AffineMap:
             and cnp.PyArray_DIM(<cnp.ndarray> out, 0) == dims[0]
             and cnp.PyArray_DIM(<cnp.ndarray> out, ndim - 1) == self.q
         ):
-            result = <cnp.ndarray> out
+            target = <cnp.ndarray> out
+            if _overlap(a, target):
+                result = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
+            else:
+                result = target
         else:
             return None
+        if n == 0:
+            return result if target is None else target
         cdef const void* X = cnp.PyArray_DATA(a)
         cdef void* o = cnp.PyArray_DATA(result)
-        cdef bint finite = True
-        if n == 0:
-            return result
+        cdef void* copy_to = NULL
+        cdef Py_ssize_t block = MAX_ROWS if n > 1 else 1
+        cdef bint direct = target is not None and result is target, finite = True
+        # Straight into out only from a finite x (else out stays as it was):
+        # checked in the kernel for one vector, by NumPy's vectorised isfinite
+        # for a batch.
+        cdef bint check_input = direct and n == 1
+        if direct and n > 1 and not np.isfinite(a).all():
+            return None
+        if target is not None and not direct:
+            copy_to = cnp.PyArray_DATA(target)
         with nogil:
             if self.typenum == cnp.NPY_DOUBLE:
-                finite = _affine(n, self.p, self.q, <const double*> X,
-                                 <const double*> self.w, <const double*> self.b,
-                                 <double*> o)
+                if check_input:
+                    finite = _all_finite(n * self.p, <const double*> X)
+                if finite:
+                    finite = _affine(n, self.p, self.q, <const double*> X,
+                                     <const double*> self.w, <const double*> self.b,
+                                     <double*> o, block)
             else:
-                finite = _affine(n, self.p, self.q, <const float*> X,
-                                 <const float*> self.w, <const float*> self.b,
-                                 <float*> o)
-        return result if finite else None
+                if check_input:
+                    finite = _all_finite(n * self.p, <const float*> X)
+                if finite:
+                    finite = _affine(n, self.p, self.q, <const float*> X,
+                                     <const float*> self.w, <const float*> self.b,
+                                     <float*> o, block)
+            if finite and copy_to != NULL:
+                memcpy(copy_to, o, n * self.q * cnp.PyArray_ITEMSIZE(result))
+        if not finite:
+            return None
+        return result if target is None else target
+
+
+cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
+    """Whether the memory of two C-contiguous arrays overlaps."""
+    cdef char* x = <char*> cnp.PyArray_DATA(a)
+    cdef char* y = <char*> cnp.PyArray_DATA(b)
+    return x < y + cnp.PyArray_NBYTES(b) and y < x + cnp.PyArray_NBYTES(a)
 
 
 cdef inline bint _is_kernel_array(object x, int typenum, bint writeable):

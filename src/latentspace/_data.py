@@ -31,6 +31,7 @@ from ._validation import (
     as_kernel_array,
     as_numeric,
     check_finite,
+    check_scale,
     unknown_model,
 )
 
@@ -61,14 +62,7 @@ def _names(data, models):
 
 
 def _aligned(names, arrays, models, where=""):
-    """Check counts and widths of numeric arrays; return the sample count."""
-    counts = {name: (len(a) if a.ndim else 0) for name, a in zip(names, arrays)}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
-        raise InvalidParameterError(
-            f"models must have the same number of samples (aligned by index)"
-            f"{where}, got {listed}"
-        )
+    """Check widths and counts of numeric arrays; return the sample count."""
     for name, array in zip(names, arrays):
         width = models[name].input_dim
         if array.ndim != 2 or array.shape[1] != width:
@@ -76,7 +70,23 @@ def _aligned(names, arrays, models, where=""):
                 f"data for model {name!r}{where} must have shape (n, {width}), "
                 f"got shape {array.shape}"
             )
+    counts = {name: len(a) for name, a in zip(names, arrays)}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name!r}: {count}" for name, count in counts.items())
+        raise InvalidParameterError(
+            f"models must have the same number of samples (aligned by index)"
+            f"{where}, got {listed}"
+        )
     return next(iter(counts.values()))
+
+
+def _unmasked(value):
+    """``(value, rows)``: a 2-D masked array's data and which of its rows hold
+    no masked entry (None: all of them); anything else as it is."""
+    if not isinstance(value, np.ma.MaskedArray) or value.ndim != 2:
+        return value, None
+    masked = np.ma.getmaskarray(value)
+    return value.data, (~masked.any(axis=1) if masked.any() else None)
 
 
 def _masks(observed, names, n, lazy):
@@ -220,12 +230,19 @@ class _Source:
     def close(self):
         """Let go of the data; a stream is then spent (see `_Stream.close`)."""
 
+    def check_unchanged(self):
+        """Raise if the data no longer passes the checks it passed when read
+        (another thread changed it); a stream, read once, is not re-read."""
+
 
 class _Arrays(_Source):
     def __init__(self, data, models, dtype, observed, min_models, unpaired):
         _check_model_count(data, min_models)
         names = _names(data, models)
-        arrays = [as_numeric(data[name], f"data for model {name!r}") for name in names]
+        # A masked array: its rows with a masked entry are not observed.
+        arrays, unmasked = zip(*(_unmasked(data[name]) for name in names))
+        arrays = [as_numeric(a, f"data for model {name!r}")
+                  for name, a in zip(names, arrays)]
         n = _aligned(names, arrays, models)
         if n == 0:
             raise InvalidParameterError("data holds zero samples")
@@ -235,6 +252,18 @@ class _Arrays(_Source):
         self.arrays = arrays
         self.n_samples = n
         self.observed = _masks(observed, names, n, lazy=False)
+        if any(rows is not None for rows in unmasked):
+            matrix = (
+                np.ones((n, len(names)), dtype=bool)
+                if self.observed is None
+                else self.observed.copy()
+            )
+            for m, rows in enumerate(unmasked):
+                if rows is not None:
+                    matrix[:, m] &= rows
+            counts = matrix.sum(axis=0)
+            _check_counts(names, counts, "(observed, without masked entries)")
+            self.observed = None if counts.min() == n else matrix
 
     def _block(self, m):
         """Model ``m``'s samples as a kernel array, checked."""
@@ -242,7 +271,19 @@ class _Arrays(_Source):
         mask = None if self.observed is None else self.observed[:, m]
         block = as_kernel_array(self.arrays[m], self.dtype, what, mask)
         check_finite(block, what, mask)
+        check_scale(self.arrays[m], what, self.dtype, mask)
         return block
+
+    def check_unchanged(self):
+        for m in range(len(self.names)):
+            try:
+                self._block(m)
+            except InvalidParameterError as exc:
+                raise InvalidParameterError(
+                    f"{exc}, which it did not when training started: the data "
+                    "changed during training (another thread?); the space keeps "
+                    "its previous weights"
+                ) from None
 
     def statistics(self, offsets):
         sums = self._pool_sums(offsets)
@@ -371,16 +412,22 @@ class _Stream(_Source):
 
 
 def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
-    """`chunk_sums` of a chunk; if they are not finite, the error names the
-    first row that holds NaN or Inf where observed (without one, the features
-    overflow the dtype, which the solvers report)."""
+    """`chunk_sums` of a chunk, its values checked where observed: a value
+    that ``dtype`` cannot hold is named (found by converting the chunk if it
+    is of a wider dtype), as is the first row with NaN or Inf if the sums
+    are not finite (without one, the features overflow the dtype, which the
+    solvers report), and features too small for ``dtype``."""
     sums = chunk_sums(names, blocks, observed, offsets, dtype)
-    if not all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values()):
-        for m, (name, block) in enumerate(zip(names, blocks)):
-            what = f"data for model {name!r}{where}"
-            mask = None if observed is None else observed[:, m]
-            block = as_kernel_array(block, dtype, what, mask, first_row)
-            check_finite(block, what, mask, first_row)
+    finite = all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values())
+    for m, (name, block) in enumerate(zip(names, blocks)):
+        what = f"data for model {name!r}{where}"
+        mask = None if observed is None else observed[:, m]
+        narrowing = block.dtype.kind == "f" and block.dtype.itemsize > dtype.itemsize
+        if narrowing or not finite:
+            checked = as_kernel_array(block, dtype, what, mask, first_row)
+            if not finite:
+                check_finite(checked, what, mask, first_row)
+        check_scale(block, what, dtype, mask)
     return sums
 
 
@@ -478,6 +525,7 @@ class _DaskArrays(_Source):
             mask = None if observed is None else observed[:, m]
             block = as_kernel_array(array, self.dtype, what, mask)
             check_finite(block, what, mask)
+            check_scale(array, what, self.dtype, mask)
             blocks.append(block)
         if observed is not None and observed.all():
             observed = None

@@ -1,26 +1,52 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Saving, loading and pickling a `LatentSpace`.
 
-A saved space is one ``.npz`` archive (a zip of ``.npy`` members, readable
-with ``numpy.load(path, allow_pickle=False)``):
+A saved space is one ``.npz`` archive (a zip of uncompressed ``.npy`` members,
+readable with ``numpy.load(path, allow_pickle=False)``):
 
 ``header``
     A ``uint8`` array holding UTF-8 JSON: ``format`` ("latentspace"),
     ``version`` (`FORMAT_VERSION`), ``library_version``, ``dtype``, ``dim``,
     ``models`` (in registration order: ``name``, ``input_dim``, ``offset``
     (whether the model has an input offset)), ``rng`` (the state of the
-    space's random generator, so that a loaded space registers exactly as the
-    original would), ``config`` (the training configuration recorded with
-    the space, or null) and ``checksum``.
+    space's random bit generator, so that a loaded space registers exactly as
+    the original would: PCG64, or another of NumPy's bit generators in files
+    of spaces seeded with a generator by earlier versions), ``config`` (the
+    training configuration recorded with the space, or null) and
+    ``checksum``.
 ``model<i>.projection``, ``model<i>.reconstruction``, ``model<i>.offset``
     The arrays of the ``i``-th model: ``P`` (``d x k``), ``R`` (``k x d``)
     and, if the model has one, the offset ``mu`` (``d``), in the space's
     dtype (little-endian).
 
-``checksum`` is the SHA-256 of the canonical JSON of the header without the
-checksum, followed by every array's name, dtype, shape and bytes in header
-order: any edit of the header or of an array is detected, also one that
-keeps the zip's own CRC-32 valid.
+``checksum`` is ``{"algorithm": "sha256", "digest": ...}``: the SHA-256 of the
+canonical JSON of the header without the checksum, followed by every array's
+name, dtype, shape and bytes in header order, so that any edit of the header
+or of an array is detected, also one that keeps the zip's own CRC-32 valid.
+Saved with a ``key``, it is ``"hmac-sha256"``, the HMAC-SHA256 of the same
+bytes under that key, which only a holder of the key can recompute.
+
+Reading treats a file as untrusted input and checks, in this order, before
+anything that a crafted file could make expensive or unsafe:
+
+- the path is a regular file (not a FIFO, a device or a directory), opened
+  without blocking;
+- the zip directory: every member stored uncompressed, unencrypted and once;
+- the header member, at most `_MAX_HEADER_BYTES`, parsed as JSON with
+  integers of at most 40 digits and no NaN, then every field's type and
+  range (dims and widths fit a BLAS ``int``); the generator state must be
+  that of a supported bit generator with every integer in range and every
+  array of its exact dtype and length (positions within their buffers), so
+  no crafted state reaches NumPy's generator;
+- the members against the header: exactly the arrays it implies, their
+  total size at most the file's, each one's declared size that of its
+  ``.npy`` header and data, and the ``.npy`` header's dtype, order and shape,
+  before its data is read (a piece at a time into an array of that shape);
+- the checksum (or signature), then that every weight is finite.
+
+Every failure is a `SpaceFileError`, except that a file that cannot be opened
+raises the `OSError` of ``open``. What the checksum protects against, and what
+it does not, is in docs/reliability.md.
 
 Writing goes to a temporary file in the target's directory, which is flushed,
 fsynced and renamed over the target (``os.replace``, atomic on POSIX and
@@ -29,27 +55,68 @@ target, and an existing file there stays as it was unless the save succeeds.
 """
 
 import dataclasses
+import errno
 import hashlib
+import hmac
 import io
 import json
 import math
 import os
+import re
 import secrets
+import stat
+import zipfile
 
 import numpy as np
 
-from ._validation import check_dtype
+from ._exceptions import InvalidParameterError
+from ._validation import BLAS_INT_MAX, check_dtype
 
-__all__ = ["FORMAT_VERSION", "SpaceFileError", "load", "read_header", "save"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SpaceFileError",
+    "load",
+    "read_header",
+    "save",
+    "write_atomically",
+]
 
 FORMAT = "latentspace"
 FORMAT_VERSION = 1
 _HEADER = "header"
 _ARRAYS = ("projection", "reconstruction", "offset")
-# Bit generators whose state we can restore, by the name their state records.
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+_ALGORITHMS = ("sha256", "hmac-sha256")  # checksum without, with a key
 # Largest header we read (the JSON of a space with many thousand models).
 _MAX_HEADER_BYTES = 64 << 20
+# Largest .npy header of a member (NumPy's own limit by default).
+_MAX_NPY_HEADER = 10_000
+# Longest integer in the header: 2**128 has 39 digits.
+_MAX_INT_DIGITS = 40
+# Deepest nesting of the header's JSON (a saved one nests 4 levels).
+_MAX_JSON_DEPTH = 32
+# Bytes of array data read at a time.
+_READ_BYTES = 16 << 20
+# Bytes of the target's name in a temporary file's name.
+_TEMPORARY_NAME_BYTES = 64
+
+# The state of every bit generator a file may hold, as NumPy's ``state``
+# property gives it: nested keys down to an int ``b`` (an integer in
+# [0, b)) or a ``(dtype, length)`` array (written as a JSON list).
+_U32, _U128 = 2**32, 2**128
+_PCG = {"state": {"state": _U128, "inc": _U128}, "has_uint32": 2, "uinteger": _U32}
+_RNG_STATES = {
+    "PCG64": _PCG,
+    "PCG64DXSM": _PCG,
+    "MT19937": {"state": {"key": ("u4", 624), "pos": 625}},
+    "Philox": {
+        "state": {"counter": ("u8", 4), "key": ("u8", 2)},
+        "buffer": ("u8", 4),
+        "buffer_pos": 5,
+        "has_uint32": 2,
+        "uinteger": _U32,
+    },
+    "SFC64": {"state": {"state": ("u8", 4)}, "has_uint32": 2, "uinteger": _U32},
+}
 
 
 class SpaceFileError(ValueError):
@@ -114,33 +181,63 @@ def _encode_rng_state(state):
     return state
 
 
-def _decode_rng_state(state):
-    if isinstance(state, dict):
-        if set(state) == {"__ndarray__", "data"}:
-            return np.array(state["data"], dtype=np.dtype(state["__ndarray__"]))
-        return {key: _decode_rng_state(value) for key, value in state.items()}
-    return state
+def _is_int(value, bound):
+    """Whether ``value`` is an int (not a bool) in [0, bound)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < bound
+
+
+def _decoded(value, schema, where):
+    """``value`` (JSON) checked against ``schema`` (see `_RNG_STATES`), with
+    arrays decoded; ValueError naming what is wrong."""
+    if isinstance(schema, dict):
+        if not isinstance(value, dict) or set(value) != set(schema):
+            raise ValueError(f"{where} must have the keys {', '.join(sorted(schema))}")
+        return {key: _decoded(value[key], part, f"{where}.{key}")
+                for key, part in schema.items()}
+    if isinstance(schema, tuple):
+        dtype, length = np.dtype(schema[0]), schema[1]
+        if not (
+            isinstance(value, dict)
+            and set(value) == {"__ndarray__", "data"}
+            and value["__ndarray__"] in ("<" + dtype.str[1:], ">" + dtype.str[1:])
+            and isinstance(value["data"], list)
+            and len(value["data"]) == length
+            and all(_is_int(v, 2 ** (8 * dtype.itemsize)) for v in value["data"])
+        ):
+            raise ValueError(
+                f"{where} must be an array of {length} {dtype.name} values"
+            )
+        return np.array(value["data"], dtype=dtype)
+    if not _is_int(value, schema):
+        raise ValueError(f"{where} must be an integer in [0, {schema - 1}]")
+    return value
 
 
 def make_generator(state):
-    """A new `numpy.random.Generator` in the (JSON-decoded) ``state``."""
+    """A new `numpy.random.Generator` in the (JSON-decoded) ``state``.
+
+    Raises ValueError unless ``state`` is the state of a bit generator of
+    `_RNG_STATES` with every value of the right type and in range.
+    """
     name = state.get("bit_generator") if isinstance(state, dict) else None
-    if name not in _BIT_GENERATORS:
-        raise ValueError(f"unsupported random bit generator {name!r}")
+    if not isinstance(name, str) or name not in _RNG_STATES:
+        raise ValueError(f"unsupported random bit generator {name!r:.40}")
+    fields = {key: value for key, value in state.items() if key != "bit_generator"}
+    decoded = {"bit_generator": name, **_decoded(fields, _RNG_STATES[name], name)}
     bit_generator = getattr(np.random, name)()
-    bit_generator.state = _decode_rng_state(state)
+    try:
+        bit_generator.state = decoded
+    except (TypeError, OverflowError) as exc:  # a state NumPy has more rules for
+        raise ValueError(str(exc)) from None
     return np.random.Generator(bit_generator)
 
 
 def space_state(space):
-    """The header (without checksum) and the named arrays of ``space``.
-
-    The snapshot and the random state are read together under the space's
-    lock, so they belong to the same moment.
-    """
-    with space._lock:
-        snapshot = space._snapshot
-        rng_state = space._rng.bit_generator.state
+    """The header (without checksum) and the named arrays of ``space``, from
+    one snapshot (models, generator and recorded configuration of one
+    moment)."""
+    snapshot = space._snapshot
+    rng_state = snapshot.rng.bit_generator.state  # never drawn from: a copy is
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -149,7 +246,7 @@ def space_state(space):
         "dim": snapshot.dim,
         "models": [],
         "rng": _encode_rng_state(rng_state),
-        "config": _recorded_config(space, snapshot),
+        "config": snapshot.config,
     }
     arrays = {}
     little = space.dtype.newbyteorder("<")
@@ -166,16 +263,6 @@ def space_state(space):
             if value is not None:
                 arrays[_array_key(index, what)] = value.astype(little, copy=False)
     return header, arrays
-
-
-def _recorded_config(space, snapshot):
-    """The config recorded with ``space`` (by its last training, or by the
-    file it was loaded from) if its models are still those it was recorded
-    with."""
-    recorded = getattr(space, "_saved_config", None)
-    if recorded is None or recorded[0] is not snapshot:
-        return None
-    return recorded[1]
 
 
 def _library_version():
@@ -196,10 +283,14 @@ def _expected_arrays(header):
     return expected
 
 
-def _checksum(header, arrays, names):
-    """SHA-256 of the canonical header (without checksum) and the arrays."""
-    content = {key: value for key, value in header.items() if key != "checksum"}
-    digest = hashlib.sha256(_canonical(content))
+def _checksum(header, arrays, names, key=None):
+    """SHA-256 (HMAC-SHA256 with a ``key``) of the canonical header (without
+    checksum) and the arrays."""
+    content = {field: value for field, value in header.items() if field != "checksum"}
+    if key is None:
+        digest = hashlib.sha256(_canonical(content))
+    else:
+        digest = hmac.new(key, _canonical(content), hashlib.sha256)
     for name in names:
         array = arrays[name]
         digest.update(
@@ -228,22 +319,15 @@ def restore(space, header, arrays):
     LatentSpace.__init__(space, header["dim"], dtype=dtype, seed=0)
     models = {}
     for index, info in enumerate(header["models"]):
-        P, R, offset = (arrays.get(_array_key(index, what)) for what in _ARRAYS)
-        P, R = _owned(P, dtype), _owned(R, dtype)
-        if offset is not None:
-            offset = _owned(offset, dtype)
-            offset.flags.writeable = False
+        P, R, offset = (
+            None if a is None else np.asarray(a, dtype=dtype)  # native byte order
+            for a in (arrays.get(_array_key(index, what)) for what in _ARRAYS)
+        )
         models[info["name"]] = _make_model(P, R, offset)
-    snapshot = _Snapshot(header["dim"], models)
-    space._snapshot = snapshot
-    space._rng = make_generator(header["rng"])
-    space._saved_config = (snapshot, header.get("config"))
+    space._snapshot = _Snapshot(
+        header["dim"], models, make_generator(header["rng"]), header.get("config")
+    )
     return space
-
-
-def _owned(array, dtype):
-    """A private, writeable, aligned, C-contiguous native copy of ``array``."""
-    return np.array(array, dtype=dtype, order="C", copy=True)
 
 
 # ------------------------------------------------------------------ validate
@@ -262,11 +346,12 @@ def _check_header(header, path):
         raise _fail(path, f"invalid format version {version!r}")
     if version != FORMAT_VERSION:
         newer = version > FORMAT_VERSION
+        written_by = header.get("library_version")
         raise _fail(
             path,
             f"format version {version} "
             + (
-                f"was written by a newer latentspace ({header.get('library_version')}"
+                f"was written by a newer latentspace ({written_by!s:.40}"
                 f"); this version reads format version {FORMAT_VERSION}: upgrade "
                 "latentspace"
                 if newer
@@ -280,10 +365,12 @@ def _check_header(header, path):
     ]
     if missing:
         raise _fail(path, f"the header lacks {', '.join(missing)}")
+    if not isinstance(header.get("library_version", ""), str):
+        raise _fail(path, "the header's library_version is not a string")
     if header["dtype"] not in ("float64", "float32"):
-        raise _fail(path, f"unsupported dtype {header['dtype']!r}")
+        raise _fail(path, f"unsupported dtype {header['dtype']!r:.40}")
     if not _is_count(header["dim"]):
-        raise _fail(path, f"invalid dim {header['dim']!r}")
+        raise _fail(path, f"invalid dim {header['dim']!r:.40}")
     models = header["models"]
     if not isinstance(models, list):
         raise _fail(path, "the header's models are not a list")
@@ -298,96 +385,165 @@ def _check_header(header, path):
         ):
             raise _fail(path, f"model entry {index} of the header is invalid")
         if model["name"] in names:
-            raise _fail(path, f"model {model['name']!r} appears twice")
+            raise _fail(path, f"model {model['name']!r:.80} appears twice")
         names.add(model["name"])
+    if not isinstance(header.get("config"), (dict, type(None))):
+        raise _fail(path, "the header's config is not a mapping")
     checksum = header["checksum"]
     if not (
         isinstance(checksum, dict)
-        and checksum.get("algorithm") == "sha256"
+        and checksum.get("algorithm") in _ALGORITHMS
         and isinstance(checksum.get("digest"), str)
+        and re.fullmatch("[0-9a-f]{64}", checksum["digest"])
     ):
         raise _fail(path, "the header's checksum entry is invalid")
+    try:
+        make_generator(header["rng"])
+    except ValueError as exc:
+        raise _fail(path, f"invalid random generator state ({exc})") from None
 
 
 def _is_count(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """A dimension: an int in [1, BLAS_INT_MAX]."""
+    return _is_int(value, BLAS_INT_MAX + 1) and value >= 1
 
 
-def _check_arrays(header, arrays, path):
-    """Raise unless ``arrays`` are exactly the header's, intact and finite."""
-    expected = _expected_arrays(header)
-    missing = [name for name in expected if name not in arrays]
-    extra = sorted(set(arrays) - set(expected))
-    if missing:
-        raise _fail(path, f"array {missing[0]!r} is missing")
-    if extra:
-        raise _fail(path, f"unexpected array {extra[0]!r} (not in the header)")
-    dtype = np.dtype(header["dtype"]).newbyteorder("<")
-    for name, shape in expected.items():
-        array = arrays[name]
-        if array.dtype != dtype or array.shape != shape:
-            raise _fail(
-                path,
-                f"array {name!r} has dtype {array.dtype} and shape {array.shape}; "
-                f"the header says {dtype} and {shape}",
-            )
-    digest = _checksum(header, arrays, expected)
-    if digest != header["checksum"]["digest"]:
+def _check_arrays(header, arrays, path, key):
+    """Raise unless ``arrays`` (of the header's names, dtypes and shapes)
+    match the checksum (or the signature under ``key``) and are finite."""
+    names = list(_expected_arrays(header))
+    algorithm = header["checksum"]["algorithm"]
+    if key is None and algorithm == "hmac-sha256":
+        raise _fail(path, "it is signed with a key (HMAC-SHA256): pass its key")
+    if key is not None and algorithm == "sha256":
+        raise _fail(
+            path,
+            "it is not signed with a key (its checksum is a plain SHA-256), so "
+            "it cannot be authenticated",
+        )
+    digest = _checksum(header, arrays, names, key)
+    if not hmac.compare_digest(digest, header["checksum"]["digest"]):
         raise _fail(
             path,
             "checksum mismatch: the file was modified or corrupted after it was "
-            "written",
+            "written"
+            if key is None
+            else "signature mismatch: the file was modified after it was signed, "
+            "or the key is not the one it was signed with",
         )
-    for name in expected:
+    for name in names:
         if not np.isfinite(arrays[name]).all():
             raise _fail(path, f"array {name!r} contains NaN or Inf")
+
+
+def _check_key(key):
+    """The key of a signature: None or non-empty bytes."""
+    if key is None:
+        return None
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise InvalidParameterError(
+            f"key must be bytes (a secret of 32 random bytes, say), got "
+            f"{type(key).__name__}"
+        )
+    key = bytes(key)
+    if not key:
+        raise InvalidParameterError("key must not be empty")
+    return key
 
 
 # ---------------------------------------------------------------- save, load
 
 
-def save(space, path, *, config=None):
-    """Write ``space`` to ``path`` atomically (see the module docstring)."""
+def save(space, path, *, config=None, key=None):
+    """Write ``space`` to ``path`` atomically, or into the binary file object
+    ``path`` (see the module docstring)."""
+    key = _check_key(key)
     header, arrays = space_state(space)
     if config is not None:
         header["config"] = config_record(config)
     names = list(_expected_arrays(header))
     header["checksum"] = {
-        "algorithm": "sha256",
-        "digest": _checksum(header, arrays, names),
+        "algorithm": "sha256" if key is None else "hmac-sha256",
+        "digest": _checksum(header, arrays, names, key),
     }
     members = {_HEADER: np.frombuffer(_canonical(header), dtype=np.uint8)}
     members.update((name, arrays[name]) for name in names)
+    if hasattr(path, "write") and not isinstance(path, (str, bytes, os.PathLike)):
+        if isinstance(path, io.TextIOBase):
+            raise InvalidParameterError(
+                "save needs a binary file object (open(..., 'wb')), got a text one"
+            )
+        _write_npz(path, members)
+    else:
+        write_atomically(path, lambda file: _write_npz(file, members))
 
+
+def write_atomically(path, write):
+    """Call ``write(file)`` on a new file next to ``path``, then rename it
+    over ``path``: a failure or an interrupt at any point leaves ``path`` as
+    it was and no temporary file behind.
+
+    Parameters
+    ----------
+    path : str, bytes or os.PathLike
+    write : callable
+        Writes the content into the binary file object it is given.
+    """
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp"
-    )
-    # O_EXCL: never follow or reuse an existing file; 0o666 minus the umask,
-    # as for any new file.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(temporary, flags, 0o666)
+    target = os.path.abspath(os.fsencode(path))
+    directory, name = os.path.split(target)
+    temporary = os.path.join(directory, _temporary_name(name))
     try:
-        with os.fdopen(descriptor, "wb") as file:
-            _write_npz(file, members)
+        # "x": a new file, never an existing one (nor one a link points to).
+        with open(temporary, "xb", opener=_create) as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
-        if os.path.exists(path):
-            _copy_mode(path, temporary)
-        os.replace(temporary, path)
-    except BaseException:
+        if os.path.exists(target):
+            _copy_mode(target, temporary)
+        os.replace(temporary, target)
+    except BaseException as exc:
         try:
             os.unlink(temporary)
         except OSError:
             pass
+        if isinstance(exc, FileNotFoundError) and not os.path.isdir(directory):
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"cannot write {path!r}: no such directory",
+                os.fsdecode(directory),
+            ) from None
         raise
     _fsync_directory(directory)
 
 
+def _create(path, flags):
+    """``os.open`` for a new file: 0o666 less the umask, as for any new file."""
+    return os.open(path, flags, 0o666)
+
+
+def _temporary_name(name):
+    """``.NAME.RANDOM.tmp`` (bytes) with NAME cut short enough that the name
+    is legal wherever ``name`` is."""
+    token = secrets.token_hex(6).encode("ascii")
+    return b"." + name[:_TEMPORARY_NAME_BYTES] + b"." + token + b".tmp"
+
+
 def _write_npz(file, members):
-    """``numpy.savez`` of ``members`` into the open binary ``file``."""
-    np.savez(file, **members)
+    """An ``.npz`` of ``members`` (uncompressed ``.npy`` members, as
+    ``numpy.savez`` writes) into the binary ``file``."""
+    archive = zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True)
+    try:
+        for name, array in members.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+        archive.close()
+    except BaseException:
+        # Abandon the archive (the caller discards its file): closing it (now
+        # or when it is collected) would write its directory, or raise if an
+        # interrupt left a member open.
+        archive.fp = None
+        raise
 
 
 def _copy_mode(source, destination):
@@ -411,49 +567,189 @@ def _fsync_directory(directory):
         os.close(descriptor)
 
 
-def _read(path):
-    """The parsed header and the arrays of the file at ``path``, unchecked."""
-    # A path only: open() would take an int as a file descriptor, read
-    # whatever it is and close it.
+def _open(path):
+    """The regular file at ``path``, open for reading, and its size.
+
+    Opened without blocking (a FIFO would wait for a writer), then checked.
+    A path only: ``open`` would take an int as a file descriptor, read
+    whatever it is and close it.
+    """
     path = os.fspath(path)
-    with open(path, "rb") as file:
-        data = file.read()
-    if not data.startswith(b"PK"):
-        raise _fail(path, "not a latentspace file (not an .npz/zip archive)")
+    nonblocking = getattr(os, "O_NONBLOCK", 0)
     try:
-        archive = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # BadZipFile, NotImplementedError, struct/zlib errors
-        # A damaged zip directory can fail in many ways; all mean the same.
-        raise _fail(path, f"not a readable .npz archive (truncated?): {exc}") from None
-    arrays = {}
-    if not isinstance(archive, np.lib.npyio.NpzFile):  # a .npy with a zip prefix
-        raise _fail(path, "not a latentspace file (not an .npz archive)")
-    with archive:
-        if _HEADER not in archive.files:
-            raise _fail(
-                path,
-                "not a latentspace file (an .npz without a latentspace header; "
-                f"its arrays: {', '.join(archive.files[:5]) or 'none'})",
-            )
+        file = open(path, "rb", opener=lambda p, f: os.open(p, f | nonblocking))
+    except IsADirectoryError:
+        raise _fail(path, "it is a directory") from None
+    try:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _fail(path, "not a regular file (a FIFO, a device or a socket?)")
+        if nonblocking:
+            os.set_blocking(file.fileno(), True)
+    except BaseException:
+        file.close()
+        raise
+    return file, info.st_size
+
+
+def _read(path):
+    """The header and the arrays of the file at ``path``, checked but for the
+    checksum and the values (see the module docstring)."""
+    file, size = _open(path)
+    with file:
+        if file.read(4) != b"PK\x03\x04":
+            raise _fail(path, "not a latentspace file (not an .npz/zip archive)")
         try:
-            for name in archive.files:
-                arrays[name] = archive[name]
-        except Exception as exc:  # zlib, CRC, format and pickle errors alike
+            archive = zipfile.ZipFile(file)
+        except Exception as exc:  # BadZipFile, struct, overflow errors alike
+            # A damaged zip directory can fail in many ways; all mean the same.
             raise _fail(
-                path,
-                f"array data is corrupted or truncated: {type(exc).__name__}: {exc}",
+                path, f"not a readable .npz archive (truncated?): {exc}"
             ) from None
-    raw = arrays.pop(_HEADER)
-    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > _MAX_HEADER_BYTES:
-        raise _fail(path, "not a latentspace file (malformed header member)")
-    try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(path, f"the header is not valid JSON ({exc})") from None
+        with archive:
+            members = _members(archive, path)
+            if _HEADER not in members:
+                listed = ", ".join(sorted(members)[:5]) or "none"
+                raise _fail(
+                    path,
+                    "not a latentspace file (an .npz without a latentspace header; "
+                    f"its arrays: {listed})",
+                )
+            raw = _read_npy(archive, members.pop(_HEADER), np.uint8, None, path)
+            header = _parse_json(raw, path)
+            _check_header(header, path)
+            expected = _expected_arrays(header)
+            missing = [name for name in expected if name not in members]
+            extra = sorted(set(members) - set(expected))
+            if missing:
+                raise _fail(path, f"array {missing[0]!r} is missing")
+            if extra:
+                raise _fail(
+                    path, f"unexpected array {extra[0]!r:.80} (not in the header)"
+                )
+            dtype = np.dtype(header["dtype"]).newbyteorder("<")
+            total = dtype.itemsize * sum(math.prod(s) for s in expected.values())
+            if total > size:
+                raise _fail(
+                    path,
+                    f"its header declares {total} bytes of weights, more than the "
+                    f"file's {size} bytes",
+                )
+            arrays = {
+                name: _read_npy(archive, members[name], dtype, shape, path)
+                for name, shape in expected.items()
+            }
     return header, arrays
 
 
-def read_header(path):
+def _members(archive, path):
+    """Array name (a ``.npy`` member's name without the suffix, any other
+    member's as it is) -> `zipfile.ZipInfo`, each name once."""
+    members = {}
+    for info in archive.infolist():
+        name = info.filename.removesuffix(".npy")
+        if name in members:
+            raise _fail(path, f"member {info.filename!r:.80} appears twice")
+        members[name] = info
+    return members
+
+
+def _read_npy(archive, info, dtype, shape, path):
+    """The array of the ``.npy`` member ``info``, of ``dtype`` and ``shape``
+    (None: 1-D, at most `_MAX_HEADER_BYTES`), checked against the member's
+    declared size and its ``.npy`` header before its data is read."""
+    name = info.filename.removesuffix(".npy")
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise _fail(
+            path,
+            f"array {name!r} is compressed or encrypted (a saved space stores "
+            "its arrays as they are)",
+        )
+    expected = "" if shape is None else f"{dtype} {shape}, "
+    problem = f"array {name!r} is not {expected}as the header declares"
+    if shape is None:
+        problem = "not a latentspace file (malformed header member)"
+        limit = _MAX_HEADER_BYTES
+    else:
+        limit = math.prod(shape) * dtype.itemsize
+    if not (info.file_size <= limit + _MAX_NPY_HEADER + 12 and (
+            shape is None or info.file_size >= limit)):
+        raise _fail(path, f"{problem} (member of {info.file_size} bytes)")
+    try:
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                read = np.lib.format.read_array_header_1_0
+            elif version == (2, 0):
+                read = np.lib.format.read_array_header_2_0
+            else:
+                raise _fail(path, f"{problem} (.npy format {version})")
+            found, fortran, found_dtype = read(member, max_header_size=_MAX_NPY_HEADER)
+            if shape is None and len(found) == 1 and found[0] <= limit:
+                shape = found
+            if fortran or found_dtype != dtype or found != shape:
+                raise _fail(
+                    path,
+                    f"array {name!r} has dtype {found_dtype} and shape {found}; "
+                    f"the header says {dtype} and {shape}"
+                    if expected
+                    else problem,
+                )
+            nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+            if info.file_size != member.tell() + nbytes:
+                raise _fail(path, f"{problem} (member of {info.file_size} bytes)")
+            array = np.empty(shape, dtype)
+            view = memoryview(array.reshape(-1).view(np.uint8))
+            # (The zip checks the CRC-32 as the last piece is read.)
+            for start in range(0, nbytes, _READ_BYTES):
+                stop = min(start + _READ_BYTES, nbytes)
+                if member.readinto(view[start:stop]) != stop - start:
+                    raise EOFError("the data ends early")
+    except SpaceFileError:
+        raise
+    except Exception as exc:  # zip, CRC, .npy header and read errors alike
+        raise _fail(
+            path,
+            f"array data is corrupted or truncated: {type(exc).__name__}: {exc}",
+        ) from None
+    return array
+
+
+def _parse_json(raw, path):
+    """The header's JSON, of bounded integers, no NaN or Infinity, and nested
+    at most `_MAX_JSON_DEPTH` levels (JSON that Python can parse but not
+    write back, to compute its checksum, is refused)."""
+    try:
+        header = json.loads(
+            raw.tobytes().decode("utf-8"),
+            parse_int=_json_int,
+            parse_constant=_json_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _fail(path, f"the header is not valid JSON ({exc})") from None
+    level = [header]
+    for _ in range(_MAX_JSON_DEPTH):
+        level = [
+            item
+            for value in level if isinstance(value, (dict, list))
+            for item in (value.values() if isinstance(value, dict) else value)
+        ]
+    if any(isinstance(value, (dict, list)) for value in level):
+        raise _fail(path, f"the header nests more than {_MAX_JSON_DEPTH} levels")
+    return header
+
+
+def _json_int(text):
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _json_constant(name):
+    raise ValueError(f"{name} is not a number of JSON")
+
+
+def read_header(path, *, key=None):
     """The checked JSON header of the saved space at ``path``.
 
     Raises
@@ -461,21 +757,17 @@ def read_header(path):
     SpaceFileError
         If the file is not a valid saved space (arrays are checked too).
     """
+    key = _check_key(key)
     header, arrays = _read(path)
-    _check_header(header, path)
-    _check_arrays(header, arrays, path)
+    _check_arrays(header, arrays, path, key)
     return header
 
 
-def load(cls, path):
+def load(cls, path, *, key=None):
     """A new ``cls`` (a `LatentSpace`) with the state saved at ``path``."""
+    key = _check_key(key)
     header, arrays = _read(path)
-    _check_header(header, path)
-    _check_arrays(header, arrays, path)
-    try:
-        make_generator(header["rng"])  # refuse a bad state before building
-    except (ValueError, TypeError, KeyError) as exc:
-        raise _fail(path, f"invalid random generator state ({exc})") from None
+    _check_arrays(header, arrays, path, key)
     space = cls.__new__(cls)
     return restore(space, header, arrays)
 

@@ -4,6 +4,7 @@
 import copy
 import threading
 import time
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +21,7 @@ from ._objective import mean_loss
 from ._monitor import check_progress_available
 from ._solvers import train
 from ._data import is_dask_array, training_data
-from ._exceptions import InvalidParameterError
+from ._exceptions import InvalidParameterError, TrainingDivergedError
 from ._validation import (
     as_rows,
     check_out,
@@ -29,10 +30,15 @@ from ._validation import (
     check_dtype,
     check_frozen,
     check_name,
+    check_seed,
     unknown_model,
 )
 
 __all__ = ["LatentSpace"]
+
+_INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
+_ALIGNMENT = 64  # bytes: a cache line, and AVX-512's vector
+
 
 class _Model(NamedTuple):
     """One model's weights; the arrays are read-only and never change."""
@@ -52,12 +58,23 @@ class _Model(NamedTuple):
 
 
 def _frozen(array):
-    array.flags.writeable = False
-    return array
+    """A read-only copy of ``array``, C-contiguous, on a 64-byte boundary (the
+    kernels' loads are up to a fifth slower off it), seen through a read-only
+    buffer: NumPy refuses to make it writeable again, so no caller can change
+    weights that readers share."""
+    array = np.asarray(array)
+    memory = bytearray(array.nbytes + _ALIGNMENT)
+    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
+    view = memoryview(memory)[start : start + array.nbytes]
+    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
+    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
 
 
 def _make_model(projection, reconstruction, offset=None):
+    """A `_Model` of private, immutable copies of the arrays."""
     projection, reconstruction = _frozen(projection), _frozen(reconstruction)
+    if offset is not None:
+        offset = _frozen(offset)
     project_shift = None if offset is None else _frozen(-(offset @ projection))
     return _Model(
         len(projection),
@@ -79,7 +96,7 @@ def _offset(offset, shift):
     """The new offset of a model: ``offset + shift`` (None: unchanged)."""
     if shift is None:
         return offset
-    return _frozen(shift.copy() if offset is None else offset + shift)
+    return shift if offset is None else offset + shift
 
 
 def _lookup(models, name):
@@ -90,10 +107,15 @@ def _lookup(models, name):
 
 
 class _Snapshot(NamedTuple):
-    """What readers see: replaced as a whole, never modified."""
+    """What readers see: replaced as a whole, never modified, so that a
+    writer publishes all it changes in one assignment."""
 
     dim: int
     models: dict  # name -> _Model, in registration order
+    # The generator the next registration draws from; writers draw from a
+    # copy, which the snapshot they publish holds.
+    rng: np.random.Generator | None = None
+    config: dict | None = None  # record of the training that made it (for save)
 
 
 class LatentSpace:
@@ -123,8 +145,8 @@ class LatentSpace:
 
     def __init__(self, dim, *, dtype="float64", seed=42):
         self._dtype = check_dtype(dtype)
-        self._snapshot = _Snapshot(check_dim("dim", dim), {})
-        self._rng = np.random.default_rng(seed)
+        dim = check_dim("dim", dim)
+        self._snapshot = _Snapshot(dim, {}, np.random.default_rng(check_seed(seed)))
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -181,8 +203,13 @@ class LatentSpace:
                     f"model {name!r} is already registered (input_dim="
                     f"{old.input_dim}); pass replace=True to overwrite its weights"
                 )
-            model = _xavier(self._rng, input_dim, snapshot.dim, self._dtype)
-            self._snapshot = snapshot._replace(models={**snapshot.models, name: model})
+            # Drawn from a copy: a failed or interrupted registration leaves
+            # the generator as it was.
+            rng = copy.deepcopy(snapshot.rng)
+            model = _xavier(rng, input_dim, snapshot.dim, self._dtype)
+            self._snapshot = _Snapshot(
+                snapshot.dim, {**snapshot.models, name: model}, rng
+            )
 
     def _apply(self, affine_map, values, name, what, out=None):
         """``affine_map(values, out)``, converting ``values`` or explaining why not;
@@ -202,13 +229,20 @@ class LatentSpace:
             check_out(out, x.shape[:-1] + W.shape[1:], self._dtype)
         result = affine_map(x, out)
         if result is None:
+            # Decide on a private copy: another thread may be changing x.
+            x = np.array(x)
             bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
-            where = (
-                f"row {int(np.flatnonzero(bad)[0])} of the {what} contains NaN or Inf"
-                if bad.any()
-                else "the result overflowed"
-            )
-            raise ValueError(f"{what} for model {name!r}: {where}")
+            if bad.any():
+                raise InvalidParameterError(
+                    f"{what} for model {name!r}: row {int(np.flatnonzero(bad)[0])} "
+                    f"of the {what} contains NaN or Inf"
+                )
+            result = affine_map(x, out)
+            if result is None:
+                raise InvalidParameterError(
+                    f"{what} for model {name!r}: the result overflowed "
+                    f"{self._dtype} (features too large for these weights)"
+                )
         return result
 
     def project(self, name, features, *, out=None):
@@ -222,8 +256,9 @@ class LatentSpace:
             rows with the weights of this call (values are checked then).
         out : ndarray of shape (k,) or (n, k), optional
             C-contiguous, writeable array of the space's dtype that receives
-            the result (its content is unspecified if an error is raised);
-            not for a Dask input.
+            the result; it may overlap ``features`` (even be it). A call that
+            raises leaves it as it was, except when the result overflows the
+            dtype: then it holds unspecified values. Not for a Dask input.
 
         Returns
         -------
@@ -304,12 +339,17 @@ class LatentSpace:
         return result
 
     def weights(self, name):
-        """``(P, R)`` of model ``name``, read-only, shapes (d, k) and (k, d)."""
+        """``(P, R)`` of model ``name``, shapes (d, k) and (k, d).
+
+        Read-only views of immutable memory (their ``writeable`` flag cannot
+        be set): copy them (``P.copy()``) to get arrays to modify.
+        """
         model = self._model(name)
         return model.projection, model.reconstruction
 
     def offset(self, name):
-        """The input offset ``mu`` of model ``name`` (read-only), or None."""
+        """The input offset ``mu`` of model ``name`` (read-only, as `weights`),
+        or None."""
         return self._model(name).offset
 
     def loss(self, data, alignment_weight=1.0, *, observed=None,
@@ -428,12 +468,10 @@ class LatentSpace:
         """
         started = time.perf_counter()
         config = resolve_config(config, overrides)
-        with self._lock:
-            snapshot = self._snapshot
-            rng = self._rng
-            dim = snapshot.dim if config.latent_dim is None else config.latent_dim
-            if dim != snapshot.dim:
-                rng = copy.deepcopy(rng)
+        snapshot = self._snapshot
+        dim = snapshot.dim if config.latent_dim is None else config.latent_dim
+        # Re-dimensioning draws every model afresh, from a copy of the generator.
+        rng = copy.deepcopy(snapshot.rng) if dim != snapshot.dim else None
         start = snapshot.models
         with training_data(
             data, start, self._dtype, observed=observed, unpaired=unpaired
@@ -463,20 +501,21 @@ class LatentSpace:
                     [n in frozen for n in names],
                 )
             except KeyboardInterrupt as exc:
-                exc.add_note(
-                    "latentspace: training interrupted; the space is unchanged"
-                )
+                exc.add_note(_INTERRUPTED)
+                raise
+            except TrainingDivergedError:
+                source.check_unchanged()  # data changed by another thread?
                 raise
         trained = {
-            name: _make_model(p.copy(), r.copy(), _offset(start[name].offset, shift))
+            name: _make_model(p, r, _offset(start[name].offset, shift))
             for name, p, r, shift in zip(
                 names, outcome.projections, outcome.reconstructions, outcome.shifts
             )
             if name not in frozen
         }
-        with self._lock:
-            self._publish(snapshot, dim, start, trained, rng, config)
-        return TrainingResult(
+        # Everything is ready before publishing, the last step: an interrupt
+        # before it changes nothing, and after it only returns.
+        result = TrainingResult(
             n_epochs=len(outcome.history),
             initial_loss=outcome.initial_loss,
             loss_history=tuple(outcome.history),
@@ -488,15 +527,35 @@ class LatentSpace:
             agreement=outcome.agreement,
             regularization=outcome.regularization,
         )
+        try:
+            with self._lock:
+                self._publish(snapshot, dim, start, trained, names, rng, config)
+            return result
+        except KeyboardInterrupt as exc:
+            published = self._snapshot.models
+            if any(published.get(name) is model for name, model in trained.items()):
+                exc.add_note(
+                    "latentspace: interrupted after training finished; its "
+                    "weights are published"
+                )
+            else:
+                exc.add_note(_INTERRUPTED)
+            raise
 
-    def _publish(self, snapshot, dim, start, trained, rng, config):
-        """Install trained models and remember ``config`` for `save`; the
-        caller holds the lock."""
+    def _publish(self, snapshot, dim, start, trained, used, rng, config):
+        """Install the ``trained`` models and the ``config`` that made them
+        (for `save`), in one assignment; the caller holds the lock.
+
+        Refused if a model the training used (``used``: trained or frozen)
+        was replaced meanwhile; ``rng`` is the generator of a re-dimensioned
+        space (None: the space's).
+        """
         from ._io import config_record
 
+        record = config_record(config)
         current = self._snapshot
         if current is not snapshot:
-            moved = [n for n in trained if current.models.get(n) is not start.get(n)]
+            moved = [n for n in used if current.models.get(n) is not start.get(n)]
             if dim != snapshot.dim or current.dim != snapshot.dim or moved:
                 raise RuntimeError(
                     "the space changed while training (models re-registered or "
@@ -504,47 +563,64 @@ class LatentSpace:
                     "the new weights were discarded"
                 )
             start = current.models
-        self._snapshot = _Snapshot(dim, {**start, **trained})
-        self._rng = rng
-        self._saved_config = (self._snapshot, config_record(config))
+        self._snapshot = _Snapshot(
+            dim, {**start, **trained}, current.rng if rng is None else rng, record
+        )
 
     # Persistence, pickling, search and evaluation: thin wrappers over the
     # modules _io, _search and metrics.
 
-    def save(self, path, *, config=None):
+    def save(self, path, *, config=None, key=None):
         """Write the space to one ``.npz`` file at ``path``, atomically.
 
         The file holds a JSON header (format version, dtype, dim, the models
         in registration order, the random generator's state, ``config``) and
         every model's weights and offset, with a SHA-256 checksum over all
-        of it. It is written to a temporary file in the same directory and
-        renamed over ``path`` only once complete: an error or a crash never
-        leaves a partial file at ``path``, and an existing file stays as it
-        was unless the save succeeds. `load` gives back a space that is equal
-        bit for bit and registers new models exactly as this one would.
+        of it (an HMAC-SHA256 signature with a ``key``). It is written to a
+        temporary file in the same directory and renamed over ``path`` only
+        once complete: an error or a crash never leaves a partial file at
+        ``path``, and an existing file stays as it was unless the save
+        succeeds. `load` gives back a space that is equal bit for bit and
+        registers new models exactly as this one would.
 
         Parameters
         ----------
-        path : str or os.PathLike
-            Where to write; used as given (no suffix is added).
+        path : str, bytes, os.PathLike or binary file object
+            Where to write; used as given (no suffix is added). A file object
+            (``open(..., "wb")``, ``io.BytesIO``) is written directly: if the
+            save fails, it holds part of an archive.
         config : ProjectionConfig, TrainingResult or dict, optional
             The training configuration to record in the header. By default
             that of the last successful `train_projections` (callback
             omitted), or the one in the file this space was loaded from:
             either as long as no model was registered or trained since, else
             none.
+        key : bytes, optional
+            Sign the file with HMAC-SHA256 under this secret key instead of
+            a plain checksum: `load` with the same key then also proves that
+            the file was written by a holder of the key (a plain checksum
+            detects accidental damage, not deliberate edits; see
+            docs/reliability.md).
         """
         from . import _io
 
-        _io.save(self, path, config=config)
+        _io.save(self, path, config=config, key=key)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, *, key=None):
         """Read a space written by `save`.
+
+        The file is treated as untrusted: whatever its content, loading it
+        either gives a space or raises `SpaceFileError` (see
+        docs/reliability.md).
 
         Parameters
         ----------
-        path : str or os.PathLike
+        path : str, bytes or os.PathLike
+            A regular file (not a FIFO, a device or a directory).
+        key : bytes, optional
+            The key the file was signed with (see `save`). Required for a
+            signed file; a file without a signature is then refused.
 
         Returns
         -------
@@ -554,13 +630,14 @@ class LatentSpace:
         ------
         SpaceFileError
             A ``ValueError``: the file is truncated, corrupted, edited, of
-            another format version or not a saved space. Nothing is loaded.
+            another format version, not a saved space, or its signature does
+            not match ``key``. Nothing is loaded.
         OSError
-            If the file cannot be read.
+            If the file cannot be opened.
         """
         from . import _io
 
-        return _io.load(cls, path)
+        return _io.load(cls, path, key=key)
 
     def __getstate__(self):
         from . import _io
@@ -653,6 +730,11 @@ class LatentSpace:
         """
         from . import _search
 
+        if references is not None and not isinstance(references, Mapping):
+            raise InvalidParameterError(
+                "references must be a mapping of source model name to reference "
+                f"items, got {type(references).__name__}"
+            )
         index = _search.GalleryIndex(
             self, target, gallery, csls_k=csls_k, batch_size=batch_size
         )

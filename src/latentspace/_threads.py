@@ -24,8 +24,8 @@ __all__ = ["blas_single_threaded", "scipy_blas_single_threaded"]
 
 _lock = threading.Lock()
 _controllers = None  # filepath -> (threadpoolctl controller of it, is SciPy's)
-# filepath -> (number of open contexts limiting it, in any thread, and the
-# limiter that restores its original number of threads when the last closes)
+# filepath -> [the contexts limiting it, in any thread; its original number
+# of threads, restored when the last of them closes]
 _open = {}
 
 
@@ -74,35 +74,53 @@ def _single_threaded(scipy_only):
     """One thread for the selected BLAS libraries while the context is open.
 
     A library's thread count is a setting of the whole process, so the
-    contexts of all threads share one count per library: the first to open
-    sets one thread and remembers the original number, the last to close
-    restores it, whatever the order in which threads open and close them
-    (nested contexts count too).
+    contexts of all threads share it: the first to open sets one thread and
+    remembers the original number, the last to close restores it, whatever
+    the order in which threads open and close them (nested contexts count
+    too). Every step of the bookkeeping can be repeated, and closing finishes
+    it before passing on a Ctrl-C that lands in it: no interrupt leaves a
+    library limited or a context counted.
     """
-    global _controllers
-    with _lock:
-        if _controllers is None:
-            _controllers = _find_blas()
-        paths = [path for path, (_, scipy) in _controllers.items()
-                 if scipy or not scipy_only]
-        for path in paths:
-            count, limiter = _open.get(path, (0, None))
-            if count == 0:
-                with _in_control():
-                    limiter = _controllers[path][0].limit(limits=1)
-            _open[path] = (count + 1, limiter)
+    token = object()
     try:
+        with _lock:
+            _limit(token, scipy_only)
         yield
     finally:
-        with _lock:
-            for path in paths:
-                count, limiter = _open[path]
-                if count == 1:
-                    with _in_control():
-                        limiter.restore_original_limits()
-                    del _open[path]
-                else:
-                    _open[path] = (count - 1, limiter)
+        interrupt = None
+        while True:
+            try:
+                with _lock:
+                    _restore(token)
+                break
+            except KeyboardInterrupt as exc:
+                interrupt = exc
+        if interrupt is not None:
+            raise interrupt
+
+
+def _limit(token, scipy_only):
+    global _controllers
+    if _controllers is None:
+        _controllers = _find_blas()
+    for path, (controller, scipy) in _controllers.items():
+        if scipy or not scipy_only:
+            if path not in _open:
+                original = controller.lib_controllers[0].num_threads
+                _open[path] = [set(), original]
+            _open[path][0].add(token)
+            if len(_open[path][0]) == 1:
+                with _in_control():
+                    controller.limit(limits=1)
+
+
+def _restore(token):
+    for path, (holders, original) in list(_open.items()):
+        holders.discard(token)
+        if not holders:
+            with _in_control():
+                _controllers[path][0].limit(limits=original)
+            del _open[path]
 
 
 def scipy_blas_single_threaded():

@@ -23,6 +23,8 @@ __all__ = [
     "check_dtype",
     "check_name",
     "check_out",
+    "check_scale",
+    "check_seed",
     "unknown_model",
 ]
 
@@ -78,6 +80,21 @@ def check_dim(name, value):
     return value
 
 
+def check_seed(seed):
+    """A generator seed: None or an integer >= 0."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise InvalidParameterError(
+            "seed must be an integer >= 0 or None, got "
+            f"{seed!r} ({type(seed).__name__})"
+        )
+    seed = operator.index(seed)
+    if seed < 0:
+        raise InvalidParameterError(f"seed must be an integer >= 0 or None, got {seed}")
+    return seed
+
+
 def check_name(name):
     """A model name: a non-empty string."""
     if not isinstance(name, str):
@@ -101,7 +118,18 @@ def unknown_model(name, models):
 
 
 def as_numeric(value, what):
-    """``value`` as an ndarray of a real numeric dtype."""
+    """``value`` as an ndarray of a real numeric dtype (a masked array only if
+    no entry is masked)."""
+    if isinstance(value, np.ma.MaskedArray):
+        masked = np.ma.getmaskarray(value)
+        if masked.any():
+            where = tuple(int(i) for i in np.argwhere(masked)[0])
+            raise InvalidParameterError(
+                f"{what} is a masked array with {int(masked.sum())} masked "
+                f"entries (the first at index {where}): fill them "
+                "(x.filled(value)) or drop their rows"
+            )
+        value = value.data
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
@@ -122,10 +150,6 @@ def as_rows(value, width, dtype, what):
         raise InvalidParameterError(
             f"{what} must have shape {expected}, got shape {array.shape}"
         )
-    if array.ndim == 2 and array.shape[0] > BLAS_INT_MAX:
-        raise InvalidParameterError(
-            f"{what} has {array.shape[0]} rows; at most {BLAS_INT_MAX} per call"
-        )
     return as_kernel_array(array, dtype, what)
 
 
@@ -144,27 +168,63 @@ def check_out(out, shape, dtype):
 
 
 def as_kernel_array(array, dtype, what, rows=None, first_row=0):
-    """``array`` as an aligned, native-endian, C-contiguous ``dtype`` array,
-    copied only if needed; raise if a finite value (in a row where the bool
-    mask ``rows``, if given) does not fit ``dtype``, naming where (rows
+    """``array`` as an aligned, native-endian, C-contiguous ``dtype`` ndarray
+    (not a subclass), copied only if needed; raise if a finite value (in a
+    row where the bool mask ``rows``, if given) does not fit ``dtype``
+    (beyond its range, or non-zero but rounded to zero), naming where (rows
     counted from ``first_row``)."""
     dtype = np.dtype(dtype)
     narrowing = array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize
     with np.errstate(over="ignore") if narrowing else contextlib.nullcontext():
-        out = np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
-    if narrowing and not np.isfinite(out).all():
-        overflow = np.isinf(out) & np.isfinite(array)
-        if rows is not None:
-            overflow &= rows[:, None]
-        if overflow.any():
-            where = tuple(int(i) for i in np.argwhere(overflow)[0])
-            index = (where[0] + first_row, *where[1:]) if len(where) > 1 else where
-            raise InvalidParameterError(
-                f"{what} holds {float(array[where])!r} (at index {index}), beyond "
-                f"the range of the space's {dtype} (largest "
-                f"{float(np.finfo(dtype).max):.4g})"
-            )
+        # "E": a plain ndarray (the kernels' fast path takes no subclass).
+        out = np.require(
+            array, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED", "E"]
+        )
+    if narrowing:
+        lost = np.isinf(out) if not np.isfinite(out).all() else None
+        if (out == 0).any():
+            lost = (out == 0) if lost is None else lost | (out == 0)
+        if lost is not None:
+            lost &= np.isfinite(array) & (array != 0)
+            if rows is not None:
+                lost &= rows[:, None]
+            if lost.any():
+                where = tuple(int(i) for i in np.argwhere(lost)[0])
+                index = (where[0] + first_row, *where[1:]) if len(where) > 1 else where
+                info = np.finfo(dtype)
+                limit = (
+                    f"beyond the range of the space's {dtype} (largest "
+                    f"{float(info.max):.4g})"
+                    if out[where] != 0
+                    else f"so small that the space's {dtype} rounds it to 0 "
+                    f"(smallest {float(info.smallest_subnormal):.4g})"
+                )
+                raise InvalidParameterError(
+                    f"{what} holds {float(array[where])!r} (at index {index}), "
+                    f"{limit}"
+                )
     return out
+
+
+def check_scale(array, what, dtype, rows=None):
+    """Raise if the largest magnitude in ``array`` (in the rows where the bool
+    mask ``rows``, if given) is not zero but so small that products of its
+    values underflow ``dtype``: training would see zeros."""
+    if rows is not None:
+        array = array[rows]
+    if not array.size or array.dtype.kind != "f":
+        return
+    largest = max(float(array.max()), -float(array.min()))
+    info = np.finfo(dtype)
+    # Below this, squares lose precision (fall short of tiny / eps).
+    floor = math.sqrt(float(info.tiny) / float(info.eps))
+    if 0 < largest < floor:
+        raise InvalidParameterError(
+            f"{what} is at most {largest:.3g} in magnitude: too small for "
+            f"the space's {np.dtype(dtype)}, in which products of values below "
+            f"{floor:.2g} underflow (training would see zeros); scale the "
+            "features up"
+        )
 
 
 def check_finite(array, what, mask=None, first_row=0):

@@ -91,8 +91,14 @@ def _prepare(space, data, k, method, csls_k, batch_size, min_models):
 def _aligned(space, data, min_models):
     models = space._snapshot.models
     with training_data(data, models, space.dtype, min_models=min_models) as source:
-        blocks, _ = source.samples([None] * len(source.names))
-        return models, source.names, blocks
+        blocks, observed = source.samples([None] * len(source.names))
+    if observed is not None:  # a masked array's rows with masked entries
+        name = source.names[int(np.flatnonzero(~observed.all(axis=0))[0])]
+        raise InvalidParameterError(
+            f"data for model {name!r} has masked entries: scores need every item "
+            "of every model (fill them, or drop their rows from every model)"
+        )
+    return models, source.names, blocks
 
 
 def retrieval_ranks(
