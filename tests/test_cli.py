@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -45,6 +46,8 @@ def trained(files, capsys):
         "4",
         "--epochs",
         "5",
+        "--solver",
+        "sgd",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -164,6 +167,72 @@ def test_train_records_the_configuration(trained, capsys):
     assert main(["info", str(trained / "space.npz"), "--json"]) == 0
     header = json.loads(capsys.readouterr().out)
     assert header["config"]["n_epochs"] == 5
+
+
+def _train_argv(files, *options):
+    return [
+        "train",
+        str(files / "space.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--dim",
+        "4",
+        *options,
+    ]
+
+
+def test_info_shows_the_options_of_the_solver(files, capsys):
+    assert main(_train_argv(files, "--solver", "cca", "-q")) == 0
+    assert main(["info", str(files / "space.npz")]) == 0
+    shown = capsys.readouterr().out.split("trained with ")[1]
+    assert "solver=cca" in shown and "regularization=" in shown
+    for unused in ("learning_rate", "n_epochs", "batch_size", "init=", "progress"):
+        assert unused not in shown
+    assert main(_train_argv(files, "--solver", "sgd", "--epochs", "3", "-q")) == 0
+    assert main(["info", str(files / "space.npz")]) == 0
+    shown = capsys.readouterr().out.split("trained with ")[1]
+    assert "learning_rate=" in shown and "n_epochs=3" in shown and "init=" in shown
+    assert "batch_size" not in shown and "regularization" not in shown
+    assert main(["info", str(files / "space.npz"), "--json"]) == 0
+    assert "batch_size" in json.loads(capsys.readouterr().out)["config"]
+
+
+def test_closed_form_progress_counts_one_iteration(files, capsys):
+    assert main(_train_argv(files, "--solver", "cca")) == 0
+    err = capsys.readouterr().err
+    assert "iteration 1/1," in err and "/100" not in err
+
+
+def test_warnings_are_one_line_and_quiet_silences_them(files, capsys):
+    argv = _train_argv(files, "--solver", "lbfgs", "--epochs", "2", "--tol", "1e-12")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not pytest's "error"
+        assert main(argv) == 0
+        err = capsys.readouterr().err.splitlines()
+        assert not any("Warning" in line or ".py:" in line for line in err)
+        lines = [line for line in err if ": warning:" in line]
+        assert lines == [
+            "latentspace train: warning: solver='lbfgs' stopped after 2 "
+            "iterations (n_epochs) before the loss settled to tol=1e-12; "
+            "raise n_epochs or tol"
+        ]
+        assert main([*argv, "-q"]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_a_closed_pipe_ends_quietly(trained):
+    argv = ["evaluate", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
+            f"b={trained / 'b.npz'}", "--json", "-q"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "latentspace", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=trained,
+    ) as process:
+        process.stdout.close()  # as `| head` does once it has read enough
+        err = process.stderr.read().decode()
+        assert process.wait() == 141
+    assert err == ""
 
 
 def test_train_matches_the_library(trained):

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from . import __version__
 
@@ -468,10 +469,12 @@ def _train(args, report):
     options.update(
         (name, getattr(args, name)) for name in _TRAINING_FLAGS if name in fields
     )
-    if "callback" in fields and not args.quiet:
-        options["callback"] = _training_progress(report, args.epochs)
-    shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
     solver = options.get("solver", "sgd")
+    if "callback" in fields and not args.quiet:
+        # The closed form is one iteration, whatever --epochs says.
+        total = 1 if solver == "cca" else args.epochs
+        options["callback"] = _training_progress(report, total)
+    shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
     report(
         f"training a {dim}-d space on {len(next(iter(data.values())))} items "
         f"({shapes}), solver {solver}"
@@ -522,9 +525,32 @@ def _info(args, report):
         print(f"    {model['name']:<20} input_dim={model['input_dim']}{offset}")
     config = header.get("config")
     if config:
-        shown = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+        unused = _unused_fields(config)
+        shown = ", ".join(
+            f"{k}={v}" for k, v in config.items() if v is not None and k not in unused
+        )
         print(f"  trained with {shown}")
     return 0
+
+
+def _unused_fields(config):
+    """The fields of a recorded configuration that did not shape the weights
+    (``info`` leaves them out; ``--json`` shows everything)."""
+    solver = config.get("solver")
+    unused = {"progress", "callback"}
+    unused |= {
+        "cca": {"learning_rate", "n_epochs", "batch_size", "init", "tol"},
+        "lbfgs": {"learning_rate", "batch_size"},
+        "sgd": {"batch_size"},
+    }.get(solver, set())
+    whitened = config.get("objective") == "whitened" or (
+        config.get("objective") is None and solver != "sgd"
+    )
+    if solver in ("sgd", "lbfgs", "minibatch") and not (
+        whitened or config.get("init") == "cca"
+    ):
+        unused.add("regularization")
+    return unused
 
 
 def _project(args, report):
@@ -1018,17 +1044,52 @@ def main(argv=None):
     int
         0 on success, 1 if training diverged, 2 on a usage error (bad
         arguments or files) or a missing optional dependency, 130 if
-        interrupted.
+        interrupted, 141 if the reader of the output went away (``| head``;
+        the status of a process ended by SIGPIPE).
+
+    Warnings (a solver that ran out of iterations, ...) are printed as one
+    line on stderr, ``latentspace COMMAND: warning: ...``; ``--quiet``
+    silences them.
     """
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args, None)
+    with warnings.catch_warnings():
+        if args.quiet:
+            warnings.simplefilter("ignore")
+        else:
+            warnings.showwarning = _warning_line(args.command)
+        return _run(args)
+
+
+def _warning_line(command):
+    """A `warnings.showwarning` that prints one line, without the source."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"latentspace {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run(args):
+    """Run the parsed command; its exit code."""
     report = _Reporter(args.command, args.quiet)
     from ._exceptions import TrainingDivergedError
 
     prefix = f"latentspace {args.command}: error:"
     try:
-        return args.run(args, report)
+        code = args.run(args, report)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (``| head``): stop quietly. Python would
+        # report the error again when it flushes stdout at exit, unless
+        # stdout now points elsewhere (the recipe of Python's signal docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13  # SIGPIPE
     except TrainingDivergedError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return 1
