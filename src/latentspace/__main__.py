@@ -590,7 +590,7 @@ def _search(args, report):
         references = {source: _read_matrix(args.reference, "reference")}
     index = space.index(target, gallery, references=references, csls_k=args.csls_k)
     report(f"searching {len(queries)} queries of {source!r} ({args.method})")
-    indices, scores = index.search(
+    scores, indices = index.search(
         source,
         queries,
         k=args.k,
