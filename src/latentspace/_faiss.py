@@ -66,11 +66,15 @@ _OPTIONS = {
     "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
     "ivf": {"nlist": None, "nprobe": 16, "train_size": None, "seed": 0},
 }
-# Searches of fewer queries run on one OpenMP thread: FAISS's threads help a
-# batch (queries in parallel), not one query, and on a busy machine waiting
-# for them made one flat query 8x slower (measured: 4 ms on one thread, 33-44
-# ms on two, 200,000 items, the other core busy).
+# Searches of fewer queries, and indexes of fewer items, are built and
+# searched on one OpenMP thread. FAISS's threads help a batch of queries (run
+# in parallel) or a large build, not one query; and on a busy machine every
+# parallel region waits for a thread the scheduler has not run yet. Measured
+# on 2 cores with the load average at 7: one flat query of 200,000 items took
+# 4 ms on one thread, 33-44 ms on two; building an IVF index of 400 items 1
+# ms on one thread, 0.6 s on two.
 _ONE_THREAD_BELOW = 64
+_ONE_THREAD_BUILD_BELOW = 20_000
 # Queries per FAISS call when no batch_size is given.
 _QUERY_BLOCK = 4096
 
@@ -200,12 +204,13 @@ class FaissIndex(GalleryIndex):
         }
         self._sources = tuple(references)
         index = self._new_index(faiss)
-        if self.kind == "ivf":
-            index.train(self._training_sample(gallery, references, n))
-        for start, Z in blocks:
-            index.add(self._stored(Z, references))
-            if callback is not None:
-                callback(start + len(Z), n)
+        with _omp_threads(faiss, 1 if n < _ONE_THREAD_BUILD_BELOW else None):
+            if self.kind == "ivf":
+                index.train(self._training_sample(gallery, references, n))
+            for start, Z in blocks:
+                index.add(self._stored(Z, references))
+                if callback is not None:
+                    callback(start + len(Z), n)
         self.faiss_index = index
 
     def _new_index(self, faiss):
