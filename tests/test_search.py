@@ -540,3 +540,17 @@ def test_bad_inputs_name_the_problem(backend):
         index.search("a", gallery, method="cosine")
     with pytest.raises(ValueError, match="reference"):
         space.index("b", gallery, backend=backend, references={"a": queries[:0]})
+
+
+def test_index_progress_bar(capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    space = _space()
+    gallery = _data()[1]
+    calls = []
+    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 20 * 10 * 8)  # 20 rows a block
+    space.index("b", gallery, progress=True, callback=lambda *a: calls.append(a))
+    assert calls == [(20, 53), (40, 53), (53, 53)]  # the callback still runs
+    assert "53/53" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
+    with pytest.raises(ImportError, match="tqdm is not installed"):
+        space.index("b", gallery, progress=True)

@@ -539,13 +539,38 @@ def _check_callback(callback):
     return callback
 
 
+def bar_callback(unit, callback=None):
+    """A ``callback(done, total)`` that draws a tqdm progress bar on stderr
+    (created at the first call, closed at the last) and then calls
+    ``callback``; ImportError now if tqdm is missing."""
+    from ._monitor import _tqdm
+
+    tqdm = _tqdm()
+    bar = None
+
+    def draw(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit=" " + unit, unit_scale=True)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+        if callback is not None:
+            callback(done, total)
+
+    return draw
+
+
 BACKENDS = ("exact", "faiss")
 
 
 def make_index(space, target, gallery, *, backend="exact", kind="flat",
                options=None, references=None, csls_k=10, batch_size=None,
-               callback=None):
+               callback=None, progress=False):
     """The index of `LatentSpace.index`: a `GalleryIndex` or a `FaissIndex`."""
+    callback = _check_callback(callback)
+    if progress:
+        callback = bar_callback("items", callback)
     if backend == "exact":
         if kind != "flat":
             raise InvalidParameterError(

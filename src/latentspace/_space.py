@@ -614,7 +614,8 @@ class LatentSpace:
         )
 
     def index(self, target, gallery, *, backend="exact", kind="flat", options=None,
-              references=None, csls_k=10, batch_size=None, callback=None):
+              references=None, csls_k=10, batch_size=None, callback=None,
+              progress=False):
         """An index of ``gallery`` (model ``target``) for repeated search.
 
         The gallery is projected and normalised once, with the current
@@ -647,6 +648,9 @@ class LatentSpace:
         callback : callable, optional
             Called as ``callback(n_done, n_gallery)`` after every block of
             the gallery (progress reports while a large gallery is indexed).
+        progress : bool, default=False
+            Show a tqdm progress bar of the gallery's blocks (tqdm must be
+            installed).
 
         Returns
         -------
@@ -661,7 +665,7 @@ class LatentSpace:
         return _search.make_index(
             self, target, gallery, backend=backend, kind=kind, options=options,
             references=references, csls_k=csls_k, batch_size=batch_size,
-            callback=callback,
+            callback=callback, progress=progress,
         )
 
     def evaluate(self, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
