@@ -551,7 +551,7 @@ def bar_callback(unit, callback=None):
     def draw(done, total):
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, unit=" " + unit, unit_scale=True)
+            bar = tqdm(total=total, unit=" " + unit, unit_scale=total >= 100_000)
         bar.update(done - bar.n)
         if done == total:
             bar.close()
