@@ -33,7 +33,7 @@ def test_ivf_probing_every_cell_is_exact(method):
     exact = space.index("b", gallery, references={"a": queries})
     ivf = space.index("b", gallery, backend="faiss", kind="ivf",
                       options={"nlist": 8}, references={"a": queries})
-    assert ivf.options == {"nlist": 8, "nprobe": 16, "train_size": 320, "seed": 0}
+    assert ivf.options == {"nlist": 8, "nprobe": 32, "train_size": 320, "seed": 0}
     want = exact.search("a", queries, k=10, method=method)
     got = ivf.search("a", queries, k=10, method=method, nprobe=8)
     np.testing.assert_array_equal(got.indices, want.indices)
@@ -47,7 +47,7 @@ def test_hnsw_with_a_wide_search_finds_the_exact_hits(method):
     exact = space.index("b", gallery, references={"a": queries})
     hnsw = space.index("b", gallery, backend="faiss", kind="hnsw",
                        options={"m": 16}, references={"a": queries})
-    assert hnsw.options == {"m": 16, "ef_construction": 80, "ef_search": 64}
+    assert hnsw.options == {"m": 16, "ef_construction": 80, "ef_search": 128}
     want = exact.search("a", queries, k=10, method=method)
     got = hnsw.search("a", queries, k=10, method=method, ef_search=400)
     np.testing.assert_array_equal(got.indices, want.indices)

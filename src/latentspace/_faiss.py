@@ -30,14 +30,19 @@ Kinds and their options
 ``"hnsw"``
     ``IndexHNSWFlat``, a navigable small-world graph: ``m`` (32), the links
     per item; ``ef_construction`` (80), the candidates kept while building;
-    ``ef_search`` (64), the candidates kept while searching (more: higher
+    ``ef_search`` (128), the candidates kept while searching (more: higher
     recall, slower; also per call: ``search(..., ef_search=)``).
 ``"ivf"``
     ``IndexIVFFlat``, an inverted file of ``nlist`` k-means cells (default
-    ``4 sqrt(n)``, at most ``n / 39``): ``nprobe`` (16), the cells searched
+    ``4 sqrt(n)``, at most ``n / 39``): ``nprobe`` (32), the cells searched
     (also per call); ``train_size`` (``40 nlist``, at most ``n``), the
     gallery items, drawn at random (``seed``, 0), on which the cells are
     trained.
+
+The default ``ef_search`` and ``nprobe`` kept CSLS top-1 within 1 point of
+the exact index on real embeddings (benchmarks/bench_search.py: 12,000
+docstrings, 12 pairs of four models; at 64 and 16 the largest loss was 1.85
+points).
 """
 
 import contextlib
@@ -63,8 +68,8 @@ __all__ = ["KINDS", "FaissIndex"]
 KINDS = ("flat", "hnsw", "ivf")
 _OPTIONS = {
     "flat": {},
-    "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64},
-    "ivf": {"nlist": None, "nprobe": 16, "train_size": None, "seed": 0},
+    "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 128},
+    "ivf": {"nlist": None, "nprobe": 32, "train_size": None, "seed": 0},
 }
 # Searches of fewer queries, and indexes of fewer items, are built and
 # searched on one OpenMP thread. FAISS's threads help a batch of queries (run

@@ -360,9 +360,11 @@ class GalleryIndex:
         return len(self.latents)
 
     def __repr__(self):
+        kind = f"kind={self.kind!r}, " if self.backend == "faiss" else ""
         return (
-            f"{type(self).__name__}(target={self.target!r}, n_items={len(self)}, "
-            f"csls_k={self.csls_k}, references={list(self.references)})"
+            f"{type(self).__name__}({kind}target={self.target!r}, "
+            f"n_items={len(self)}, csls_k={self.csls_k}, "
+            f"references={list(self.references)})"
         )
 
     @property
