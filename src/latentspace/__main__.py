@@ -25,7 +25,10 @@ You have embeddings of the same items from several models (say a 384-d and a
 a file; the other commands use that file to map new embeddings into the space
 (`project`), from one model's embeddings to another's (`translate`), to find
 the items of one model that match queries of another (`search`) and to score
-how well the models line up (`evaluate`).
+how well the models line up (`evaluate`). `index` projects a stored corpus of
+one model into a search index file once (exact, or FAISS for millions of
+items), which `query` then searches with embeddings of any model: to move a
+vector index to a new embedding model without re-embedding the corpus.
 
 Embeddings are read from NumPy files: .npy (one 2-D array, one row per item)
 or .npz (one array, or FILE.npz:KEY for one of several). Models are named on
