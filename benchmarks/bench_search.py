@@ -8,8 +8,9 @@
 
 **Corpus scale** (``--sizes``). SYNTHETIC embeddings of two models, "a"
 (queries) and "b" (the gallery), 128-d float32 each: every item is one of
-1024 cluster centres in 32 dimensions plus its own offset, mixed into each
-model by a random 32 x 128 map, plus noise. A space of dimension k = 128
+1024 cluster centres in 32 dimensions plus its own offset (``--clusters 0``:
+32 Gaussian factors, no clusters), mixed into each model by a random 32 x
+128 map, plus noise. A space of dimension k = 128
 (float32) is fitted with ``solver="cca"`` on 20,000 pairs; then for every
 gallery size ``n`` and every index (``exact``: `GalleryIndex`; ``flat``,
 ``hnsw``, ``ivf``: `FaissIndex` with its default options, see ``--options``)
@@ -83,16 +84,18 @@ SETTING = {"hnsw": "ef_search", "ivf": "nprobe"}
 # ------------------------------------------------------------ synthetic data
 
 
-def write_data(directory, n_max, seed=0, block=500_000):
+def write_data(directory, n_max, clusters, seed=0, block=500_000):
     """space.npz, gallery.npy (n_max rows of model b), queries.npy (model a
     of items 0..999), reference.npy (model a of 2,000 items beyond n_max)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((1024, FACTORS)).astype(np.float32)
+    centres = rng.standard_normal((max(clusters, 1), FACTORS)).astype(np.float32)
     maps = {m: rng.standard_normal((FACTORS, WIDTH)).astype(np.float32)
             for m in "ab"}
 
     def items(n, model, item_rng):
-        z = centres[item_rng.integers(0, 1024, n)]
+        if not clusters:  # Gaussian factors, no clusters
+            return item_rng.standard_normal((n, FACTORS), dtype=np.float32)
+        z = centres[item_rng.integers(0, clusters, n)]
         z += 0.6 * item_rng.standard_normal((n, FACTORS), dtype=np.float32)
         return z
 
@@ -208,7 +211,7 @@ def scale(args):
     if not os.path.exists(marker) or int(open(marker).read()) < n_max:
         os.makedirs(directory, exist_ok=True)
         started = time.perf_counter()
-        write_data(directory, n_max)
+        write_data(directory, n_max, args.clusters)
         with open(marker, "w") as file:
             file.write(str(n_max))
         print(f"wrote the data ({n_max} gallery rows) in "
@@ -373,6 +376,9 @@ def main():
     parser.add_argument("--mmap-from", type=int, default=10_000_000,
                         help="memory-map the gallery file from this size on "
                         "(smaller galleries are loaded into memory)")
+    parser.add_argument("--clusters", type=int, default=1024,
+                        help="cluster centres of the synthetic items (0: Gaussian "
+                        "factors, no clusters; use another --data-dir)")
     parser.add_argument("--data-dir", default=os.path.join(
         tempfile.gettempdir(), "latentspace-bench-search"))
     parser.add_argument("--docstrings", metavar="PATH",
