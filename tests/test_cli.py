@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -47,6 +48,8 @@ def trained(files, capsys):
         "4",
         "--epochs",
         "5",
+        "--solver",
+        "sgd",
         "--quiet",
     ]
     assert main(argv) == 0
@@ -168,12 +171,79 @@ def test_train_records_the_configuration(trained, capsys):
     assert header["config"]["n_epochs"] == 5
 
 
+def _train_argv(files, *options):
+    return [
+        "train",
+        str(files / "space.npz"),
+        f"a={files / 'a.npy'}",
+        f"b={files / 'b.npz'}",
+        "--dim",
+        "4",
+        *options,
+    ]
+
+
+def test_info_shows_the_options_of_the_solver(files, capsys):
+    assert main(_train_argv(files, "--solver", "cca", "-q")) == 0
+    assert main(["info", str(files / "space.npz")]) == 0
+    shown = capsys.readouterr().out.split("trained with ")[1]
+    assert "solver=cca" in shown and "regularization=" in shown
+    for unused in ("learning_rate", "n_epochs", "batch_size", "init=", "progress"):
+        assert unused not in shown
+    assert main(_train_argv(files, "--solver", "sgd", "--epochs", "3", "-q")) == 0
+    assert main(["info", str(files / "space.npz")]) == 0
+    shown = capsys.readouterr().out.split("trained with ")[1]
+    # (init: None, the solver's default, is not shown)
+    assert "learning_rate=" in shown and "n_epochs=3" in shown
+    assert "batch_size" not in shown and "regularization" not in shown
+    assert main(["info", str(files / "space.npz"), "--json"]) == 0
+    assert "batch_size" in json.loads(capsys.readouterr().out)["config"]
+
+
+def test_closed_form_progress_counts_one_iteration(files, capsys):
+    assert main(_train_argv(files, "--solver", "cca")) == 0
+    err = capsys.readouterr().err
+    assert "iteration 1/1," in err and "/100" not in err
+
+
+def test_warnings_are_one_line_and_quiet_silences_them(files, capsys):
+    argv = _train_argv(files, "--solver", "lbfgs", "--epochs", "2", "--tol", "1e-12")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # not pytest's "error"
+        assert main(argv) == 0
+        err = capsys.readouterr().err.splitlines()
+        assert not any("Warning" in line or ".py:" in line for line in err)
+        lines = [line for line in err if ": warning:" in line]
+        assert lines == [
+            "latentspace train: warning: solver='lbfgs' stopped after 2 "
+            "iterations (n_epochs) before the loss settled to tol=1e-12; "
+            "raise n_epochs or tol"
+        ]
+        assert main([*argv, "-q"]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_a_closed_pipe_ends_quietly(trained):
+    argv = ["evaluate", str(trained / "space.npz"), f"a={trained / 'a.npy'}",
+            f"b={trained / 'b.npz'}", "--json", "-q"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "latentspace", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=trained,
+    ) as process:
+        process.stdout.close()  # as `| head` does once it has read enough
+        err = process.stderr.read().decode()
+        assert process.wait() == 141
+    assert err == ""
+
+
 def test_train_matches_the_library(trained):
     a, b = _aligned()
     space = LatentSpace(4, seed=42)
     space.register("a", 6)
     space.register("b", 9)
-    space.train_projections({"a": a, "b": b}, n_epochs=5)
+    space.train_projections({"a": a, "b": b}, n_epochs=5, solver="sgd")
     saved = LatentSpace.load(trained / "space.npz")
     for name in ("a", "b"):
         for x, y in zip(space.weights(name), saved.weights(name)):
@@ -632,3 +702,115 @@ def test_info_calls_crafted_files_invalid(trained, capsys):
     nested = np.frombuffer(b"[" * 100_000 + b"]" * 100_000, np.uint8)
     np.savez(trained / "nested.npz", header=nested, **arrays)
     assert "not valid JSON" in _error(capsys, ["info", str(trained / "nested.npz")])
+
+
+# ------------------------------------------------- migration: index and query
+
+
+@pytest.fixture
+def corpus(trained):
+    rng = np.random.default_rng(7)
+    a, b = _aligned(300, seed=3)
+    np.save(trained / "corpus_b.npy", b.astype(np.float64))
+    np.save(trained / "queries_a.npy", a[-50:])
+    return trained
+
+
+def test_index_then_query_equals_the_library(corpus, capsys):
+    space = LatentSpace.load(corpus / "space.npz")
+    gallery = np.load(corpus / "corpus_b.npy")
+    queries = np.load(corpus / "queries_a.npy")
+    argv = ["index", str(corpus / "space.npz"), f"b={corpus / 'corpus_b.npy'}",
+            "-o", str(corpus / "corpus.index"), "--reference",
+            f"a={corpus / 'a.npy'}", "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "indexed 300 items of 'b'" in out and "CSLS references: a" in out
+    argv = ["query", str(corpus / "corpus.index"), f"a={corpus / 'queries_a.npy'}",
+            "-k", "4", "-o", str(corpus / "hits.npz"), "-q"]
+    assert main(argv) == 0
+    assert "top 4 of 300 items for 50 queries" in capsys.readouterr().out
+    expected = space.index("b", gallery, references={"a": np.load(corpus / "a.npy")})
+    want = expected.search("a", queries, k=4)
+    with np.load(corpus / "hits.npz") as hits:
+        np.testing.assert_array_equal(hits["indices"], want.indices)
+        np.testing.assert_array_equal(hits["scores"], want.scores)
+    # Printed: one line per query, 'row (score)'.
+    assert main(argv[:-3] + ["--show", "2", "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"query 0: {want.indices[0, 0]} (")
+    assert lines[-1] == "... 48 more queries; use -o FILE.npz to save all"
+
+
+def test_index_with_faiss_and_its_options(corpus, capsys):
+    pytest.importorskip("faiss")
+    argv = ["index", str(corpus / "space.npz"), f"b={corpus / 'corpus_b.npy'}",
+            "-o", str(corpus / "corpus.index"), "--backend", "faiss", "--kind",
+            "hnsw", "--option", "m=8", "--option", "ef_search=16", "-q"]
+    assert main(argv) == 0
+    assert "(faiss, hnsw)" in capsys.readouterr().out
+    from latentspace import GalleryIndex
+
+    index = GalleryIndex.load(corpus / "corpus.index")
+    assert index.kind == "hnsw" and index.options["m"] == 8
+    queries = np.load(corpus / "queries_a.npy")
+    argv = ["query", str(corpus / "corpus.index"), f"a={corpus / 'queries_a.npy'}",
+            "-k", "3", "--method", "cosine", "--ef-search", "300",
+            "-o", str(corpus / "hits.npz"), "-q"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    want = index.search("a", queries, k=3, method="cosine", ef_search=300)
+    with np.load(corpus / "hits.npz") as hits:
+        np.testing.assert_array_equal(hits["indices"], want.indices)
+    # CSLS without a reference: the library's message, one line.
+    err = _error(capsys, argv[:5] + ["-q"])
+    assert "needs a reference sample of 'a'" in err
+
+
+def test_index_shows_progress(corpus, capsys):
+    argv = ["index", str(corpus / "space.npz"), f"b={corpus / 'corpus_b.npy'}",
+            "-o", str(corpus / "corpus.index")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "indexing 300 items of 'b' (exact, flat)" in err
+    assert "300/300" in err  # tqdm's bar (or a progress line)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["index", "{space}", "c={a}", "-o", "{out}"], "'c' is not registered"),
+        (["index", "{space}", "b={a}", "-o", "{out}"],
+         "corpus for model 'b' must have shape (n, 9)"),
+        (["index", "{space}", "b={b}", "-o", "{out}", "--option", "m=8"],
+         "the exact backend takes no options"),
+        (["index", "{space}", "b={b}", "-o", "{out}", "--backend", "faiss",
+          "--kind", "ivf", "--option", "nlist=1000"], "nlist=1000 is more cells"),
+        (["index", "{space}", "b={b}", "-o", "{dir}/missing/x.index"],
+         "no directory"),
+        (["query", "{out}", "c={a}"], "the index has no model 'c' (it has 'a', 'b')"),
+        (["query", "{out}", "a={b}"], "queries for model 'a' must have shape (n, 6)"),
+        (["query", "{out}", "a={a}", "--nprobe", "3"],
+         "--nprobe is for a FAISS index"),
+        (["query", "{out}", "a={a}", "-k", "41"], "k=41 is more than the 40 items"),
+        (["query", "{dir}/missing.index", "a={a}"], "no such index file"),
+        (["query", "{space}", "a={a}"], "not a valid saved index"),
+    ],
+)
+def test_index_and_query_errors(trained, capsys, argv, message):
+    if "faiss" in argv:
+        pytest.importorskip("faiss")
+    out = trained / "corpus.index"
+    assert main(["index", str(trained / "space.npz"), f"b={trained / 'b.npz'}",
+                 "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    values = {"space": trained / "space.npz", "a": trained / "a.npy",
+              "b": trained / "b.npz", "out": out, "dir": trained}
+    argv = [part.format(**values) for part in argv] + ["-q"]
+    assert message in _error(capsys, argv)
+
+
+def test_bad_option_syntax(capsys):
+    with pytest.raises(SystemExit):
+        main(["index", "s.npz", "b=x.npy", "-o", "x.index", "--option", "m"])
+    assert "expected KEY=INTEGER, got 'm'" in capsys.readouterr().err

@@ -628,7 +628,7 @@ def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkey
     assert space.project("a", x, out=out) is out
     assert_allclose(out, expected["project"], **tol)
     assert_allclose(space.translate("a", "b", x), expected["translate"], **tol)
-    indices, scores = space.search("a", x, "b", gallery, k=3)
+    scores, indices = space.search("a", x, "b", gallery, k=3)
     assert_allclose(scores, expected["search"].scores, **tol)
     assert np.array_equal(indices, expected["search"].indices)
 
@@ -668,7 +668,7 @@ def test_project_refuses_masked_entries():
     with pytest.raises(ValueError, match="masked"):
         space.translate("a", "b", x)
     with pytest.raises(ValueError, match="masked"):
-        space.search("a", x, "b", XB)
+        space.search("a", x, "b", XB, k=1)
     unmasked = np.ma.masked_array(XA[:2], mask=False)
     assert np.array_equal(space.project("a", unmasked), space.project("a", XA[:2]))
 

@@ -15,15 +15,20 @@ from ._exceptions import (
     TrainingDivergedError,
     UnknownModelError,
 )
+from ._faiss import FaissIndex
 from ._io import SpaceFileError
+from ._search import GalleryIndex, SearchResult
 from ._space import LatentSpace
 
 __all__ = [
     "ConvergenceWarning",
     "DimensionWarning",
+    "FaissIndex",
+    "GalleryIndex",
     "InvalidParameterError",
     "LatentSpace",
     "ProjectionConfig",
+    "SearchResult",
     "SpaceFileError",
     "TrainingDivergedError",
     "TrainingResult",

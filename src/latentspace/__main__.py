@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 from . import __version__
 
@@ -24,7 +25,10 @@ You have embeddings of the same items from several models (say a 384-d and a
 a file; the other commands use that file to map new embeddings into the space
 (`project`), from one model's embeddings to another's (`translate`), to find
 the items of one model that match queries of another (`search`) and to score
-how well the models line up (`evaluate`).
+how well the models line up (`evaluate`). `index` projects a stored corpus of
+one model into a search index file once (exact, or FAISS for millions of
+items), which `query` then searches with embeddings of any model: to move a
+vector index to a new embedding model without re-embedding the corpus.
 
 Embeddings are read from NumPy files: .npy (one 2-D array, one row per item)
 or .npz (one array, or FILE.npz:KEY for one of several). Models are named on
@@ -36,6 +40,8 @@ example:
   python -m latentspace info space.npz
   python -m latentspace search space.npz small=queries.npy large=gallery.npy -k 5
   python -m latentspace evaluate space.npz small=test_small.npy large=test_large.npy
+  python -m latentspace index space.npz large=corpus.npy -o corpus.index
+  python -m latentspace query corpus.index small=queries.npy -k 5
   python -m latentspace demo            # see it work on real data (scikit-learn)
 """
 
@@ -487,10 +493,12 @@ def _train(args, report):
     options.update(
         (name, getattr(args, name)) for name in _TRAINING_FLAGS if name in fields
     )
-    if "callback" in fields and not args.quiet:
-        options["callback"] = _training_progress(report, args.epochs)
-    shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
     solver = options["solver"]
+    if "callback" in fields and not args.quiet:
+        # The closed form is one iteration, whatever --epochs says.
+        total = 1 if solver == "cca" else args.epochs
+        options["callback"] = _training_progress(report, total)
+    shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
     report(
         f"training a {dim}-d space on {len(next(iter(data.values())))} items "
         f"({shapes}), solver {solver}"
@@ -558,9 +566,31 @@ def _info(args, report):
         print(f"    {model['name']:<20} input_dim={model['input_dim']}{offset}")
     config = header.get("config")
     if config:
-        shown = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+        unused = _unused_fields(config)
+        shown = ", ".join(
+            f"{k}={v}" for k, v in config.items() if v is not None and k not in unused
+        )
         print(f"  trained with {shown}")
     return 0
+
+
+def _unused_fields(config):
+    """The fields of a recorded configuration that did not shape the weights
+    (``info`` leaves them out; ``--json`` shows everything)."""
+    solver = config.get("solver")
+    unused = {"progress", "callback"}
+    unused |= {
+        "cca": {"learning_rate", "n_epochs", "batch_size", "init", "tol"},
+        "lbfgs": {"learning_rate", "batch_size"},
+        "sgd": {"batch_size"},
+    }.get(solver, set())
+    whitened = config.get("objective") == "whitened" or (
+        config.get("objective") is None and solver != "sgd"
+    )
+    init = config.get("init") or ("current" if solver == "sgd" else "cca")
+    if solver in ("sgd", "lbfgs", "minibatch") and not (whitened or init == "cca"):
+        unused.add("regularization")
+    return unused
 
 
 def _project(args, report):
@@ -600,7 +630,7 @@ def _search(args, report):
         references = {source: _read_matrix(args.reference, "reference")}
     index = space.index(target, gallery, references=references, csls_k=args.csls_k)
     report(f"searching {len(queries)} queries of {source!r} ({args.method})")
-    indices, scores = index.search(
+    scores, indices = index.search(
         source,
         queries,
         k=args.k,
@@ -608,21 +638,132 @@ def _search(args, report):
         callback=_every(2.0, lambda done, total: report(f"{done}/{total} queries")),
     )
     report("done")
+    _show_hits(args, scores, indices, len(gallery), len(queries))
+    return 0
+
+
+def _progress(report, quiet, what):
+    """A ``callback(done, total)`` drawing a tqdm bar on stderr (a line every
+    2 seconds without tqdm); nothing with --quiet."""
+    from ._search import bar_callback
+
+    if quiet:
+        return None
+    try:
+        return bar_callback(what)
+    except ImportError:
+        return _every(2.0, lambda done, n: report(f"{done}/{n} {what}"))
+
+
+def _key_value(text):
+    """``KEY=VALUE`` (an integer value) -> ``(key, value)``."""
+    key, sep, value = text.partition("=")
+    if sep and key:
+        try:
+            return key, int(value)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"expected KEY=INTEGER, got {text!r}")
+
+
+def _index(args, report):
+    space = _load_space(args.space)
+    target, corpus_file = args.corpus
+    _check_models(space, [target])
+    _check_writable(args.output)
+    corpus = _read_matrix(corpus_file, "corpus")  # memory-mapped if .npy
+    _check_width(space, target, corpus, "corpus")
+    references = {}
+    for name, path in args.reference:
+        _check_models(space, [name])
+        references[name] = _read_matrix(path, f"reference {name!r}")
+        _check_width(space, name, references[name], f"reference {name!r}")
+    kind = args.kind or "flat"
+    report(
+        f"indexing {len(corpus)} items of {target!r} ({args.backend}, {kind})"
+    )
+    started = time.perf_counter()
+    index = space.index(
+        target,
+        corpus,
+        backend=args.backend,
+        kind=kind,
+        options=dict(args.option) or None,
+        references=references or None,
+        csls_k=args.csls_k,
+        callback=_progress(report, args.quiet, "items"),
+    )
+    seconds = time.perf_counter() - started
+    index.save(args.output)
+    print(
+        f"indexed {len(index)} items of {target!r} in {seconds:.1f} s "
+        f"({args.backend}, {kind}"
+        + (f", CSLS references: {', '.join(index.references)}" if references else "")
+        + f"): {args.output}"
+    )
+    return 0
+
+
+def _query(args, report):
+    from ._search import GalleryIndex
+
+    if not os.path.isfile(args.index):
+        raise UsageError(f"no such index file {args.index!r}")
+    index = GalleryIndex.load(args.index)
+    source, queries_file = args.queries
+    _check_models_of(index, source)
+    queries = _read_matrix(queries_file, "queries")
+    width = index._models[source].input_dim
+    if queries.shape[1] != width:
+        raise UsageError(
+            f"queries for model {source!r} must have shape (n, {width}), got "
+            f"shape {queries.shape}"
+        )
+    options = {name: value for name, value in (("ef_search", args.ef_search),
+                                               ("nprobe", args.nprobe))
+               if value is not None}
+    if options and index.backend != "faiss":
+        raise UsageError(
+            f"--{next(iter(options)).replace('_', '-')} is for a FAISS index; "
+            f"{args.index!r} is an exact index"
+        )
+    report(
+        f"searching {len(queries)} queries of {source!r} in {len(index)} items "
+        f"of {index.target!r} ({args.method})"
+    )
+    scores, indices = index.search(
+        source, queries, k=args.k, method=args.method,
+        callback=_progress(report, args.quiet, "queries"),
+        **options,
+    )
+    _show_hits(args, scores, indices, len(index), len(queries))
+    return 0
+
+
+def _check_models_of(index, name):
+    if name not in index._models:
+        known = ", ".join(map(repr, index._models)) or "none"
+        raise UsageError(f"the index has no model {name!r} (it has {known})")
+
+
+def _show_hits(args, scores, indices, n_items, n_queries):
+    """Save the hits with -o, else print the first queries' hits."""
     if args.output:
         _write_output(args.output, {"indices": indices, "scores": scores})
         print(
-            f"top {indices.shape[1]} of {len(gallery)} items for {len(queries)} "
-            f"queries: {args.output} (arrays 'indices' and 'scores', one row per "
+            f"top {indices.shape[1]} of {n_items} items for {n_queries} "
+            f"queries: {args.output} (arrays 'scores' and 'indices', one row per "
             "query, best first)"
         )
-        return 0
+        return
     shown = min(len(indices), args.show)
     for i in range(shown):
-        hits = ", ".join(f"{j} ({s:.3f})" for j, s in zip(indices[i], scores[i]))
+        hits = ", ".join(
+            f"{j} ({s:.3f})" for j, s in zip(indices[i], scores[i]) if j >= 0
+        )
         print(f"query {i}: {hits}")
     if shown < len(indices):
         print(f"... {len(indices) - shown} more queries; use -o FILE.npz to save all")
-    return 0
 
 
 def _evaluate(args, report):
@@ -982,12 +1123,94 @@ def _parser():
         "the queries)",
     )
     search.add_argument(
-        "-o", "--output", help="save 'indices' and 'scores' to this .npz file"
+        "-o", "--output", help="save 'scores' and 'indices' to this .npz file"
     )
     search.add_argument(
         "--show",
         type=_positive_int,
         default=20,
+        help="queries printed without -o (default: %(default)s)",
+    )
+
+    index = _command(
+        commands,
+        "index",
+        "project a stored corpus into a search index file",
+        "Project the rows of CORPUS, embeddings of model NAME, into the space "
+        "(a block of\nrows at a time: a memory-mapped .npy larger than memory "
+        "works) and save a search\nindex to OUTPUT; `query` searches it with "
+        "embeddings of any model of the space,\nwithout the corpus or the "
+        "space. The index holds the space's weights as they are\nnow.\n\n"
+        "example (migrate from an old embedding model to a new one):\n"
+        "  python -m latentspace index space.npz old=corpus_old.npy -o "
+        "corpus.index \\\n      --backend faiss --kind hnsw --reference "
+        "new=sample_new.npy\n  python -m latentspace query corpus.index "
+        "new=queries_new.npy -k 10",
+        _index,
+    )
+    index.add_argument("space", metavar="SPACE")
+    index.add_argument(
+        "corpus", metavar="NAME=CORPUS", type=_model_file,
+        help="the corpus's model and file (.npy, read memory-mapped)",
+    )
+    index.add_argument("-o", "--output", required=True, metavar="INDEX",
+                       help="the index file to write")
+    index.add_argument(
+        "--backend", choices=["exact", "faiss"], default="exact",
+        help="exact: scan every item (no dependency); faiss: FAISS's index "
+        "(pip install faiss-cpu) (default: %(default)s)",
+    )
+    index.add_argument(
+        "--kind", choices=["flat", "hnsw", "ivf"],
+        help="FAISS index: flat (exact), hnsw or ivf (approximate, fast on "
+        "millions of items) (default: flat)",
+    )
+    index.add_argument(
+        "--option", metavar="KEY=VALUE", action="append", type=_key_value,
+        default=[],
+        help="an option of the FAISS index kind: hnsw m, ef_construction, "
+        "ef_search; ivf nlist, nprobe, train_size, seed; repeatable",
+    )
+    index.add_argument(
+        "--reference", metavar="NAME=FILE", action="append", type=_model_file,
+        default=[],
+        help="typical items of a query model, for CSLS (a FAISS index needs "
+        "one for CSLS); repeatable",
+    )
+    index.add_argument(
+        "--csls-k", type=_positive_int, default=10,
+        help="neighbourhood size of CSLS (default: %(default)s)",
+    )
+
+    query = _command(
+        commands,
+        "query",
+        "search an index file with queries of any model of its space",
+        "For every query (rows of the NAME file, embeddings of model NAME), "
+        "find the K best items\nof the index written by `index`. Prints the "
+        "first hits as 'row (score)', or saves\nall of them with -o.\n\n"
+        "example:\n  python -m latentspace query corpus.index "
+        "new=queries.npy -k 10 -o hits.npz",
+        _query,
+    )
+    query.add_argument("index", metavar="INDEX")
+    query.add_argument(
+        "queries", metavar="NAME=QUERIES", type=_model_file,
+        help="the queries' model and file",
+    )
+    query.add_argument(
+        "-k", type=_positive_int, default=10, help="hits per query (default: 10)"
+    )
+    _add_method(query)
+    query.add_argument("--ef-search", type=_positive_int,
+                       help="hnsw: candidates kept while searching")
+    query.add_argument("--nprobe", type=_positive_int,
+                       help="ivf: cells searched")
+    query.add_argument(
+        "-o", "--output", help="save 'scores' and 'indices' to this .npz file"
+    )
+    query.add_argument(
+        "--show", type=_positive_int, default=20,
         help="queries printed without -o (default: %(default)s)",
     )
 
@@ -1063,17 +1286,52 @@ def main(argv=None):
     int
         0 on success, 1 if training diverged, 2 on a usage error (bad
         arguments or files) or a missing optional dependency, 130 if
-        interrupted.
+        interrupted, 141 if the reader of the output went away (``| head``;
+        the status of a process ended by SIGPIPE).
+
+    Warnings (a solver that ran out of iterations, ...) are printed as one
+    line on stderr, ``latentspace COMMAND: warning: ...``; ``--quiet``
+    silences them.
     """
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _demo(args, None)
+    with warnings.catch_warnings():
+        if args.quiet:
+            warnings.simplefilter("ignore")
+        else:
+            warnings.showwarning = _warning_line(args.command)
+        return _run(args)
+
+
+def _warning_line(command):
+    """A `warnings.showwarning` that prints one line, without the source."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        print(f"latentspace {command}: warning: {text}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _run(args):
+    """Run the parsed command; its exit code."""
     report = _Reporter(args.command, args.quiet)
     from ._exceptions import TrainingDivergedError
 
     prefix = f"latentspace {args.command}: error:"
     try:
-        return args.run(args, report)
+        code = args.run(args, report)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (``| head``): stop quietly. Python would
+        # report the error again when it flushes stdout at exit, unless
+        # stdout now points elsewhere (the recipe of Python's signal docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13  # SIGPIPE
     except TrainingDivergedError as exc:
         print(f"{prefix} {exc}", file=sys.stderr)
         return 1

@@ -676,8 +676,10 @@ class LatentSpace:
         target : str
             The model that embedded ``gallery``.
         gallery : array-like of shape (n_gallery, d_target)
+            Memory-mapped and Dask arrays (queries too) are read a block of
+            rows at a time.
         k : int, default=10
-            Hits per query (at most ``n_gallery``).
+            Hits per query, at most ``n_gallery``.
         method : {"csls", "cosine"}, default="csls"
         csls_k : int, default=10
             Neighbourhood size of CSLS.
@@ -687,8 +689,9 @@ class LatentSpace:
         Returns
         -------
         SearchResult
-            A named tuple ``(indices, scores)``: gallery rows (int64) and
-            scores, shapes ``(n_queries, k)`` (``(k,)`` for one query vector).
+            A named tuple ``(scores, indices)`` (the order of scikit-learn's
+            ``kneighbors`` and FAISS's ``search``): scores and gallery rows
+            (int64), shapes ``(n_queries, k)`` (``(k,)`` for one query vector).
 
         Raises
         ------
@@ -696,7 +699,7 @@ class LatentSpace:
             If a model is not registered.
         ValueError, TypeError
             If an array has the wrong shape, holds NaN or Inf, or a parameter
-            is out of range.
+            is out of range (``k`` larger than the gallery included).
         """
         from . import _search
 
@@ -705,42 +708,60 @@ class LatentSpace:
             csls_k=csls_k, batch_size=batch_size,
         )
 
-    def index(self, target, gallery, *, references=None, csls_k=10, batch_size=None):
-        """A `GalleryIndex` of ``gallery`` (model ``target``) for repeated search.
+    def index(self, target, gallery, *, backend="exact", kind="flat", options=None,
+              references=None, csls_k=10, batch_size=None, callback=None,
+              progress=False):
+        """An index of ``gallery`` (model ``target``) for repeated search.
 
         The gallery is projected and normalised once, with the current
-        weights (retraining the space later does not change the index).
+        weights (retraining the space later does not change the index), a
+        block of rows at a time: a memory-mapped or Dask gallery larger than
+        memory is read block by block, and only its latents (``n_gallery x
+        dim``) are held.
 
         Parameters
         ----------
         target : str
         gallery : array-like of shape (n_gallery, d_target)
+        backend : {"exact", "faiss"}, default="exact"
+            "exact": a `GalleryIndex`, which scans every item (BLAS GEMM).
+            "faiss": a `FaissIndex`, searched by FAISS (``pip install
+            "latentspace[faiss]"``).
+        kind : {"flat", "hnsw", "ivf"}, default="flat"
+            The FAISS index: "flat" is exact, "hnsw" a graph and "ivf" an
+            inverted file, both approximate (see `FaissIndex`). The exact
+            backend is "flat".
+        options : dict, optional
+            Parameters of the FAISS index kind (see `FaissIndex`).
         references : mapping of str to array-like, optional
             Reference samples of source models for CSLS, ``{source: (n_ref,
             d_source) items}``; see `GalleryIndex.add_reference`. A source
-            without one uses each batch of queries as its reference set.
+            without one uses each batch of queries as its reference set (the
+            exact backend; a FAISS index needs a reference for CSLS).
         csls_k : int, default=10
         batch_size : int, optional
+        callback : callable, optional
+            Called as ``callback(n_done, n_gallery)`` after every block of
+            the gallery (progress reports while a large gallery is indexed).
+        progress : bool, default=False
+            Show a tqdm progress bar of the gallery's blocks (tqdm must be
+            installed).
 
         Returns
         -------
-        GalleryIndex
+        GalleryIndex or FaissIndex
             Its ``search(source, queries, k=10, method="csls")`` returns a
             `SearchResult`; it may be called from many threads at once.
+            ``save(path)`` writes it to a file, ``GalleryIndex.load(path)``
+            reads it back.
         """
         from . import _search
 
-        if references is not None and not isinstance(references, Mapping):
-            raise InvalidParameterError(
-                "references must be a mapping of source model name to reference "
-                f"items, got {type(references).__name__}"
-            )
-        index = _search.GalleryIndex(
-            self, target, gallery, csls_k=csls_k, batch_size=batch_size
+        return _search.make_index(
+            self, target, gallery, backend=backend, kind=kind, options=options,
+            references=references, csls_k=csls_k, batch_size=batch_size,
+            callback=callback, progress=progress,
         )
-        for source, features in (references or {}).items():
-            index.add_reference(source, features)
-        return index
 
     def evaluate(self, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
         """Cross-model retrieval and reconstruction scores on aligned data.

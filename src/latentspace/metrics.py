@@ -82,7 +82,7 @@ def _prepare(space, data, k, method, csls_k, batch_size, min_models):
     batch_size = check_batch_size(batch_size)
     models, names, blocks = _aligned(space, data, min_models)
     latents = {
-        name: unit_latents(space, models, name, block)[0]
+        name: unit_latents(models, space.dtype, name, block)[0]
         for name, block in zip(names, blocks)
     }
     return ks, method, csls_k, batch_size, models, names, blocks, latents
@@ -136,8 +136,8 @@ def retrieval_ranks(
     csls_k = check_int("csls_k", csls_k, 1)
     batch_size = check_batch_size(batch_size)
     models, _, _ = _aligned(space, {source: queries, target: gallery}, 2)
-    Q, _ = unit_latents(space, models, source, queries, "queries")
-    G, _ = unit_latents(space, models, target, gallery, "gallery")
+    Q, _ = unit_latents(models, space.dtype, source, queries, "queries")
+    G, _ = unit_latents(models, space.dtype, target, gallery, "gallery")
     return _ranks(Q, G, method, csls_k, batch_size)
 
 

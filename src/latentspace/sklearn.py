@@ -1,61 +1,125 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """A scikit-learn estimator over `LatentSpace`: `SharedLatentSpace`.
 
-Multi-view data follows cca-zoo's convention: ``views`` is a list of arrays,
-one per model, whose row ``i`` describes the same item::
+Multi-view input
+----------------
+Row ``i`` of every view describes item ``i``. ``X`` is given in one of two
+equivalent forms:
+
+- **a list of views** (cca-zoo's convention): ``[X_text, X_image]``, arrays
+  of shapes ``(n, d_0)``, ``(n, d_1)``, ...; ``transform`` returns the list
+  of every view's latents, shapes ``(n, latent_dim)``;
+- **one 2-D array**, the views side by side (``np.hstack([X_text,
+  X_image])``), which is what scikit-learn's pipelines, scalers and
+  model-selection tools pass: the parameter ``view_widths`` says how many
+  columns each view has (by default the columns are split into two views of
+  equal width). ``transform`` returns one row per item, the item's position
+  in the shared space: the mean of its views' latents (the consensus that
+  training pulls every view towards), shape ``(n, latent_dim)``.
+
+A space fitted on one form transforms the other. ``n_features_in_`` counts the
+columns of the 2-D form (the sum of the view widths) and ``view_widths_``
+holds every view's width. ::
 
     from latentspace.sklearn import SharedLatentSpace, Views, retrieval_scorer
     from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    model = SharedLatentSpace(latent_dim=16, n_epochs=50).fit([X_text, X_image])
+    model = SharedLatentSpace(latent_dim=16).fit([X_text, X_image])
     Z_text, Z_image = model.transform([X_text, X_image])
     model.score([X_text_test, X_image_test])     # mean top-1 retrieval
 
-    # Model selection: wrap the views in `Views` so that scikit-learn can
-    # split them by rows (a plain list would be split by view).
+    # In a pipeline: one array, the views side by side.
+    X = np.hstack([X_text, X_image])
+    pipe = make_pipeline(
+        StandardScaler(), SharedLatentSpace(16, view_widths=[384, 768])
+    ).fit(X)
+    Z = pipe.transform(X)                           # (n, 16): the consensus
+
+    # Model selection on a list of views: wrap it in `Views` so that
+    # scikit-learn splits it by rows (a plain list would be split by view).
     search = GridSearchCV(
         SharedLatentSpace(), {"latent_dim": [8, 16], "alignment_weight": [1, 5]},
         scoring=retrieval_scorer(k=1),
     ).fit(Views([X_text, X_image]))
+
+The estimator declares this input in its tags: ``get_tags(estimator)
+.input_tags`` is a `MultiViewInputTags` with ``multi_view=True``.
 
 scikit-learn is an optional dependency: importing this module without it
 raises an ImportError that says how to install it.
 """
 
 import dataclasses
-import inspect
+import numbers
+import warnings
 
 import numpy as np
 
 try:
-    from sklearn.base import BaseEstimator
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.base import (
+        BaseEstimator,
+        ClassNamePrefixFeaturesOutMixin,
+        TransformerMixin,
+    )
+    from sklearn.exceptions import ConvergenceWarning as _SklearnConvergenceWarning
+    from sklearn.utils import InputTags
+    from sklearn.utils._set_output import _wrap_data_with_container
+    from sklearn.utils.validation import (
+        check_array,
+        check_is_fitted,
+        check_random_state,
+        validate_data,
+    )
 except ImportError as exc:  # pragma: no cover - tested by monkeypatching
     raise ImportError(
-        "latentspace.sklearn needs scikit-learn (an optional dependency): "
+        "latentspace.sklearn needs scikit-learn >= 1.6 (an optional dependency): "
         'pip install scikit-learn, or pip install "latentspace[demo]"'
     ) from exc
 
-from . import metrics
+from . import _exceptions, metrics
 from ._config import ProjectionConfig
 from ._exceptions import InvalidParameterError
 from ._search import check_method
 from ._space import LatentSpace
+from ._validation import check_dim
 
-__all__ = ["SharedLatentSpace", "Views", "retrieval_scorer"]
+__all__ = [
+    "ConvergenceWarning",
+    "MultiViewInputTags",
+    "SharedLatentSpace",
+    "Views",
+    "retrieval_scorer",
+]
 
-# The estimator's own parameters (not ProjectionConfig fields), with defaults.
-_OWN_PARAMS = {"dtype": "float64", "seed": 42, "method": "csls", "csls_k": 10}
-_LATENT_DIM = 16  # ProjectionConfig's latent_dim=None means "the space's"
+# ProjectionConfig's defaults: the estimator's training parameters follow the
+# library's (latent_dim=None there means "the space's dimension").
+_CONFIG = {f.name: f.default for f in dataclasses.fields(ProjectionConfig)}
+_TRAINING = [name for name in _CONFIG if name != "latent_dim"]
+_FLOATS = [np.float64, np.float32]
 
 
-def _config_defaults():
-    """ProjectionConfig's fields and defaults, in order, latent_dim first."""
-    defaults = {"latent_dim": _LATENT_DIM}
-    for field in dataclasses.fields(ProjectionConfig):
-        if field.name != "latent_dim":
-            defaults[field.name] = field.default
-    return defaults
+class ConvergenceWarning(_exceptions.ConvergenceWarning, _SklearnConvergenceWarning):
+    """A solver ran out of iterations before meeting its ``tol``.
+
+    Both a `latentspace.ConvergenceWarning` and a
+    `sklearn.exceptions.ConvergenceWarning`: filters on either catch it.
+    """
+
+
+@dataclasses.dataclass(slots=True)
+class MultiViewInputTags(InputTags):
+    """scikit-learn's `InputTags` with one more tag.
+
+    Attributes
+    ----------
+    multi_view : bool, default=True
+        ``X`` may be a list of views (arrays with the same rows); a 2-D
+        array holds the views side by side.
+    """
+
+    multi_view: bool = True
 
 
 class Views:
@@ -98,101 +162,245 @@ class Views:
         return f"Views(n={len(self)}, views=[{widths}])"
 
 
-def _as_views(views):
-    if isinstance(views, Views):
-        return views.views
-    if isinstance(views, np.ndarray) or not isinstance(views, (list, tuple)):
+def _view_list(X):
+    """The views of ``X`` if it is a list of views (a `Views`, or a list or
+    tuple of 2-D arrays), else None (``X`` is one array-like, perhaps a list
+    of rows)."""
+    if isinstance(X, Views):
+        return X.views
+    if isinstance(X, (list, tuple)) and X and all(np.ndim(x) == 2 for x in X):
+        return list(X)
+    return None
+
+
+def _seed(random_state):
+    """The space's seed for ``random_state`` (scikit-learn's convention)."""
+    generator = check_random_state(random_state)  # refuses what it cannot use
+    if random_state is None or isinstance(random_state, numbers.Integral):
+        return random_state
+    return int(generator.randint(np.iinfo(np.int32).max))
+
+
+def _widths(view_widths, n_features):
+    """The width of every view of a 2-D X with ``n_features`` columns."""
+    if view_widths is None:  # two views of equal width, the first one wider
+        return [n_features - n_features // 2, n_features // 2]
+    if isinstance(view_widths, (str, bytes)) or not hasattr(view_widths, "__len__"):
         raise InvalidParameterError(
-            "views must be a list of arrays, one per model (row i of every "
-            f"array is item i), or a Views; got {type(views).__name__}"
+            "view_widths must be a sequence of view widths (positive integers) "
+            f"or None, got {view_widths!r}"
         )
-    return list(views)
+    widths = []
+    for width in view_widths:
+        if isinstance(width, bool) or not isinstance(width, numbers.Integral):
+            raise InvalidParameterError(
+                f"view_widths must hold integers, got {width!r} in {view_widths!r}"
+            )
+        if width < 1:
+            raise InvalidParameterError(
+                f"view_widths must hold widths >= 1, got {view_widths!r}"
+            )
+        widths.append(int(width))
+    if len(widths) < 2:
+        raise InvalidParameterError(
+            f"view_widths must name at least two views, got {view_widths!r}"
+        )
+    if sum(widths) != n_features:
+        raise InvalidParameterError(
+            f"view_widths {widths} add up to {sum(widths)} columns, but X has "
+            f"{n_features} features"
+        )
+    return widths
 
 
-class SharedLatentSpace(BaseEstimator):
+class SharedLatentSpace(
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    BaseEstimator,
+    auto_wrap_output_keys=None,  # transform wraps its outputs itself (below)
+):
     """Learn one latent space shared by several views (models) of the same items.
 
-    A scikit-learn estimator around `LatentSpace`: ``fit`` registers one model
-    per view (``"view0"``, ``"view1"``, ...) and trains them with
-    `LatentSpace.train_projections`; ``transform`` projects every view into
-    the space.
+    A scikit-learn transformer around `LatentSpace`: ``fit`` registers one
+    model per view (``"view0"``, ``"view1"``, ...) and trains them with
+    `LatentSpace.train_projections`; ``transform`` projects the views into
+    the space. ``X`` is a list of views or one 2-D array of the views side by
+    side (see the module documentation).
 
     Parameters
     ----------
     latent_dim : int, default=16
         Dimension of the shared space.
-    **training parameters
-        Every field of `ProjectionConfig` of the installed latentspace, with
-        its default (``learning_rate``, ``n_epochs``, ``alignment_weight``
-        and, where available, ``solver``, ``init``, ``tol``, ...), passed
-        to `LatentSpace.train_projections`. ``get_params()`` lists them.
-    dtype : {"float64", "float32"}, default="float64"
-    seed : int or None, default=42
-        Seed of the space's initial weights.
+    view_widths : sequence of int or None, default=None
+        How the columns of a 2-D ``X`` divide into views: view ``m`` is the
+        next ``view_widths[m]`` columns. None: two views of equal width (the
+        first one column wider if the number of columns is odd). For a list
+        of views, None or their widths.
+    solver, objective, init, regularization, n_epochs, learning_rate, \
+alignment_weight, batch_size, tol, callback, progress
+        Training options, the fields of `ProjectionConfig` with its defaults,
+        passed to `LatentSpace.train_projections`.
+    random_state : int, RandomState instance or None, default=None
+        Seed of the space's initial weights (the solvers that start from
+        them: "sgd", "minibatch", "lbfgs"). An int gives the weights of
+        ``LatentSpace(latent_dim, seed=random_state)``.
     method : {"csls", "cosine"}, default="csls"
         Search method of `score` (see `LatentSpace.search`).
     csls_k : int, default=10
+        Neighbourhood size of CSLS in `score`.
 
     Attributes
     ----------
     space_ : LatentSpace
-        The trained space; its models are ``view_names_``.
+        The trained space, in float32 if every view was float32 (else
+        float64); its models are ``view_names_``.
     view_names_ : list of str
     n_views_ : int
-    n_features_ : list of int
+    view_widths_ : list of int
         Width of every view.
+    n_features_in_ : int
+        Number of columns of the 2-D form of ``X`` (the sum of
+        ``view_widths_``).
+    feature_names_in_ : ndarray of str
+        Column names of a 2-D ``X`` that had string column names (a
+        DataFrame).
+    n_iter_ : int
+        Iterations the solver ran (epochs, L-BFGS iterations, 1 for "cca").
     training_result_ : TrainingResult
     loss_history_ : tuple of float
 
-    Notes
+    Warns
     -----
-    scikit-learn's ``check_estimator`` assumes a single 2-D ``X`` and does
-    not apply to multi-view input.
+    ConvergenceWarning
+        This module's, a subclass of both `latentspace.ConvergenceWarning`
+        and scikit-learn's: the solver ran out of iterations before its
+        ``tol``.
     """
 
-    def __init__(self, **params):
-        defaults = {**_config_defaults(), **_OWN_PARAMS}
-        unknown = sorted(set(params) - set(defaults))
-        if unknown:
-            raise TypeError(
-                f"SharedLatentSpace got unexpected parameter(s) "
-                f"{', '.join(map(repr, unknown))}; its parameters are "
-                f"{', '.join(defaults)}"
+    def __init__(
+        self,
+        latent_dim=16,
+        *,
+        view_widths=None,
+        solver=_CONFIG["solver"],
+        objective=_CONFIG["objective"],
+        init=_CONFIG["init"],
+        regularization=_CONFIG["regularization"],
+        n_epochs=_CONFIG["n_epochs"],
+        learning_rate=_CONFIG["learning_rate"],
+        alignment_weight=_CONFIG["alignment_weight"],
+        batch_size=_CONFIG["batch_size"],
+        tol=_CONFIG["tol"],
+        callback=_CONFIG["callback"],
+        progress=_CONFIG["progress"],
+        random_state=None,
+        method="csls",
+        csls_k=10,
+    ):
+        self.latent_dim = latent_dim
+        self.view_widths = view_widths
+        self.solver = solver
+        self.objective = objective
+        self.init = init
+        self.regularization = regularization
+        self.n_epochs = n_epochs
+        self.learning_rate = learning_rate
+        self.alignment_weight = alignment_weight
+        self.batch_size = batch_size
+        self.tol = tol
+        self.callback = callback
+        self.progress = progress
+        self.random_state = random_state
+        self.method = method
+        self.csls_k = csls_k
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags = MultiViewInputTags(
+            **{
+                field.name: getattr(tags.input_tags, field.name)
+                for field in dataclasses.fields(InputTags)
+            }
+        )
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    @property
+    def _n_features_out(self):
+        return self.space_.dim
+
+    # --------------------------------------------------------------- input
+
+    def _views(self, X, reset):
+        """``(views, listed)``: the validated views of ``X`` and whether ``X``
+        was a list of views. ``reset`` (fit) records their widths."""
+        given = _view_list(X)
+        if given is None:
+            X = validate_data(
+                self,
+                X,
+                reset=reset,
+                dtype=_FLOATS,
+                ensure_min_samples=2 if reset else 1,
+                ensure_min_features=2 if reset else 1,  # else: n_features_in_
             )
-        for name, default in defaults.items():
-            setattr(self, name, params.get(name, default))
-
-    # -------------------------------------------------------------- fitting
-
-    def _training_options(self):
-        return {
-            name: getattr(self, name)
-            for name in _config_defaults()
-            if name != "latent_dim"
-        }
-
-    def _data(self, views, fitted):
-        views = _as_views(views)
-        if fitted:
-            if len(views) != self.n_views_:
-                raise InvalidParameterError(
-                    f"expected {self.n_views_} views (as in fit), got {len(views)}"
-                )
-            names = self.view_names_
-        else:
+            if reset:
+                widths = _widths(self.view_widths, X.shape[1])
+            else:
+                widths = self.view_widths_
+            edges = np.cumsum([0] + widths)
+            return [X[:, a:b] for a, b in zip(edges[:-1], edges[1:])], False
+        views = [
+            check_array(
+                view,
+                dtype=_FLOATS,
+                ensure_min_samples=2 if reset else 1,
+                input_name=f"view {i}",
+            )
+            for i, view in enumerate(given)
+        ]
+        rows = [len(view) for view in views]
+        if len(set(rows)) > 1:
+            raise InvalidParameterError(
+                "the views must have the same number of rows (row i of every "
+                f"view is item i), got {rows}"
+            )
+        widths = [view.shape[1] for view in views]
+        if reset:
             if len(views) < 2:
                 raise InvalidParameterError(
                     f"fit needs at least two views, got {len(views)}"
                 )
-            names = [f"view{i}" for i in range(len(views))]
-        return dict(zip(names, views))
+            if self.view_widths is not None and _widths(
+                self.view_widths, sum(widths)
+            ) != widths:
+                raise InvalidParameterError(
+                    f"view_widths={list(self.view_widths)}, but the views have "
+                    f"widths {widths}"
+                )
+            self.n_features_in_ = sum(widths)
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif len(views) != self.n_views_:
+            raise InvalidParameterError(
+                f"expected {self.n_views_} views (as in fit), got {len(views)}"
+            )
+        elif widths != self.view_widths_:
+            raise InvalidParameterError(
+                f"the views have widths {widths}, but {type(self).__name__} was "
+                f"fitted on views of widths {self.view_widths_}"
+            )
+        return views, True
 
-    def fit(self, views, y=None):
-        """Train the shared space on aligned ``views``.
+    # -------------------------------------------------------------- fitting
+
+    def fit(self, X, y=None):
+        """Train the shared space on aligned views.
 
         Parameters
         ----------
-        views : list of array-like of shape (n, d_m), or Views
+        X : list of array-like of shape (n, d_m), Views, or array-like of \
+shape (n, sum of d_m)
             At least two views; row ``i`` of every view is item ``i``.
         y : ignored
 
@@ -201,44 +409,68 @@ class SharedLatentSpace(BaseEstimator):
         self
         """
         check_method(self.method)
-        data = self._data(views, fitted=False)
-        space = LatentSpace(self.latent_dim, dtype=self.dtype, seed=self.seed)
-        for name, view in data.items():
-            shape = np.shape(view)
-            if len(shape) != 2:
-                raise InvalidParameterError(
-                    f"every view must be a 2-D array, got shape {shape} for {name}"
-                )
-            space.register(name, shape[1])
-        result = space.train_projections(data, **self._training_options())
+        latent_dim = check_dim("latent_dim", self.latent_dim)
+        seed = _seed(self.random_state)
+        views, _ = self._views(X, reset=True)
+        float32 = all(view.dtype == np.float32 for view in views)
+        space = LatentSpace(
+            latent_dim, dtype="float32" if float32 else "float64", seed=seed
+        )
+        names = [f"view{i}" for i in range(len(views))]
+        for name, view in zip(names, views):
+            space.register(name, view.shape[1])
+        options = {name: getattr(self, name) for name in _TRAINING}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = space.train_projections(dict(zip(names, views)), **options)
+        for warning in caught:  # again, under the caller's filters
+            category = warning.category
+            if issubclass(category, _exceptions.ConvergenceWarning):
+                category = ConvergenceWarning
+            warnings.warn(str(warning.message), category, stacklevel=2)
         self.space_ = space
-        self.view_names_ = list(data)
-        self.n_views_ = len(data)
-        self.n_features_ = [space.models[name] for name in data]
+        self.view_names_ = names
+        self.n_views_ = len(names)
+        self.view_widths_ = [view.shape[1] for view in views]
+        self.n_iter_ = result.n_epochs
         self.training_result_ = result
         self.loss_history_ = result.loss_history
         return self
 
-    def transform(self, views):
-        """Project every view into the shared space.
+    def transform(self, X):
+        """Project the views into the shared space.
 
         Parameters
         ----------
-        views : list of array-like of shape (n, d_m), or Views
+        X : list of array-like of shape (n, d_m), Views, or array-like of \
+shape (n, sum of d_m)
 
         Returns
         -------
-        list of ndarray of shape (n, latent_dim)
+        list of ndarray of shape (n, latent_dim), or ndarray of shape (n, latent_dim)
+            For a list of views, every view's latents; for a 2-D ``X``, the
+            mean of the views' latents. In the space's dtype; a DataFrame
+            (one per view) if `set_output` asks for one.
         """
         check_is_fitted(self, "space_")
-        data = self._data(views, fitted=True)
-        return [self.space_.project(name, view) for name, view in data.items()]
+        views, listed = self._views(X, reset=False)
+        latents = [
+            self.space_.project(name, view)
+            for name, view in zip(self.view_names_, views)
+        ]
+        if listed:
+            return [
+                _wrap_data_with_container("transform", Z, view, self)
+                for Z, view in zip(latents, _view_list(X))
+            ]
+        consensus = sum(latents[1:], latents[0]) / len(latents)
+        return _wrap_data_with_container("transform", consensus, X, self)
 
-    def fit_transform(self, views, y=None):
-        """``fit(views).transform(views)``."""
-        return self.fit(views, y).transform(views)
+    def fit_transform(self, X, y=None):
+        """``fit(X).transform(X)``."""
+        return self.fit(X, y).transform(X)
 
-    def score(self, views, y=None):
+    def score(self, X, y=None):
         """Mean top-1 cross-model retrieval accuracy over all ordered pairs.
 
         For every ordered pair of views ``A -> B`` and every item, is the same
@@ -247,34 +479,29 @@ class SharedLatentSpace(BaseEstimator):
 
         Parameters
         ----------
-        views : list of array-like of shape (n, d_m), or Views
+        X : list of array-like of shape (n, d_m), Views, or array-like of \
+shape (n, sum of d_m)
         y : ignored
 
         Returns
         -------
         float
         """
-        return _mean_top_k(self, views, 1, None)
+        return _mean_top_k(self, X, 1, None)
 
 
-# Let scikit-learn (get_params, clone, repr) see the parameters: the
-# signature is built from ProjectionConfig's fields, so that new training
-# options are available without changes here.
-SharedLatentSpace.__init__.__signature__ = inspect.Signature(
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    + [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-        for name, default in {**_config_defaults(), **_OWN_PARAMS}.items()
-    ]
-)
+# set_output is offered by scikit-learn's mixin to classes whose transform it
+# wraps; this one wraps its outputs itself, one container per view for a list
+# of views (the mixin would try to make one DataFrame of the whole list).
+SharedLatentSpace._sklearn_auto_wrap_output_keys = {"transform"}
 
 
-def _mean_top_k(estimator, views, k, method):
+def _mean_top_k(estimator, X, k, method):
     check_is_fitted(estimator, "space_")
-    data = estimator._data(views, fitted=True)
+    views, _ = estimator._views(X, reset=False)
     scores = metrics.retrieval_scores(
         estimator.space_,
-        data,
+        dict(zip(estimator.view_names_, views)),
         k=k,
         method=estimator.method if method is None else method,
         csls_k=estimator.csls_k,
@@ -294,14 +521,14 @@ def retrieval_scorer(k=1, method=None):
     Returns
     -------
     callable
-        ``scorer(estimator, views, y=None) -> float``, for ``scoring=`` of
+        ``scorer(estimator, X, y=None) -> float``, for ``scoring=`` of
         `GridSearchCV` or `cross_validate`.
     """
     if method is not None:
         check_method(method)
 
-    def scorer(estimator, views, y=None):
-        return _mean_top_k(estimator, views, k, method)
+    def scorer(estimator, X, y=None):
+        return _mean_top_k(estimator, X, k, method)
 
     scorer.__name__ = f"retrieval_top{k}"
     return scorer
