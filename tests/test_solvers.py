@@ -35,7 +35,7 @@ TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-4}
 def accumulate(blocks):
     """The `Statistics` of complete in-memory blocks, in one chunk."""
     names = list(range(len(blocks)))
-    sums = chunk_sums(names, blocks, None, None)
+    sums = chunk_sums(names, blocks, None)
     return statistics(names, [X.shape[1] for X in blocks], blocks[0].dtype, sums)
 
 

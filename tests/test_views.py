@@ -176,7 +176,7 @@ def _stats(Xs, observed, chunks=1):
     sums = {}
     for rows in np.array_split(np.arange(len(Xs[0])), chunks):
         sums = merge_sums(
-            sums, chunk_sums(names, [X[rows] for X in Xs], observed[rows], None)
+            sums, chunk_sums(names, [X[rows] for X in Xs], observed[rows])
         )
     return statistics(names, [X.shape[1] for X in Xs], Xs[0].dtype, sums)
 

@@ -18,6 +18,7 @@ for the solvers that visit samples. Values are checked (finite where observed)
 as they are read, so a memory-mapped file larger than memory is never loaded.
 """
 
+import functools
 import inspect
 import itertools
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,13 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ._exceptions import InvalidParameterError
-from ._statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, statistics
+from ._statistics import (
+    CHUNK_ENTRIES,
+    chunk_sums,
+    merge_sums,
+    slices,
+    statistics,
+)
 from ._validation import (
     BLAS_INT_MAX,
     as_kernel_array,
@@ -36,6 +43,14 @@ from ._validation import (
 )
 
 __all__ = ["is_dask_array", "training_data"]
+
+# Entries (rows x D) of the blocks of a mapping's rows summed at once (each
+# a chunk of CHUNK_ENTRIES at a time), then merged: it bounds the memory of
+# the row indices of the patterns of missing views and of the rows of a model
+# that `check_scale` reads.
+BLOCK_ENTRIES = 2**25
+# Partial sums of Dask blocks merged by one task.
+MERGED_PER_TASK = 8
 
 
 def is_dask_array(value):
@@ -182,7 +197,7 @@ class _Source:
     def _pool_sums(self, offsets):
         """Per-pattern `Sums` of the unpaired rows: one pattern per model."""
         sums = {}
-        step = self._chunk_rows()
+        step = self._block_rows()
         for m, pool in self.pools.items():
             where = " (unpaired rows)"
             for start in range(0, len(pool), step):
@@ -218,8 +233,8 @@ class _Source:
             at += len(rows)
         return out, mask
 
-    def _chunk_rows(self):
-        return max(1, CHUNK_ENTRIES // sum(self.widths))
+    def _block_rows(self):
+        return max(1, BLOCK_ENTRIES // sum(self.widths))
 
     def __enter__(self):
         return self
@@ -287,7 +302,7 @@ class _Arrays(_Source):
 
     def statistics(self, offsets):
         sums = self._pool_sums(offsets)
-        step = self._chunk_rows()
+        step = self._block_rows()
         for start in range(0, self.n_samples, step):
             rows = slice(start, start + step)
             blocks = [array[rows] for array in self.arrays]
@@ -412,37 +427,77 @@ class _Stream(_Source):
 
 
 def _checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
-    """`chunk_sums` of a chunk, its values checked where observed: a value
-    that ``dtype`` cannot hold is named (found by converting the chunk if it
-    is of a wider dtype), as is the first row with NaN or Inf if the sums
-    are not finite (without one, the features overflow the dtype, which the
-    solvers report), and features too small for ``dtype``."""
-    sums = chunk_sums(names, blocks, observed, offsets, dtype)
+    """`chunk_sums` of some rows less ``offsets`` (a model's None: nothing),
+    their values checked where observed: a value that ``dtype`` cannot hold
+    is named (found by converting the rows, a chunk at a time, if they are of
+    a wider dtype), as is the first row with NaN or Inf if the sums are not
+    finite (without one, the features overflow the dtype, which the solvers
+    report), and features too small for ``dtype`` (read only if the sums do
+    not show a magnitude large enough)."""
+    sums = chunk_sums(names, blocks, observed, dtype)
     finite = all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values())
+    widths = [block.shape[1] for block in blocks]
+    bounds = _magnitude_bounds(names, widths, sums)
+    step = max(1, CHUNK_ENTRIES // sum(widths))
     for m, (name, block) in enumerate(zip(names, blocks)):
         what = f"data for model {name!r}{where}"
         mask = None if observed is None else observed[:, m]
         narrowing = block.dtype.kind == "f" and block.dtype.itemsize > dtype.itemsize
-        if narrowing or not finite:
-            checked = as_kernel_array(block, dtype, what, mask, first_row)
+        for start in range(0, len(block), step) if narrowing or not finite else ():
+            rows = slice(start, start + step)
+            part = None if mask is None else mask[rows]
+            checked = as_kernel_array(block[rows], dtype, what, part, first_row + start)
             if not finite:
-                check_finite(checked, what, mask, first_row)
-        check_scale(block, what, dtype, mask)
+                check_finite(checked, what, part, first_row + start)
+        check_scale(block, what, dtype, mask, bounds[name])
+    index = {name: m for m, name in enumerate(names)}
+    for key, value in sums.items():
+        shifts = [offsets[index[name]] for name in key]
+        if any(shift is not None for shift in shifts):
+            sums[key] = value._replace(mean=value.mean - np.concatenate([
+                np.zeros(widths[index[name]]) if shift is None else shift
+                for name, shift in zip(key, shifts)
+            ]))
     return sums
 
 
-def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row, step):
-    """`chunk_sums` of one block of rows of Dask arrays, ``step`` rows at a
-    time, checked."""
+def _magnitude_bounds(names, widths, sums):
+    """Model name to a lower bound of the largest magnitude of its features
+    in the rows of ``sums``: a quarter of the largest ``|mean|`` or standard
+    deviation of a feature. Each is at most that magnitude; as summed about a
+    rounded centre, the mean at most three times it, the deviation twice; not
+    finite, they give 0."""
+    bounds = dict.fromkeys(names, 0.0)
+    index = {name: m for m, name in enumerate(names)}
+    for key, value in sums.items():
+        if not key:
+            continue
+        spread = np.sqrt(np.maximum(value.scatter.diagonal(), 0) / value.count)
+        lower = np.maximum(np.abs(value.mean), spread) / 4
+        for name, cols in zip(key, slices([widths[index[name]] for name in key])):
+            bounds[name] = max(bounds[name], float(lower[cols].max()))
+    return bounds
+
+
+def _dask_block_sums(names, offsets, dtype, *blocks, block_info=None):
+    """`_checked_sums` of one block of rows of Dask arrays (the mask of
+    observed views last, if there is one more block than ``names``), in a
+    (1, 1) object array."""
+    first_row = block_info[0]["array-location"][0][0]
     blocks = [np.asarray(block) for block in blocks]
-    sums = {}
-    for start in range(0, len(blocks[0]), step):
-        rows = slice(start, start + step)
-        mask = None if observed is None else observed[rows]
-        sums = merge_sums(sums, _checked_sums(
-            names, [X[rows] for X in blocks], mask, offsets, dtype, "", first_row + start
-        ))
-    return sums
+    observed = blocks[len(names)] if len(blocks) > len(names) else None
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = _checked_sums(
+        names, blocks[: len(names)], observed, offsets, dtype, "", first_row
+    )
+    return out
+
+
+def _merged(*parts):
+    """The merge of the (1, 1) object arrays of `_dask_block_sums`, in one."""
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = functools.reduce(merge_sums, (part[0, 0] for part in parts))
+    return out
 
 
 class _DaskArrays(_Source):
@@ -474,7 +529,7 @@ class _DaskArrays(_Source):
 
     def _aligned_blocks(self):
         """Arrays (and mask) in blocks of whole rows, the first array's row
-        blocks (each read a chunk of rows at a time by `_dask_block_sums`)."""
+        blocks."""
         rows = self.arrays[0].chunks[0]
         arrays = [a.rechunk((rows, -1)) for a in self.arrays]
         observed = self.observed
@@ -486,31 +541,25 @@ class _DaskArrays(_Source):
 
     def statistics(self, offsets):
         import dask
+        import dask.array as da
 
         arrays, observed = self._aligned_blocks()
-        parts = []
-        start = 0
-        for i, size in enumerate(arrays[0].chunks[0]):
-            mask = None if observed is None else observed.blocks[i]
-            parts.append(
-                dask.delayed(_dask_block_sums)(
-                    self.names,
-                    [a.blocks[i] for a in arrays],
-                    mask,
-                    offsets,
-                    self.dtype,
-                    start,
-                    self._chunk_rows(),
-                )
-            )
-            start += size
-        # A binary tree of exact merges: the reduction runs on the workers.
+        # One task per block of rows, which graph optimisation fuses with the
+        # tasks that make the blocks where it can (a block is not moved to
+        # another worker), then a tree of exact merges, on the workers.
+        parts = da.map_blocks(
+            functools.partial(_dask_block_sums, self.names, offsets, self.dtype),
+            *arrays, *([] if observed is None else [observed]),
+            chunks=((1,) * len(arrays[0].chunks[0]), (1,)),
+            dtype=object, meta=np.empty((0, 0), dtype=object),
+        )
+        parts = list(parts.to_delayed(optimize_graph=True).ravel())
         while len(parts) > 1:
-            merged = [
-                dask.delayed(merge_sums)(a, b) for a, b in zip(parts[::2], parts[1::2])
+            parts = [
+                dask.delayed(_merged)(*parts[i : i + MERGED_PER_TASK])
+                for i in range(0, len(parts), MERGED_PER_TASK)
             ]
-            parts = merged + ([parts[-1]] if len(parts) % 2 else [])
-        sums = merge_sums(parts[0].compute(), self._pool_sums(offsets))
+        sums = merge_sums(parts[0].compute()[0, 0], self._pool_sums(offsets))
         stats = statistics(self.names, self.widths, self.dtype, sums)
         _check_counts(self.names, stats.counts)
         return stats

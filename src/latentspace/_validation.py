@@ -206,18 +206,22 @@ def as_kernel_array(array, dtype, what, rows=None, first_row=0):
     return out
 
 
-def check_scale(array, what, dtype, rows=None):
+def check_scale(array, what, dtype, rows=None, bound=0.0):
     """Raise if the largest magnitude in ``array`` (in the rows where the bool
     mask ``rows``, if given) is not zero but so small that products of its
-    values underflow ``dtype``: training would see zeros."""
-    if rows is not None:
-        array = array[rows]
-    if not array.size or array.dtype.kind != "f":
-        return
-    largest = max(float(array.max()), -float(array.min()))
+    values underflow ``dtype``: training would see zeros. ``bound``, a lower
+    bound of that magnitude known already, spares reading ``array`` if it is
+    large enough."""
     info = np.finfo(dtype)
     # Below this, squares lose precision (fall short of tiny / eps).
     floor = math.sqrt(float(info.tiny) / float(info.eps))
+    if bound >= floor or array.dtype.kind != "f":
+        return
+    if rows is not None:
+        array = array[rows]
+    if not array.size:
+        return
+    largest = max(float(array.max()), -float(array.min()))
     if 0 < largest < floor:
         raise InvalidParameterError(
             f"{what} is at most {largest:.3g} in magnitude: too small for "
