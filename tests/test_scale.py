@@ -309,8 +309,8 @@ def test_stream_of_memmap_chunks_matches_memory(memmaps, solver):
 def client():
     """A client of a local cluster of two single-threaded worker processes."""
     with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        LocalCluster(  # the dashboard on any free port
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -9,6 +9,7 @@ representation.
 
 from ._config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
+    AlignmentNotFoundError,
     ConvergenceWarning,
     DimensionWarning,
     InvalidParameterError,
@@ -17,16 +18,19 @@ from ._exceptions import (
 )
 from ._faiss import FaissIndex
 from ._io import SpaceFileError
+from ._matching import Matching
 from ._search import GalleryIndex, SearchResult
 from ._space import LatentSpace
 
 __all__ = [
+    "AlignmentNotFoundError",
     "ConvergenceWarning",
     "DimensionWarning",
     "FaissIndex",
     "GalleryIndex",
     "InvalidParameterError",
     "LatentSpace",
+    "Matching",
     "ProjectionConfig",
     "SearchResult",
     "SpaceFileError",

@@ -236,6 +236,9 @@ class TrainingResult:
         Every trained model's relative ridge as used (what "auto" chose), in
         the order of the data's models; None if no solver step used one
         ("sgd" with the reference objective).
+    matching : Matching or None
+        With ``refine=True``: the correspondences found among the unpaired
+        rows (method, whether accepted, how many, the criterion, rounds).
     """
 
     n_epochs: int
@@ -248,6 +251,7 @@ class TrainingResult:
     converged: bool = False
     agreement: tuple | None = None
     regularization: tuple | None = None
+    matching: "Matching | None" = None
 
     @property
     def iterations(self) -> int:

@@ -2,6 +2,7 @@
 """Exceptions raised by latentspace."""
 
 __all__ = [
+    "AlignmentNotFoundError",
     "ConvergenceWarning",
     "DimensionWarning",
     "InvalidParameterError",
@@ -32,3 +33,18 @@ class ConvergenceWarning(UserWarning):
 
 class DimensionWarning(UserWarning):
     """The latent dimension is larger than the training data can fill."""
+
+
+class AlignmentNotFoundError(RuntimeError):
+    """Training from unpaired rows found no correspondence between the models;
+    the space was left as it was.
+
+    Attributes
+    ----------
+    matching : Matching
+        The figures of the best attempt (its ``criterion``).
+    """
+
+    def __init__(self, message, matching=None):
+        super().__init__(message)
+        self.matching = matching

@@ -17,6 +17,7 @@ from ._config import (
     resolve_config,
 )
 from ._losses import whitened_loss
+from ._matching import matched_data
 from ._objective import mean_loss
 from ._monitor import check_progress_available
 from ._solvers import train
@@ -396,22 +397,22 @@ class LatentSpace:
         return mean_loss(blocks, Ps, Rs, w, mask)
 
     def train_projections(self, data, config=None, *, observed=None, unpaired=None,
-                          frozen=(), **overrides):
+                          frozen=(), refine=False, **overrides):
         """Learn the projections and reconstructions of the models in ``data``.
 
-        Runs ``config.solver`` (by default SPEC.md's reference optimiser,
-        per-sample SGD) on copies of the weights and publishes them all at once
-        if it succeeds; on any error, divergence, interrupt or exception from
-        the callback the space is left exactly as it was. ``solver="cca"`` is
-        the fast way to a space in which cross-model retrieval works; it and
-        the whitened objective also set every trained model's offset (the
-        data means), see `ProjectionConfig`.
+        Runs ``config.solver`` (by default the closed form, "cca"; "sgd" is
+        the Go package's reference optimiser, docs/maths.md) on copies of the
+        weights and publishes them all at once if it succeeds; on any error,
+        divergence, interrupt or exception from the callback the space is
+        left exactly as it was. "cca" and the whitened objective also set
+        every trained model's offset (the data means), see
+        `ProjectionConfig`.
 
         Parameters
         ----------
         data : mapping of str to array-like of shape (n, d_m), or iterable of such mappings
             Aligned samples (row ``i`` of every array is the same item) of at
-            least two registered models. The arrays may be memory-mapped
+            least two registered models (None, with ``refine=True``: none). The arrays may be memory-mapped
             (read a chunk at a time by "cca" and "lbfgs") or Dask arrays (the
             statistics of "cca" and "lbfgs" are then a Dask reduction, which
             runs on a ``dask.distributed`` cluster if one is active; the
@@ -432,7 +433,8 @@ class LatentSpace:
             Rows of a model with no known partner in ``data`` (each model its
             own number): samples that model alone observed. They improve each
             model's own statistics (its mean, its covariance, its
-            reconstruction) and never its alignment with another model.
+            reconstruction) and never its alignment with another model,
+            unless ``refine=True``.
         frozen : iterable of str, default=()
             Models of ``data`` whose weights and offsets stay bit-identical:
             the others learn to land on the space the frozen ones define
@@ -440,6 +442,18 @@ class LatentSpace:
             "reference" and the free models are centred (their offsets are
             their data means); "cca" solves for them in closed form (a ridge
             regression on the mean latent of the frozen models).
+        refine : bool, default=False
+            Find correspondences between the ``unpaired`` rows of two models
+            (in memory, at most 20,000 x 20,000 of them) and train on them as
+            pairs too. From 100 or more known pairs in ``data``: rounds of
+            self-learning (mutual nearest neighbours under CSLS, refitted),
+            kept only if pairs planted among the unpaired rows rank
+            significantly better. From fewer, or none (``data=None``):
+            alignment with no known pair, from the shape of each model's own
+            similarities; it works between models of the same kind on
+            thousands of shared items, and raises `AlignmentNotFoundError`
+            rather than return an unaligned space. ``result.matching`` says
+            what was found. See docs/matching.md.
         **overrides
             `ProjectionConfig` fields that replace those of ``config``.
 
@@ -457,6 +471,9 @@ class LatentSpace:
             If the loss or the weights became non-finite (nothing changes).
         RuntimeError
             If another writer replaced a trained model meanwhile (nothing changes).
+        AlignmentNotFoundError
+            If ``refine=True`` with no known pair found no correspondence
+            (nothing changes).
         ImportError
             If ``progress=True`` and tqdm is not installed (before any work).
 
@@ -468,6 +485,19 @@ class LatentSpace:
         """
         started = time.perf_counter()
         config = resolve_config(config, overrides)
+        matching = None
+        if refine is not False:
+            if refine is not True:
+                raise InvalidParameterError(f"refine must be True or False, got {refine!r}")
+            if observed is not None or frozen:
+                raise InvalidParameterError(
+                    "refine=True takes neither observed= nor frozen="
+                )
+            data, unpaired, matching = matched_data(
+                self, data, unpaired, self._dtype,
+                self.dim if config.latent_dim is None else config.latent_dim,
+                config.regularization,
+            )
         snapshot = self._snapshot
         dim = snapshot.dim if config.latent_dim is None else config.latent_dim
         # Re-dimensioning draws every model afresh, from a copy of the generator.
@@ -526,6 +556,7 @@ class LatentSpace:
             converged=outcome.converged,
             agreement=outcome.agreement,
             regularization=outcome.regularization,
+            matching=matching,
         )
         try:
             with self._lock:
