@@ -8,14 +8,16 @@ gigabytes is never held twice in memory:
 ``models/<i>.<projection|reconstruction|offset>.npy``
     The weights of the space the index was built with (every model, in
     registration order): queries of any of them can be searched.
-``latents.npy``, ``r_source/<j>.npy``
-    An exact index's unit latents and its CSLS reference statistics.
+``latents.npy``, ``r_source/<j>.npy``, ``pair_maps/<j>.<source|target>.npy``
+    An exact index's unit latents, its CSLS reference statistics and the
+    pair maps through which it compares queries of each source model.
 ``faiss.index``
     A FAISS index in FAISS's own format (``faiss.write_index``).
 ``header.json``
     Written last: ``format`` ("latentspace-index"), ``version``,
     ``library_version``, ``backend``, ``kind``, ``options``, ``target``,
-    ``csls_k``, ``dtype``, ``n_items``, ``references``, ``models`` (name,
+    ``csls_k``, ``dtype``, ``n_items``, ``references``, ``pair_maps`` (the
+    source of every pair map), ``models`` (name,
     input width, whether it has an offset), ``members`` (every other member,
     in the order of the checksum) and ``checksum``: the SHA-256 of the
     canonical JSON of the header without the checksum, followed by every
@@ -45,6 +47,7 @@ _HEADER = "header.json"
 _FAISS = "faiss.index"
 _MAX_HEADER_BYTES = 64 << 20
 _MODEL_ARRAYS = ("projection", "reconstruction", "offset")
+_PAIR_SIDES = ("source", "target")
 
 
 class _Hashing:
@@ -86,6 +89,9 @@ def _arrays(index):
         arrays["latents.npy"] = index.latents
         for j, r in enumerate(index._r_source.values()):
             arrays[f"r_source/{j}.npy"] = r
+        for j, maps in enumerate(index._pair_maps.values()):
+            for side, array in zip(_PAIR_SIDES, maps):
+                arrays[f"pair_maps/{j}.{side}.npy"] = array
     return arrays
 
 
@@ -102,6 +108,7 @@ def _header(index):
         "dtype": index.dtype.name,
         "n_items": len(index),
         "references": list(index.references),
+        "pair_maps": list(index._pair_maps),
         "models": [
             {"name": name, "input_dim": m.input_dim, "offset": m.offset is not None}
             for name, m in index._models.items()
@@ -240,8 +247,12 @@ def _build(header, arrays, faiss_index):
     index = (FaissIndex if faiss else GalleryIndex).__new__(
         FaissIndex if faiss else GalleryIndex
     )
+    pair_maps = {
+        source: tuple(arrays[f"pair_maps/{j}.{side}.npy"] for side in _PAIR_SIDES)
+        for j, source in enumerate(header.get("pair_maps", ()))
+    }
     index._setup(models, np.dtype(header["dtype"]), header["target"],
-                 header["csls_k"])
+                 header["csls_k"], pair_maps=pair_maps)
     if faiss:
         index.kind = header["kind"]
         index.options = header["options"]

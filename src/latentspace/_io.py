@@ -262,7 +262,18 @@ def space_state(space):
         for what, value in zip(_ARRAYS, values):
             if value is not None:
                 arrays[_array_key(index, what)] = value.astype(little, copy=False)
+    maps = snapshot.valid_pair_maps()
+    if maps:
+        header["pair_maps"] = []
+        for index, ((a, b), pair) in enumerate(maps.items()):
+            header["pair_maps"].append({"a": a, "b": b, "width": pair[0].shape[1]})
+            for side, value in zip("ab", pair):
+                arrays[_pair_key(index, side)] = value.astype(little, copy=False)
     return header, arrays
+
+
+def _pair_key(index, side):
+    return f"pair_{index}_{side}"
 
 
 def _library_version():
@@ -280,6 +291,9 @@ def _expected_arrays(header):
         expected[_array_key(index, "reconstruction")] = (dim, d)
         if model["offset"]:
             expected[_array_key(index, "offset")] = (d,)
+    for index, pair in enumerate(header.get("pair_maps", ())):
+        for side in "ab":
+            expected[_pair_key(index, side)] = (dim, pair["width"])
     return expected
 
 
@@ -324,8 +338,14 @@ def restore(space, header, arrays):
             for a in (arrays.get(_array_key(index, what)) for what in _ARRAYS)
         )
         models[info["name"]] = _make_model(P, R, offset)
+    pair_maps = {}
+    for index, pair in enumerate(header.get("pair_maps", ())):
+        Ma, Mb = (np.array(arrays[_pair_key(index, side)], dtype=dtype) for side in "ab")
+        Ma.flags.writeable = Mb.flags.writeable = False
+        pair_maps[pair["a"], pair["b"]] = (models[pair["a"]], models[pair["b"]], Ma, Mb)
     space._snapshot = _Snapshot(
-        header["dim"], models, make_generator(header["rng"]), header.get("config")
+        header["dim"], models, make_generator(header["rng"]), header.get("config"),
+        pair_maps,
     )
     return space
 
@@ -389,6 +409,25 @@ def _check_header(header, path):
         names.add(model["name"])
     if not isinstance(header.get("config"), (dict, type(None))):
         raise _fail(path, "the header's config is not a mapping")
+    pairs = header.get("pair_maps", [])
+    if not isinstance(pairs, list):
+        raise _fail(path, "the header's pair_maps are not a list")
+    seen = set()
+    for index, pair in enumerate(pairs):
+        if not (
+            isinstance(pair, dict)
+            and set(pair) == {"a", "b", "width"}
+            and isinstance(pair["a"], str)
+            and isinstance(pair["b"], str)
+            and pair["a"] in names
+            and pair["b"] in names
+            and pair["a"] != pair["b"]
+            and _is_count(pair["width"])
+            and pair["width"] <= header["dim"]
+            and frozenset((pair["a"], pair["b"])) not in seen
+        ):
+            raise _fail(path, f"pair map entry {index} of the header is invalid")
+        seen.add(frozenset((pair["a"], pair["b"])))
     checksum = header["checksum"]
     if not (
         isinstance(checksum, dict)

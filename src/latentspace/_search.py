@@ -309,10 +309,12 @@ class GalleryIndex:
 
     def __init__(self, space, target, gallery, *, csls_k=10, batch_size=None,
                  callback=None):
-        self._setup(space._snapshot.models, space.dtype, target, csls_k, batch_size)
+        snapshot = space._snapshot
+        self._setup(snapshot.models, space.dtype, target, csls_k, batch_size,
+                    snapshot.pair_maps_to(target))
         self._build(gallery, _check_callback(callback))
 
-    def _setup(self, models, dtype, target, csls_k, batch_size=None):
+    def _setup(self, models, dtype, target, csls_k, batch_size=None, pair_maps=None):
         """What every index holds besides its items."""
         self._models = models
         self.dtype = dtype
@@ -320,7 +322,29 @@ class GalleryIndex:
         self.csls_k = check_int("csls_k", csls_k, 1)
         self._batch_size = check_batch_size(batch_size)
         self._r_source = {}  # source name -> r_S of every gallery item
+        # source name -> (M_source, M_target): searches from source compare
+        # z_source M_source with z_target M_target (spaces of 3+ models).
+        self._pair_maps = dict(pair_maps or {})
+        self._mapped = {}  # source name -> the gallery through its pair map
         self._writer = threading.Lock()
+
+    def _through_map(self, source, Q):
+        """Unit query latents ``Q`` of ``source`` as compared with the gallery."""
+        maps = self._pair_maps.get(source)
+        return Q if maps is None else normalise(Q @ maps[0])
+
+    def _gallery(self, source):
+        """The unit gallery latents that searches from ``source`` compare with."""
+        maps = self._pair_maps.get(source)
+        if maps is None:
+            return self.latents
+        G = self._mapped.get(source)
+        if G is None:
+            G = normalise(self.latents @ maps[1])
+            G.flags.writeable = False
+            with self._writer:
+                self._mapped = {**self._mapped, source: G}
+        return G
 
     def _build(self, gallery, callback):
         """Project the gallery into the index."""
@@ -378,6 +402,7 @@ class GalleryIndex:
         # The compiled maps and the lock do not pickle: keep the weights.
         state = dict(self.__dict__)
         del state["_writer"]
+        state["_mapped"] = {}  # a cache
         state["_models"] = {
             name: (m.projection, m.reconstruction, m.offset)
             for name, m in self._models.items()
@@ -397,6 +422,10 @@ class GalleryIndex:
         if "latents" in state:
             state["latents"] = _frozen(state["latents"])
         state["_r_source"] = {k: _frozen(v) for k, v in state["_r_source"].items()}
+        state["_pair_maps"] = {
+            k: tuple(map(_frozen, v)) for k, v in state.get("_pair_maps", {}).items()
+        }
+        state.setdefault("_mapped", {})
         self.__dict__.update(state)
         self._writer = threading.Lock()
 
@@ -454,8 +483,9 @@ class GalleryIndex:
         -------
         self
         """
-        R = self._reference_latents(source, features)
-        r_source = neighbourhood(self.latents, R, self.csls_k, self._batch_size)
+        R = self._through_map(source, self._reference_latents(source, features))
+        r_source = neighbourhood(self._gallery(source), R, self.csls_k,
+                                 self._batch_size)
         r_source.flags.writeable = False
         with self._writer:
             self._r_source = {**self._r_source, source: r_source}
@@ -505,6 +535,7 @@ class GalleryIndex:
         method = check_method(method)
         batch_size = check_batch_size(batch_size) or self._batch_size
         Q, one = unit_latents(self._models, self.dtype, source, queries, "queries")
+        Q = self._through_map(source, Q)
         if len(Q) == 0:
             return SearchResult(
                 np.empty((0, k), dtype=self.dtype), np.empty((0, k), dtype=np.int64)
@@ -518,7 +549,7 @@ class GalleryIndex:
         """`SearchResult` of the unit query latents ``Q`` (at least one row)."""
         return search_latents(
             Q,
-            self.latents,
+            self._gallery(source),
             k,
             method,
             self.csls_k,

@@ -100,6 +100,15 @@ def _offset(offset, shift):
     return shift if offset is None else offset + shift
 
 
+def _kept_pair_maps(pair_maps, models):
+    """The entries of ``pair_maps`` whose two models are still ``models``'."""
+    return {
+        pair: entry
+        for pair, entry in pair_maps.items()
+        if models.get(pair[0]) is entry[0] and models.get(pair[1]) is entry[1]
+    }
+
+
 def _lookup(models, name):
     try:
         return models[name]
@@ -117,6 +126,28 @@ class _Snapshot(NamedTuple):
     # copy, which the snapshot they publish holds.
     rng: np.random.Generator | None = None
     config: dict | None = None  # record of the training that made it (for save)
+    # (a, b) -> (model a, model b, M_a, M_b): the pair maps of a joint
+    # training, valid while both models are those it was computed for.
+    pair_maps: dict = {}
+
+    def valid_pair_maps(self):
+        """``(a, b) -> (M_a, M_b)`` for the pair maps of the current models."""
+        return {
+            pair: (Ma, Mb)
+            for pair, (ma, mb, Ma, Mb) in self.pair_maps.items()
+            if self.models.get(pair[0]) is ma and self.models.get(pair[1]) is mb
+        }
+
+    def pair_maps_to(self, target):
+        """``source -> (M_source, M_target)`` for every valid pair map of
+        ``target`` (see `docs/maths.md`, pair maps)."""
+        maps = {}
+        for (a, b), (Ma, Mb) in self.valid_pair_maps().items():
+            if a == target:
+                maps[b] = (Mb, Ma)
+            elif b == target:
+                maps[a] = (Ma, Mb)
+        return maps
 
 
 class LatentSpace:
@@ -208,8 +239,10 @@ class LatentSpace:
             # the generator as it was.
             rng = copy.deepcopy(snapshot.rng)
             model = _xavier(rng, input_dim, snapshot.dim, self._dtype)
+            models = {**snapshot.models, name: model}
             self._snapshot = _Snapshot(
-                snapshot.dim, {**snapshot.models, name: model}, rng
+                snapshot.dim, models, rng,
+                pair_maps=_kept_pair_maps(snapshot.pair_maps, models),
             )
 
     def _apply(self, affine_map, values, name, what, out=None):
@@ -560,7 +593,8 @@ class LatentSpace:
         )
         try:
             with self._lock:
-                self._publish(snapshot, dim, start, trained, names, rng, config)
+                self._publish(snapshot, dim, start, trained, names, rng, config,
+                              outcome.pair_maps)
             return result
         except KeyboardInterrupt as exc:
             published = self._snapshot.models
@@ -573,13 +607,14 @@ class LatentSpace:
                 exc.add_note(_INTERRUPTED)
             raise
 
-    def _publish(self, snapshot, dim, start, trained, used, rng, config):
+    def _publish(self, snapshot, dim, start, trained, used, rng, config, pair_maps):
         """Install the ``trained`` models and the ``config`` that made them
         (for `save`), in one assignment; the caller holds the lock.
 
         Refused if a model the training used (``used``: trained or frozen)
         was replaced meanwhile; ``rng`` is the generator of a re-dimensioned
-        space (None: the space's).
+        space (None: the space's); ``pair_maps`` (``(a, b) -> (M_a, M_b)``)
+        those of the training, which replace any of its models'.
         """
         from ._io import config_record
 
@@ -594,8 +629,13 @@ class LatentSpace:
                     "the new weights were discarded"
                 )
             start = current.models
+        models = {**start, **trained}
+        maps = _kept_pair_maps(current.pair_maps if dim == current.dim else {}, models)
+        for (a, b), (Ma, Mb) in pair_maps.items():
+            maps[a, b] = (models[a], models[b], _frozen(Ma.astype(self._dtype)),
+                          _frozen(Mb.astype(self._dtype)))
         self._snapshot = _Snapshot(
-            dim, {**start, **trained}, current.rng if rng is None else rng, record
+            dim, models, current.rng if rng is None else rng, record, maps
         )
 
     # Persistence, pickling, search and evaluation: thin wrappers over the

@@ -25,7 +25,13 @@ import numbers
 import numpy as np
 
 from ._exceptions import InvalidParameterError
-from ._search import check_batch_size, check_method, score_blocks, unit_latents
+from ._search import (
+    check_batch_size,
+    check_method,
+    normalise,
+    score_blocks,
+    unit_latents,
+)
 from ._data import training_data
 from ._validation import check_int
 
@@ -57,8 +63,11 @@ def _check_ks(k):
     return tuple(sorted(set(ks)))
 
 
-def _ranks(Q, G, method, csls_k, batch_size):
-    """Rank (1-based) of gallery row ``i`` for query row ``i``."""
+def _ranks(Q, G, method, csls_k, batch_size, maps=None):
+    """Rank (1-based) of gallery row ``i`` for query row ``i``; ``maps``:
+    the pair map ``(M_source, M_target)`` through which they are compared."""
+    if maps is not None:
+        Q, G = normalise(Q @ maps[0]), normalise(G @ maps[1])
     ranks = np.empty(len(Q), dtype=np.int64)
     for start, T, _ in score_blocks(Q, G, method, csls_k, None, batch_size):
         rows = np.arange(len(T))
@@ -80,16 +89,19 @@ def _prepare(space, data, k, method, csls_k, batch_size, min_models):
     method = check_method(method)
     csls_k = check_int("csls_k", csls_k, 1)
     batch_size = check_batch_size(batch_size)
-    models, names, blocks = _aligned(space, data, min_models)
+    snapshot, names, blocks = _aligned(space, data, min_models)
     latents = {
-        name: unit_latents(models, space.dtype, name, block)[0]
+        name: unit_latents(snapshot.models, space.dtype, name, block)[0]
         for name, block in zip(names, blocks)
     }
-    return ks, method, csls_k, batch_size, models, names, blocks, latents
+    return ks, method, csls_k, batch_size, snapshot, names, blocks, latents
 
 
 def _aligned(space, data, min_models):
-    models = space._snapshot.models
+    """``(snapshot, names, blocks)``: the space's snapshot and the checked
+    aligned blocks of ``data``."""
+    snapshot = space._snapshot
+    models = snapshot.models
     with training_data(data, models, space.dtype, min_models=min_models) as source:
         blocks, observed = source.samples([None] * len(source.names))
     if observed is not None:  # a masked array's rows with masked entries
@@ -98,7 +110,7 @@ def _aligned(space, data, min_models):
             f"data for model {name!r} has masked entries: scores need every item "
             "of every model (fill them, or drop their rows from every model)"
         )
-    return models, source.names, blocks
+    return snapshot, source.names, blocks
 
 
 def retrieval_ranks(
@@ -135,10 +147,11 @@ def retrieval_ranks(
     method = check_method(method)
     csls_k = check_int("csls_k", csls_k, 1)
     batch_size = check_batch_size(batch_size)
-    models, _, _ = _aligned(space, {source: queries, target: gallery}, 2)
-    Q, _ = unit_latents(models, space.dtype, source, queries, "queries")
-    G, _ = unit_latents(models, space.dtype, target, gallery, "gallery")
-    return _ranks(Q, G, method, csls_k, batch_size)
+    snapshot, _, _ = _aligned(space, {source: queries, target: gallery}, 2)
+    Q, _ = unit_latents(snapshot.models, space.dtype, source, queries, "queries")
+    G, _ = unit_latents(snapshot.models, space.dtype, target, gallery, "gallery")
+    maps = snapshot.pair_maps_to(target).get(source)
+    return _ranks(Q, G, method, csls_k, batch_size, maps)
 
 
 def _summary(ranks, ks):
@@ -170,11 +183,12 @@ def retrieval_scores(
         ``{(source, target): {"top1": ..., "top10": ..., "mrr": ...,
         "median_rank": ...}}``, values in [0, 1] except the median rank.
     """
-    ks, method, csls_k, batch_size, models, names, blocks, latents = _prepare(
+    ks, method, csls_k, batch_size, snapshot, names, blocks, latents = _prepare(
         space, data, k, method, csls_k, batch_size, 2
     )
     return {
-        (a, b): _summary(_ranks(latents[a], latents[b], method, csls_k, batch_size), ks)
+        (a, b): _summary(_ranks(latents[a], latents[b], method, csls_k, batch_size,
+                                snapshot.pair_maps_to(b).get(a)), ks)
         for a in names
         for b in names
         if a != b
@@ -249,7 +263,8 @@ def reconstruction_r2(space, data):
     dict
         ``{name: r2}``; 1 is perfect, 0 is as good as predicting the mean.
     """
-    return _reconstruction(*_aligned(space, data, 1))
+    snapshot, names, blocks = _aligned(space, data, 1)
+    return _reconstruction(snapshot.models, names, blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,15 +368,17 @@ def evaluate(space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=Non
     -------
     Evaluation
     """
-    ks, method, csls_k, batch_size, models, names, blocks, latents = _prepare(
+    ks, method, csls_k, batch_size, snapshot, names, blocks, latents = _prepare(
         space, data, k, method, csls_k, batch_size, 1
     )
+    models = snapshot.models
     translation = _translation(models, names, blocks)
     retrieval = {}
     for a in names:
         for b in names:
             if a != b:
-                ranks = _ranks(latents[a], latents[b], method, csls_k, batch_size)
+                ranks = _ranks(latents[a], latents[b], method, csls_k, batch_size,
+                               snapshot.pair_maps_to(b).get(a))
                 retrieval[a, b] = {
                     **_summary(ranks, ks),
                     "translation_r2": translation[a, b],
