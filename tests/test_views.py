@@ -635,7 +635,8 @@ def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
     problem = _solvers._Problem(
-        ["m0", "m1"], Xs, observed, None, stats, moments, objective, config, (False, False)
+        ["m0", "m1"], Xs, observed, None, stats, moments, objective, config, (False, False),
+        entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
         P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)

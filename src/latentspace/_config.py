@@ -183,10 +183,9 @@ class ProjectionConfig:
 
 
 def resolve_config(config, overrides):
-    """The `ProjectionConfig` for ``config`` (or the defaults) with ``overrides``."""
-    if config is None:
-        config = ProjectionConfig()
-    elif not isinstance(config, ProjectionConfig):
+    """The `ProjectionConfig` for ``config`` (or the defaults) with ``overrides``,
+    validated once."""
+    if config is not None and not isinstance(config, ProjectionConfig):
         raise InvalidParameterError(
             f"config must be a ProjectionConfig or None, got {type(config).__name__}"
         )
@@ -197,6 +196,8 @@ def resolve_config(config, overrides):
             f"unknown training option(s) {', '.join(map(repr, unknown))}; "
             f"ProjectionConfig fields are {', '.join(sorted(fields))}"
         )
+    if config is None:
+        return ProjectionConfig(**overrides)
     return dataclasses.replace(config, **overrides) if overrides else config
 
 

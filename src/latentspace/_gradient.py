@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from ._statistics import Moments
-from ._threads import scipy_blas_single_threaded
 
 __all__ = ["train_lbfgs", "train_minibatch"]
 
@@ -57,16 +56,16 @@ def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
 
     theta = objective.join(Ps, Rs, np.float64)
     monitor.start(objective(Ps, Rs, moments, gradient=False))
-    with scipy_blas_single_threaded():
-        result = minimize(
-            fun,
-            theta,
-            jac=True,
-            method="L-BFGS-B",
-            callback=callback,
-            # Stopping on the relative decrease is the monitor's job (tol).
-            options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
-        )
+    # (on one BLAS thread: the caller's `blas_single_threaded`)
+    result = minimize(
+        fun,
+        theta,
+        jac=True,
+        method="L-BFGS-B",
+        callback=callback,
+        # Stopping on the relative decrease is the monitor's job (tol).
+        options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
+    )
     if not monitor.history:  # a stationary start: L-BFGS-B made no iteration
         monitor.step(result.fun)
     Ps, Rs = objective.split(np.asarray(result.x).astype(dtype))

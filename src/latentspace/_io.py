@@ -246,7 +246,7 @@ def space_state(space):
         "dim": snapshot.dim,
         "models": [],
         "rng": _encode_rng_state(rng_state),
-        "config": snapshot.config,
+        "config": config_record(snapshot.config),
     }
     arrays = {}
     little = space.dtype.newbyteorder("<")

@@ -73,6 +73,7 @@ class _Problem(NamedTuple):
     objective: Objective
     config: object
     frozen: tuple  # per model: whether its weights stay
+    entries: int  # of the largest matrix multiplied (see `_threads`)
 
 
 def _sgd(problem, Ps, Rs, monitor):
@@ -118,7 +119,7 @@ def _sgd(problem, Ps, Rs, monitor):
             retract=retract,
             loss=lambda Ps, Rs: objective(Ps, Rs, moments, gradient=False),
         )
-    with blas_single_threaded():
+    with blas_single_threaded(problem.entries):
         Ps, Rs, _, _ = train_sgd(
             problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs
         )
@@ -128,7 +129,7 @@ def _sgd(problem, Ps, Rs, monitor):
 def _minibatch(problem, Ps, Rs, monitor):
     """Adam on mini-batches of ``batch_size`` rows (`train_minibatch`)."""
     config = problem.config
-    with blas_single_threaded():
+    with blas_single_threaded(problem.entries):
         out = train_minibatch(
             problem.objective,
             Ps,
@@ -149,7 +150,7 @@ def _minibatch(problem, Ps, Rs, monitor):
 
 def _lbfgs(problem, Ps, Rs, monitor):
     """L-BFGS-B on the sufficient statistics (`train_lbfgs`)."""
-    with blas_single_threaded():
+    with blas_single_threaded(problem.entries):
         return train_lbfgs(
             problem.objective, Ps, Rs, problem.moments, problem.config.n_epochs,
             monitor,
@@ -217,12 +218,20 @@ def train(source, offsets, projections, reconstructions, config, monitor_args,
         If a ``tol`` was not met.
     """
     # Overflow is detected from the results (non-finite loss or weights).
+    entries = _entries(source.widths, projections[0].shape[1])
     with (
         np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-        scipy_blas_single_threaded(),
+        scipy_blas_single_threaded(entries),
     ):
         return _train(source, offsets, projections, reconstructions, config,
                       monitor_args, tuple(frozen))
+
+
+def _entries(widths, k):
+    """Entries of the largest matrix a training multiplies (the Gram matrix
+    of all features, or a features x latents block)."""
+    width = sum(widths)
+    return width * max(width, k)
 
 
 def _plus(offset, shift):
@@ -369,7 +378,7 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
             for m, (f, P, R) in enumerate(zip(frozen, Ps, Rs))
         ]
     problem = _Problem(source.names, blocks, observed, pending, stats, moments,
-                       objective, config, frozen)
+                       objective, config, frozen, _entries(widths, k))
     total = 1 if solver == "cca" else config.n_epochs
     with Monitor(
         total, tol, config.callback, config.progress, **monitor_args

@@ -125,7 +125,9 @@ class _Snapshot(NamedTuple):
     # The generator the next registration draws from; writers draw from a
     # copy, which the snapshot they publish holds.
     rng: np.random.Generator | None = None
-    config: dict | None = None  # record of the training that made it (for save)
+    # The training that made it (for save): a ProjectionConfig, or the record
+    # in the file it was loaded from.
+    config: object = None
     # (a, b) -> (model a, model b, M_a, M_b): the pair maps of a joint
     # training, valid while both models are those it was computed for.
     pair_maps: dict = {}
@@ -616,9 +618,6 @@ class LatentSpace:
         space (None: the space's); ``pair_maps`` (``(a, b) -> (M_a, M_b)``)
         those of the training, which replace any of its models'.
         """
-        from ._io import config_record
-
-        record = config_record(config)
         current = self._snapshot
         if current is not snapshot:
             moved = [n for n in used if current.models.get(n) is not start.get(n)]
@@ -635,7 +634,7 @@ class LatentSpace:
             maps[a, b] = (models[a], models[b], _frozen(Ma.astype(self._dtype)),
                           _frozen(Mb.astype(self._dtype)))
         self._snapshot = _Snapshot(
-            dim, models, current.rng if rng is None else rng, record, maps
+            dim, models, current.rng if rng is None else rng, config, maps
         )
 
     # Persistence, pickling, search and evaluation: thin wrappers over the
