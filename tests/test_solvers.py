@@ -971,3 +971,29 @@ def test_pair_maps_are_the_two_model_cca_of_the_latents(monkeypatch):
         # The same comparison: z_a Ma . z_b Mb, whatever the signs and bases.
         want = (Wa @ U * s) @ (Wb @ Vt.T * s).T
         assert_allclose(Ma @ Mb.T, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("widths, limited", [((3, 5), False), ((100, 90), True)])
+def test_blas_threads_are_limited_only_where_blas_could_use_them(widths, limited):
+    """Per-sample SGD sets one BLAS thread for the training, unless every
+    matrix is too small for OpenBLAS to use threads (then setting the limit
+    would cost more than the training)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    Xs = correlated(widths, 50, seed=33)
+    seen = []
+
+    def threads():  # NumPy's and SciPy's (FAISS, if loaded, has its own)
+        return {info["filepath"]: info["num_threads"]
+                for info in threadpoolctl.threadpool_info()
+                if info["user_api"] == "blas"
+                and ("numpy" in info["filepath"] or "scipy" in info["filepath"])}
+
+    def callback(state):
+        seen.append(threads())
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = threads()
+        trained(widths, 4, Xs, solver="sgd", n_epochs=1, learning_rate=1e-4,
+                callback=callback)
+    expected = {path: 1 for path in before} if limited else before
+    assert seen == [expected]
