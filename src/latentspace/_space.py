@@ -72,7 +72,25 @@ def _frozen(array):
 
 
 def _make_model(projection, reconstruction, offset=None):
-    """A `_Model` of private, immutable copies of the arrays."""
+    """A `_Model` of private, immutable copies of the arrays; ValueError if
+    their shapes or dtypes do not fit together (a crafted file), which the
+    kernels assume."""
+    projection, reconstruction = np.asarray(projection), np.asarray(reconstruction)
+    dtype = projection.dtype
+    if not (
+        dtype in (np.float64, np.float32)
+        and projection.ndim == 2
+        and reconstruction.shape == projection.shape[::-1]
+        and reconstruction.dtype == dtype
+        and (offset is None or (np.shape(offset) == projection.shape[:1]
+                                and np.asarray(offset).dtype == dtype))
+    ):
+        raise ValueError(
+            f"inconsistent model weights: projection {projection.shape} "
+            f"{projection.dtype}, reconstruction {reconstruction.shape} "
+            f"{reconstruction.dtype}, offset "
+            f"{None if offset is None else (np.shape(offset), np.asarray(offset).dtype)}"
+        )
     projection, reconstruction = _frozen(projection), _frozen(reconstruction)
     if offset is not None:
         offset = _frozen(offset)
