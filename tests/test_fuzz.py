@@ -45,7 +45,7 @@ from latentspace import (
     metrics,
 )
 from latentspace import _io
-from latentspace.__main__ import main
+from latentspace.cli import main
 
 # What a refused call may raise (InvalidParameterError, UnknownModelError and
 # SpaceFileError are among them).

@@ -851,7 +851,7 @@ def test_a_training_that_needs_no_iteration_has_a_final_loss(tmp_path, capsys):
     # Found by the long fuzz: one sample, L-BFGS-B from the closed form, whose
     # gradient is zero: no iteration ran, and final_loss raised IndexError
     # (so did `train` on the command line, which prints it).
-    from latentspace.__main__ import main
+    from latentspace.cli import main
 
     space = latentspace.LatentSpace(1, seed=0)
     space.register("a", 1)
