@@ -35,7 +35,8 @@ from scipy.linalg import blas
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import latentspace
-from latentspace import _core, _sgd
+from latentspace import _sgd
+from latentspace._kernels.sgd import sgd_avx
 
 
 def median_seconds(fn, repeats, number=1):
@@ -177,7 +178,7 @@ def bench_sgd(repeats, clock):
             rows.append(row)
             if floor is not None:
                 floors.append(floor)
-    avx = _core.sgd_avx()
+    avx = sgd_avx()
     print(f"\nReference SGD: milliseconds per epoch, medians of {repeats} interleaved "
           f"rounds ({'AVX' if avx else 'baseline'} loops)")
     header = ("dtype", "widths->k", "n", "epoch", "train", "numpy", "numpy/epoch",
@@ -284,7 +285,7 @@ def main():
     repeats = args.repeats or (3 if args.quick else 7)
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     if args.no_avx:
-        _core.sgd_avx(False)
+        sgd_avx(False)
     print(f"latentspace {latentspace.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the start")

@@ -16,6 +16,7 @@ from latentspace import (
     TrainingDivergedError,
     UnknownModelError,
 )
+from latentspace._kernels import affine
 
 N = 10
 _RNG = np.random.default_rng(20)
@@ -621,7 +622,7 @@ def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkey
         "translate": space.translate("a", "b", x),
         "search": space.search("a", x, "b", gallery, k=3),
     }
-    monkeypatch.setattr(latentspace._core, "MAX_ROWS", rows)
+    monkeypatch.setattr(affine, "MAX_ROWS", rows)
     tol = MAP_TOL[np.dtype(dtype)]
     assert_allclose(space.project("a", x), expected["project"], **tol)
     out = np.full((10, 4), np.nan, dtype)
@@ -634,7 +635,7 @@ def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkey
 
 
 def test_the_rows_of_one_blas_call_fit_a_blas_int():
-    assert 1 <= latentspace._core.MAX_ROWS <= 2**31 - 1
+    assert 1 <= affine.MAX_ROWS <= 2**31 - 1
 
 
 # ----------------------------------------------------------- weights are immutable

@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from . import _core
+from ._kernels.sgd import loss_sum
 
 __all__ = ["Objective", "mean_loss"]
 
@@ -41,7 +41,7 @@ class Objective:
 
     def __call__(self, P, R, alignment_weight):
         """The loss for flat concatenations ``P`` and ``R`` of the weights."""
-        total = _core.loss_sum(
+        total = loss_sum(
             self.X, self.widths, self.observed, P, R, alignment_weight, self._Z,
             self._Xhat,
         )

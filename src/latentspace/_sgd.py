@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from . import _core
+from ._kernels.sgd import sgd_epoch, sgd_prime
 from ._exceptions import TrainingDivergedError
 from ._objective import Objective
 
@@ -62,10 +62,10 @@ def _kernels(X, widths, k, observed, rates, P, R, w):
     g = np.empty(k, dtype)
 
     def epoch(lr):
-        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
-                               check_every)
+        return sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
+                         check_every)
 
-    return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
+    return (lambda: sgd_prime(X, widths, P, R, Z, E, V)), epoch
 
 
 def train_sgd(blocks, projections, reconstructions, config, *, names, observed=None,

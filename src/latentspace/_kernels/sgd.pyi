@@ -1,49 +1,42 @@
 # SPDX-License-Identifier: BSD-3-Clause
-from typing import Any
-
+import numpy as np
 from numpy.typing import NDArray
 
-MAX_ROWS: int
-
-class AffineMap:
-    W: NDArray[Any]
-    shift: NDArray[Any] | None
-    def __init__(self, W: NDArray[Any], shift: NDArray[Any] | None = ...) -> None: ...
-    def __call__(
-        self, x: object, out: NDArray[Any] | None = ...
-    ) -> NDArray[Any] | None: ...
+_Floats = NDArray[np.float64] | NDArray[np.float32]
+_Indices = NDArray[np.intp]
+_Mask = NDArray[np.uint8]
 
 def loss_sum(
-    X: NDArray[Any],
-    widths: NDArray[Any],
-    observed: NDArray[Any] | None,
-    P: NDArray[Any],
-    R: NDArray[Any],
+    X: _Floats,
+    widths: _Indices,
+    observed: _Mask | None,
+    P: _Floats,
+    R: _Floats,
     alignment_weight: float,
-    Z: NDArray[Any],
-    Xhat: NDArray[Any],
+    Z: _Floats,
+    Xhat: _Floats,
 ) -> float: ...
 def sgd_prime(
-    X: NDArray[Any],
-    widths: NDArray[Any],
-    P: NDArray[Any],
-    R: NDArray[Any],
-    Z: NDArray[Any],
-    E: NDArray[Any],
-    V: NDArray[Any],
+    X: _Floats,
+    widths: _Indices,
+    P: _Floats,
+    R: _Floats,
+    Z: _Floats,
+    E: _Floats,
+    V: _Floats,
 ) -> None: ...
 def sgd_epoch(
-    X: NDArray[Any],
-    widths: NDArray[Any],
-    observed: NDArray[Any] | None,
-    rates: NDArray[Any],
-    P: NDArray[Any],
-    R: NDArray[Any],
-    Z: NDArray[Any],
-    E: NDArray[Any],
-    V: NDArray[Any],
-    A: NDArray[Any],
-    g: NDArray[Any],
+    X: _Floats,
+    widths: _Indices,
+    observed: _Mask | None,
+    rates: _Floats,
+    P: _Floats,
+    R: _Floats,
+    Z: _Floats,
+    E: _Floats,
+    V: _Floats,
+    A: _Floats,
+    g: _Floats,
     learning_rate: float,
     alignment_weight: float,
     check_every: int,
