@@ -8,7 +8,7 @@
 Prints medians and ratios of interleaved rounds (each round times every
 contender once, so that a change in the machine's load hits all alike):
 
-1. The reference optimiser (per-sample SGD of SPEC.md): milliseconds per
+1. The reference optimiser (per-sample SGD, docs/maths.md §3): milliseconds per
    epoch of the compiled epoch alone and of `LatentSpace.train_projections`
    (which also evaluates the loss before the first epoch and after every
    epoch), against the fastest NumPy transcription we could write (in-place
@@ -51,7 +51,7 @@ def median_seconds(fn, repeats, number=1):
 
 
 def numpy_sgd_epoch(Xs, Ps, Rs, learning_rate, alignment_weight):
-    """One epoch of SPEC.md's reference loop with in-place BLAS, on F-ordered
+    """One epoch of the reference loop (docs/maths.md §3) with in-place BLAS, on F-ordered
     ``Ps`` (d, k) and ``Rs`` (k, d), updated in place."""
     dtype = Xs[0].dtype
     ger, gemv = (

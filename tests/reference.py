@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Plain-NumPy transcriptions of SPEC.md: the oracle the kernels are tested against."""
+"""Plain-NumPy transcriptions of docs/maths.md: the oracle the kernels are tested against."""
 
 import numpy as np
 
@@ -14,7 +14,7 @@ def xavier(rng, input_dim, dim, dtype):
 
 def reference_sgd(Xs, Ps, Rs, learning_rate, n_epochs, alignment_weight,
                   observed=None, frozen=()):
-    """SPEC.md's reference optimiser, line by line; returns new (Ps, Rs).
+    """The reference optimiser of docs/maths.md §3, line by line; returns new (Ps, Rs).
 
     With ``observed`` ((n, M) bool), sample ``i`` only involves the models
     that observed it (its mean latent is theirs); models in ``frozen``
@@ -45,7 +45,7 @@ def reference_sgd(Xs, Ps, Rs, learning_rate, n_epochs, alignment_weight,
 
 
 def reference_loss(Xs, Ps, Rs, alignment_weight, observed=None):
-    """SPEC.md's L / n (with ``observed``, (n, M) bool: a sample counts for
+    """The L / n of docs/maths.md §2 (with ``observed``, (n, M) bool: a sample counts for
     the models that observed it, about the mean of their latents)."""
     n = len(Xs[0])
     if observed is None:

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The compiled kernels against the plain-NumPy oracle of SPEC.md (`reference`)."""
+"""The compiled kernels against the plain-NumPy oracle of docs/maths.md (`reference`)."""
 
 import numpy as np
 import pytest
@@ -124,7 +124,7 @@ def test_order_of_models_in_data_does_not_matter(dtype):
 
 @dtype_params
 def test_registration_order_matches_reference(dtype):
-    """SPEC: the order of models does not change the result. A space whose models
+    """docs/maths.md §3: the order of models does not change the result. A space whose models
     were registered in the opposite order of the oracle's lists still matches it."""
     Xa, Xb = random_data((3, 5), 12, seed=5)
     forward = latentspace.LatentSpace(4, dtype=dtype)

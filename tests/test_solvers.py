@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The solvers of issue 3 against NumPy transcriptions of the same maths.
+"""The solvers against NumPy transcriptions of the same maths.
 
 - "cca": closed-form regularised MAXVAR CCA, offsets, agreement ordering and
   weighting, least-squares reconstructions; against NumPy and scikit-learn.

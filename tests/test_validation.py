@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Every validation error of SPEC.md, its message, and that it changes nothing."""
+"""Every validation error (docs/maths.md §8), its message, and that it changes nothing."""
 
 import re
 
@@ -152,7 +152,7 @@ DATA_FAILURES = [
      r"mappings \(chunks of rows\), got NoneType"),
 ]
 
-# The Go package's checks, in SPEC.md's order. A case that breaks several rules
+# The Go package's checks, in the order of docs/maths.md §8. A case that breaks several rules
 # must be reported by the earliest check.
 ORDER_FAILURES = [
     ("no-models", train_data({}), ValueError, r"at least two models, got 0"),

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Missing views (``observed=``) and frozen models (``frozen=``) of issue 5,
-against NumPy transcriptions of the same maths.
+"""Missing views (``observed=``) and frozen models (``frozen=``), docs/maths.md
+§6-7, against NumPy transcriptions of the same maths.
 
 - Per-sample SGD with missing views and frozen models against the oracle.
 - Statistics of data with missing views against per-sample sums; the

@@ -6,7 +6,7 @@ the data through ``G = X.T @ X / n`` (``X`` the concatenated features, shifted
 by the models' offsets; block ``G_ml`` pairs models ``m`` and ``l``). With
 ``Z_m = X_m P_m``:
 
-**reference** (SPEC.md): ``L = sum_m 1/2 E||z_m R_m - x_m||^2 + w/2 E||z_m - zbar||^2``.
+**reference** (docs/maths.md §2): ``L = sum_m 1/2 E||z_m R_m - x_m||^2 + w/2 E||z_m - zbar||^2``.
 Scaling ``P_m`` by ``eps`` and ``R_m`` by ``1 / eps`` keeps every
 reconstruction and multiplies the alignment term by ``eps**2``: the loss has no
 minimiser, and descending it shrinks the latents instead of aligning them.

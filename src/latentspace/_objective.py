@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The training objective of SPEC.md, evaluated by the compiled core."""
+"""The reference objective (docs/maths.md §2), evaluated by the compiled kernel."""
 
 import numpy as np
 
@@ -12,7 +12,7 @@ _CHUNK = 256
 
 
 class Objective:
-    """SPEC.md's mean per-sample loss ``L / n`` on fixed aligned samples.
+    """The mean per-sample reference loss ``L / n`` on fixed aligned samples.
 
     ``L = sum_i sum_m 1/2 ||x_mi @ P_m @ R_m - x_mi||^2 + w/2 ||z_mi - z_i||^2``
     with ``z_mi = x_mi @ P_m`` and ``z_i`` the mean of ``z_mi`` over models

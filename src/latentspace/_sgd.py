@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The reference optimiser of SPEC.md (per-sample SGD) around the compiled epoch."""
+"""The reference optimiser (per-sample SGD, docs/maths.md §3) around the compiled epoch."""
 
 import math
 
@@ -71,7 +71,7 @@ def _kernels(X, widths, k, observed, rates, P, R, w):
 def train_sgd(blocks, projections, reconstructions, config, *, names, observed=None,
               rates=None, monitor=None, alignment_weight=None, retract=None,
               loss=None):
-    """Train copies of the weights with SPEC.md's per-sample SGD.
+    """Train copies of the weights with the reference per-sample SGD.
 
     Parameters
     ----------
@@ -95,7 +95,8 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
         ``retract(Ps, Rs)`` modifies the weights in place before the first
         epoch and after every epoch (the whitened objective re-whitens there).
     loss : callable, optional
-        ``loss(Ps, Rs)``, the mean loss reported (default SPEC.md's).
+        ``loss(Ps, Rs)``, the mean loss reported (default the
+        reference loss).
 
     Returns
     -------

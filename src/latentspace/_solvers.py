@@ -76,7 +76,7 @@ class _Problem(NamedTuple):
 
 
 def _sgd(problem, Ps, Rs, monitor):
-    """SPEC.md's per-sample SGD; the whitened objective re-whitens every epoch.
+    """The reference per-sample SGD (docs/maths.md §3); the whitened objective re-whitens every epoch.
 
     Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)
     changes no reconstruction and no whitened latent, so the whitened loss

@@ -399,8 +399,8 @@ class LatentSpace:
                           frozen=(), **overrides):
         """Learn the projections and reconstructions of the models in ``data``.
 
-        Runs ``config.solver`` (by default SPEC.md's reference optimiser,
-        per-sample SGD) on copies of the weights and publishes them all at once
+        Runs ``config.solver`` (by default the closed form, docs/maths.md
+        §5) on copies of the weights and publishes them all at once
         if it succeeds; on any error, divergence, interrupt or exception from
         the callback the space is left exactly as it was. ``solver="cca"`` is
         the fast way to a space in which cross-model retrieval works; it and

@@ -46,7 +46,7 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
              const unsigned char[:, ::1] observed,
              const floating[::1] P, const floating[::1] R, double alignment_weight,
              floating[:, :, ::1] Z, floating[:, ::1] Xhat):
-    """SPEC.md's ``L`` over the rows of ``X``, in chunks of ``Z.shape[1]`` rows.
+    """The reference objective ``L`` (docs/maths.md §2) over the rows of ``X``, in chunks of ``Z.shape[1]`` rows.
 
     ``L = sum_i sum_m 1/2 ||z_mi @ R_m - x_mi||^2 + w/2 ||z_mi - mean_m z_mi||^2``
     with ``z_mi = x_mi @ P_m``, summed in double precision. With ``observed``,
@@ -192,7 +192,7 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
               floating[:, ::1] E, floating[:, ::1] V, floating[:, ::1] A,
               floating[::1] g, double learning_rate, double alignment_weight,
               Py_ssize_t check_every):
-    """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, in place.
+    """One epoch of the reference per-sample SGD (docs/maths.md §3) over the rows of ``X``, in place.
 
     The update of sample ``i`` is, for every model (``a = z - mean_m z``)::
 
