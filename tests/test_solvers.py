@@ -26,7 +26,7 @@ from latentspace import (
     TrainingDivergedError,
     TrainingState,
 )
-from latentspace._losses import Objective, sample_scale
+from latentspace._losses import MomentObjective, sample_scale
 from latentspace._statistics import chunk_sums, statistics
 
 TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-4}
@@ -311,7 +311,7 @@ def test_objective_and_gradient_match_per_sample_formulas(kind, widths, k):
     stats = accumulate(Xs)
     gram = stats.moments(np.zeros_like(stats.mean))
     tau = sample_scale(gram, widths)
-    objective = Objective(kind, widths, k, 1.3, (0.05,) * len(widths), tau,
+    objective = MomentObjective(kind, widths, k, 1.3, (0.05,) * len(widths), tau,
                           np.float64)
     Ps = [rng.standard_normal((d, k)) for d in widths]
     Rs = [rng.standard_normal((k, d)) for d in widths]
@@ -341,7 +341,7 @@ def test_whitened_objective_has_no_shrinking_direction(eps):
     Rs = [rng.standard_normal((k, d)) for d in widths]
     scaled = ([P * eps for P in Ps], [R / eps for R in Rs])
     for kind in ("reference", "whitened"):
-        objective = Objective(
+        objective = MomentObjective(
             kind, widths, k, 1.0, (0.0,) * len(widths), sample_scale(gram, widths),
             np.float64,
         )
@@ -412,7 +412,7 @@ def test_lbfgs_whitened_reaches_a_stationary_point_of_the_per_sample_loss():
     assert result.converged and result.final_loss < result.initial_loss
     Cs = [X - X.mean(axis=0) for X in Xs]
     tau = sample_scale(accumulate(Cs).moments(np.zeros(sum(widths))), widths)
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     eps = np.finfo(np.float64).eps
 
@@ -488,7 +488,7 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     stats = accumulate(Xs)
     moments = stats.moments(np.zeros(sum(widths)))
     tau = sample_scale(moments, widths)
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
     problem = _solvers._Problem(

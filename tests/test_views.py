@@ -28,7 +28,7 @@ from support import (
 
 from latentspace import InvalidParameterError, ProjectionConfig
 from latentspace._gradient import _batch_moments
-from latentspace._losses import Objective, sample_scale
+from latentspace._losses import MomentObjective, sample_scale
 from latentspace._statistics import chunk_sums, merge_sums, statistics
 
 
@@ -259,7 +259,7 @@ def test_objective_with_missing_views_matches_per_sample_loss(kind):
     tau = sample_scale(moments, widths)
     taus = [np.trace(X[o].T @ X[o] / o.sum()) for X, o in zip(Xs, observed.T)]
     assert tau == pytest.approx(np.mean(taus), rel=1e-12)
-    objective = Objective(kind, widths, k, w, (reg,) * len(widths), tau, np.float64)
+    objective = MomentObjective(kind, widths, k, w, (reg,) * len(widths), tau, np.float64)
     rng = np.random.default_rng(12)
     Ps = [rng.standard_normal((d, k)) for d in widths]
     Rs = [rng.standard_normal((k, d)) for d in widths]
@@ -283,7 +283,7 @@ def test_frozen_gradients_are_zero():
     Xs = correlated(widths, 30, seed=13)
     stats = _stats(Xs, np.ones((30, 2), dtype=bool))
     moments = stats.moments(np.zeros(7))
-    objective = Objective("reference", widths, k, 1.0, (0.1,) * 2, 1.0, np.float64,
+    objective = MomentObjective("reference", widths, k, 1.0, (0.1,) * 2, 1.0, np.float64,
                           (True, False))
     rng = np.random.default_rng(14)
     Ps = [rng.standard_normal((d, k)) for d in widths]
@@ -338,7 +338,7 @@ def test_lbfgs_with_missing_views_reaches_a_stationary_point():
     mus = [space.offset(name) for name in names]
     Cs = zero_filled([X - mu for X, mu in zip(Xs, mus)], observed)
     tau = np.mean([np.trace(C[o].T @ C[o] / o.sum()) for C, o in zip(Cs, observed.T)])
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     theta = objective.join(*float64_weights(space, names))
 
@@ -631,7 +631,7 @@ def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch
     grams = [X[o].T @ X[o] / o.sum() for X, o in zip(Xs, observed.T)]
     tau = np.mean([np.trace(G) for G in grams])
     assert sample_scale(moments, widths) == pytest.approx(tau, rel=1e-12)
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
     problem = _solvers._Problem(

@@ -50,7 +50,7 @@ import scipy.linalg
 
 from ._statistics import ridge, slices
 
-__all__ = ["Objective", "sample_scale", "whitened_loss", "whitening"]
+__all__ = ["MomentObjective", "sample_scale", "whitened_loss", "whitening"]
 
 
 def _dot(a, b):
@@ -101,7 +101,7 @@ def sample_scale(moments, widths):
     )
 
 
-class Objective:
+class MomentObjective:
     """One objective on fixed data, as a function of flat weights.
 
     Parameters
@@ -262,7 +262,7 @@ def whitened_loss(stats, projections, reconstructions, alignment_weight,
     """
     widths = stats.widths
     moments = stats.moments(np.zeros(sum(widths)))
-    objective = Objective(
+    objective = MomentObjective(
         "whitened",
         widths,
         projections[0].shape[1],

@@ -7,14 +7,15 @@ import numpy as np
 
 from ._kernels.sgd import sgd_epoch, sgd_prime
 from ._exceptions import TrainingDivergedError
-from ._objective import Objective
+from ._objective import ReferenceLoss
 
 __all__ = ["train_sgd"]
 
 # Work (sum of d_m * k) between two checks for Ctrl-C inside an epoch: a few
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
-_DECAY = 0.999
+# The learning rate's decay after every epoch (docs/maths.md §3).
+DECAY = 0.999
 
 
 
@@ -125,7 +126,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
     w = config.alignment_weight if alignment_weight is None else alignment_weight
     restart, epoch = _kernels(X, widths, k, mask, rates, P, R, w)
     if loss is None:
-        objective = Objective(X, widths, k, observed)
+        objective = ReferenceLoss(X, widths, k, observed)
 
         def loss(Ps, Rs):
             return objective(P, R, w)  # Ps and Rs are views of P and R
@@ -147,7 +148,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
         if not math.isfinite(value):
             raise _diverged(number, value, config.learning_rate, blocks, names)
         history.append(value)
-        learning_rate *= _DECAY
+        learning_rate *= DECAY
         if monitor is not None and monitor.step(value):
             break
     if not (np.isfinite(P).all() and np.isfinite(R).all()):

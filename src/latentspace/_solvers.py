@@ -28,7 +28,7 @@ from ._exceptions import (
     TrainingDivergedError,
 )
 from ._gradient import train_lbfgs, train_minibatch
-from ._losses import Objective, sample_scale, whitening
+from ._losses import MomentObjective, sample_scale, whitening
 from ._monitor import Monitor
 from ._sgd import train_sgd
 from ._statistics import ridge, slices
@@ -70,7 +70,7 @@ class _Problem(NamedTuple):
     shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
     stats: object  # Statistics of the samples before the shift, or None
     moments: object  # Moments of the shifted samples, or None
-    objective: Objective
+    objective: MomentObjective
     config: object
     frozen: tuple  # per model: whether its weights stay
 
@@ -346,7 +346,7 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         blocks, observed = source.samples(offsets)
     if solver == "cca" or kind == "whitened":  # the closed form's basis
         _check_dimension(k, widths, _paired(stats, blocks, observed))
-    objective = Objective(
+    objective = MomentObjective(
         kind,
         widths,
         k,
