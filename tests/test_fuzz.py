@@ -45,7 +45,7 @@ from latentspace import (
     metrics,
 )
 from latentspace import _io
-from latentspace.__main__ import main
+from latentspace.cli import main
 
 # What a refused call may raise (InvalidParameterError, UnknownModelError and
 # SpaceFileError are among them).
@@ -330,7 +330,7 @@ def test_constructor(dim, dtype, seed):
 
 
 def _register_reference(seed, dim, registrations, dtype):
-    """The weights SPEC.md's Xavier initialisation gives, registration by
+    """The weights Xavier's initialisation (docs/maths.md §1) gives, registration by
     registration (a fresh generator seeded like the space)."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -597,7 +597,7 @@ def test_train_projections(solver, data, space):
         options.get("init", "current") == "current"
         and options.get("latent_dim") in (None, before["dim"])
     ):
-        # SPEC.md's reference optimiser, line by line.
+        # The reference optimiser (docs/maths.md §3), line by line.
         names_ = [n for n in space.models if n in batch]
         # The optimiser sees the samples minus the models' current offsets.
         Xs = [np.asarray(batch[n], dtype=space.dtype).astype(np.float64)

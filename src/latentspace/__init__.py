@@ -7,6 +7,8 @@ can be compared with, retrieved by, or translated into another model's
 representation.
 """
 
+from importlib.metadata import version
+
 from ._config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
     AlignmentNotFoundError,
@@ -39,4 +41,4 @@ __all__ = [
     "TrainingState",
     "UnknownModelError",
 ]
-__version__ = "0.1.0"
+__version__ = version("latentspace")

@@ -224,7 +224,7 @@ class TrainingResult:
         The solver that ran.
     objective : str
         The objective whose values the history holds ("reference" is
-        SPEC.md's ``L / n``).
+        the ``L / n`` of docs/maths.md §2).
     converged : bool
         Whether the solver met its stopping criterion (``tol``, or L-BFGS-B's
         own); always true for "cca", false when it ran out of iterations or

@@ -12,7 +12,7 @@ or Inf) when a block is computed.
 import dask.array as da
 import numpy as np
 
-from . import _core
+from ._kernels.affine import AffineMap
 from ._exceptions import InvalidParameterError
 from ._validation import as_kernel_array
 
@@ -22,7 +22,7 @@ __all__ = ["apply"]
 def _map_block(block, weights, shift, dtype, name, what, block_info=None):
     """One block of `apply`: ``block @ weights + shift`` by the compiled map."""
     x = as_kernel_array(block, dtype, f"{what} for model {name!r}")
-    result = _core.AffineMap(weights, shift)(x)
+    result = AffineMap(weights, shift)(x)
     if result is not None:
         return result
     bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
@@ -41,7 +41,7 @@ def apply(affine_map, values, name, what, dtype):
 
     Parameters
     ----------
-    affine_map : _core.AffineMap
+    affine_map : AffineMap
         A model's projection or reconstruction (its arrays never change).
     values : dask.array.Array of shape (p,) or (n, p)
     name : str

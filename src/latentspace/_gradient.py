@@ -1,19 +1,18 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Gradient solvers of an `latentspace._losses.Objective`: full-batch L-BFGS on
+"""Gradient solvers of an `latentspace._losses.MomentObjective`: full-batch L-BFGS on
 sufficient statistics, and mini-batch Adam on the samples."""
 
 import math
 
 import numpy as np
 
+from ._sgd import DECAY
 from ._statistics import Moments
 
 __all__ = ["train_lbfgs", "train_minibatch"]
 
-# Adam's moment decay rates (Kingma and Ba's defaults) and the per-epoch decay
-# of the step size (that of the reference optimiser).
+# Adam's moment decay rates (Kingma and Ba's defaults).
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
-_DECAY = 0.999
 
 
 def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
@@ -24,7 +23,7 @@ def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
 
     Parameters
     ----------
-    objective : Objective
+    objective : MomentObjective
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
     moments : Moments
@@ -115,7 +114,7 @@ def train_minibatch(
 
     Parameters
     ----------
-    objective : Objective
+    objective : MomentObjective
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
     blocks : list of (n, d_m) ndarray
@@ -163,7 +162,7 @@ def train_minibatch(
             second += (1 - _BETA2) * grad * grad
             scale = learning_rate * math.sqrt(1 - _BETA2**step) / (1 - _BETA1**step)
             theta -= scale * first / (np.sqrt(second) + _ADAM_EPS)
-        learning_rate *= _DECAY
+        learning_rate *= DECAY  # that of the reference optimiser
         loss = objective(*objective.split(theta), moments, gradient=False)
         if not math.isfinite(loss):
             return None

@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Saving and loading a `GalleryIndex` or `FaissIndex`: one file.
 
-The file is a zip archive (stored, not compressed; ZIP64 for large indexes)
-whose members are written and read as streams, so that an index of several
-gigabytes is never held twice in memory:
+The format is described in docs/file-format.md. The file is a zip archive
+(stored, not compressed; ZIP64 for large indexes) whose members are written
+and read as streams, so that an index of several gigabytes is never held twice
+in memory:
 
 ``models/<i>.<projection|reconstruction|offset>.npy``
     The weights of the space the index was built with (every model, in

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Saving, loading and pickling a `LatentSpace`.
 
-A saved space is one ``.npz`` archive (a zip of uncompressed ``.npy`` members,
-readable with ``numpy.load(path, allow_pickle=False)``):
+The format is described in docs/file-format.md. A saved space is one
+``.npz`` archive (a zip of uncompressed ``.npy`` members, readable with
+``numpy.load(path, allow_pickle=False)``):
 
 ``header``
     A ``uint8`` array holding UTF-8 JSON: ``format`` ("latentspace"),

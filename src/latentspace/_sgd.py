@@ -1,20 +1,21 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The reference optimiser of SPEC.md (per-sample SGD) around the compiled epoch."""
+"""The reference optimiser (per-sample SGD, docs/maths.md §3) around the compiled epoch."""
 
 import math
 
 import numpy as np
 
-from . import _core
+from ._kernels.sgd import sgd_epoch, sgd_prime
 from ._exceptions import TrainingDivergedError
-from ._objective import Objective
+from ._objective import ReferenceLoss
 
 __all__ = ["train_sgd"]
 
 # Work (sum of d_m * k) between two checks for Ctrl-C inside an epoch: a few
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
-_DECAY = 0.999
+# The learning rate's decay after every epoch (docs/maths.md §3).
+DECAY = 0.999
 
 
 
@@ -62,16 +63,16 @@ def _kernels(X, widths, k, observed, rates, P, R, w):
     g = np.empty(k, dtype)
 
     def epoch(lr):
-        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
-                               check_every)
+        return sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
+                         check_every)
 
-    return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
+    return (lambda: sgd_prime(X, widths, P, R, Z, E, V)), epoch
 
 
 def train_sgd(blocks, projections, reconstructions, config, *, names, observed=None,
               rates=None, monitor=None, alignment_weight=None, retract=None,
               loss=None):
-    """Train copies of the weights with SPEC.md's per-sample SGD.
+    """Train copies of the weights with the reference per-sample SGD.
 
     Parameters
     ----------
@@ -95,7 +96,8 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
         ``retract(Ps, Rs)`` modifies the weights in place before the first
         epoch and after every epoch (the whitened objective re-whitens there).
     loss : callable, optional
-        ``loss(Ps, Rs)``, the mean loss reported (default SPEC.md's).
+        ``loss(Ps, Rs)``, the mean loss reported (default the
+        reference loss).
 
     Returns
     -------
@@ -124,7 +126,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
     w = config.alignment_weight if alignment_weight is None else alignment_weight
     restart, epoch = _kernels(X, widths, k, mask, rates, P, R, w)
     if loss is None:
-        objective = Objective(X, widths, k, observed)
+        objective = ReferenceLoss(X, widths, k, observed)
 
         def loss(Ps, Rs):
             return objective(P, R, w)  # Ps and Rs are views of P and R
@@ -146,7 +148,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
         if not math.isfinite(value):
             raise _diverged(number, value, config.learning_rate, blocks, names)
         history.append(value)
-        learning_rate *= _DECAY
+        learning_rate *= DECAY
         if monitor is not None and monitor.step(value):
             break
     if not (np.isfinite(P).all() and np.isfinite(R).all()):

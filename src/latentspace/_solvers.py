@@ -28,7 +28,7 @@ from ._exceptions import (
     TrainingDivergedError,
 )
 from ._gradient import train_lbfgs, train_minibatch
-from ._losses import Objective, sample_scale, whitening
+from ._losses import MomentObjective, sample_scale, whitening
 from ._monitor import Monitor
 from ._sgd import train_sgd
 from ._statistics import ridge, slices
@@ -70,14 +70,14 @@ class _Problem(NamedTuple):
     shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
     stats: object  # Statistics of the samples before the shift, or None
     moments: object  # Moments of the shifted samples, or None
-    objective: Objective
+    objective: MomentObjective
     config: object
     frozen: tuple  # per model: whether its weights stay
     entries: int  # of the largest matrix multiplied (see `_threads`)
 
 
 def _sgd(problem, Ps, Rs, monitor):
-    """SPEC.md's per-sample SGD; the whitened objective re-whitens every epoch.
+    """The reference per-sample SGD (docs/maths.md §3); the whitened objective re-whitens every epoch.
 
     Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)
     changes no reconstruction and no whitened latent, so the whitened loss
@@ -355,7 +355,7 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
         blocks, observed = source.samples(offsets)
     if solver == "cca" or kind == "whitened":  # the closed form's basis
         _check_dimension(k, widths, _paired(stats, blocks, observed))
-    objective = Objective(
+    objective = MomentObjective(
         kind,
         widths,
         k,

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _core
+from ._kernels.affine import AffineMap
 from ._config import (
     TrainingResult,
     check_objective,
@@ -46,8 +46,8 @@ class _Model(NamedTuple):
 
     input_dim: int
     offset: np.ndarray | None  # mu, (d,)
-    project: _core.AffineMap  # x -> x @ P - mu @ P
-    retrieve: _core.AffineMap  # z -> z @ R + mu
+    project: AffineMap  # x -> x @ P - mu @ P
+    retrieve: AffineMap  # z -> z @ R + mu
 
     @property
     def projection(self):
@@ -98,8 +98,8 @@ def _make_model(projection, reconstruction, offset=None):
     return _Model(
         len(projection),
         offset,
-        _core.AffineMap(projection, project_shift),
-        _core.AffineMap(reconstruction, offset),
+        AffineMap(projection, project_shift),
+        AffineMap(reconstruction, offset),
     )
 
 
