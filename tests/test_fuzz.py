@@ -739,6 +739,17 @@ def _latents(space, name, rows):
     return _unit(np.atleast_2d(expected))
 
 
+def _compared(space, source, target, Q, G):
+    """Unit latents ``Q`` and ``G`` as searches compare them: through the
+    pair map of the two models if the space has one (a joint space of three
+    or more models, docs/maths.md 5.6)."""
+    maps = space._snapshot.pair_maps_to(target).get(source)
+    if maps is None:
+        return Q, G
+    Ms, Mt = (np.asarray(M, np.float64) for M in maps)
+    return _unit(Q @ Ms), _unit(G @ Mt)
+
+
 _TIE = {np.dtype("float64"): 1e-9, np.dtype("float32"): 1e-3}
 
 
@@ -795,7 +806,8 @@ def test_search(data, space, options):
             # no direction there (it may even round to zero): no oracle.
             event("latent of subnormal size")
             return
-    Q, G = _latents(space, source, q), _latents(space, target, g)
+    Q, G = _compared(space, source, target, _latents(space, source, q),
+                     _latents(space, target, g))
     assert 1 <= k <= len(G)  # more hits than the gallery holds is refused
     shape = (k,) if q.ndim == 1 else (len(Q), k)
     assert indices.shape == scores.shape == shape
@@ -841,7 +853,8 @@ def test_metrics_and_evaluate(data, space, k, method):
     tie = _TIE[space.dtype]
 
     def rank_bounds(a, b):
-        S = _reference_scores(latents[a], latents[b], method, 2)
+        S = _reference_scores(*_compared(space, a, b, latents[a], latents[b]),
+                              method, 2)
         paired = np.diag(S)[:, None]
         return 1 + (S > paired + tie).sum(axis=1), (S >= paired - tie).sum(axis=1)
 
