@@ -967,6 +967,9 @@ def test_sklearn_estimator(data, params):
     assert other == "same"
     expected = []
     for name, view in zip(fitted.view_names_, parts):
+        view = np.asarray(view)
+        if view.dtype.kind in "bO":  # scikit-learn converts booleans and objects
+            view = view.astype(np.float64)
         x = _reference_rows(view, space.models[name], space.dtype)
         expected.append(_affine_reference(_weights(space, name, "P"), x, "P"))
     if listed:
@@ -1346,6 +1349,9 @@ def test_train_with_frozen_models(solver, data, space, frozen_kind, latent_dim):
     options = data.draw(view_configs(solver), label="options")
     names_ = [n for n in space.models if n in batch]
     valid = matrix is not None and matrix.any(axis=0).all()
+    # A model that shares no sample with another: nothing aligns it, which
+    # training may refuse (frozen models and the closed form do).
+    isolated = valid and not matrix[matrix.sum(axis=1) > 1].any(axis=0).all()
     if frozen_kind == "subset":
         frozen = data.draw(st.lists(st.sampled_from(names_), unique=True,
                                     max_size=len(names_) - 1), label="frozen")
@@ -1384,7 +1390,7 @@ def test_train_with_frozen_models(solver, data, space, frozen_kind, latent_dim):
     _assert_data_unchanged(batch, batch_before)
     if status == "refused":
         _assert_space_as(space, before, offsets)
-        if valid:
+        if valid and not isolated:
             assert isinstance(result, TRAIN_REFUSED[len(REFUSED):]), result
         return
     assert valid, "invalid frozen= or observed= accepted"

@@ -334,6 +334,12 @@ alignment_weight, batch_size, tol, callback, progress
     def _views(self, X, reset):
         """``(views, listed)``: the validated views of ``X`` and whether ``X``
         was a list of views. ``reset`` (fit) records their widths."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            # scikit-learn's finiteness check sums the values first: inf + -inf
+            # would warn before it raises its own "contains infinity" error.
+            return self._checked_views(X, reset)
+
+    def _checked_views(self, X, reset):
         given = _view_list(X)
         if given is None:
             X = validate_data(
