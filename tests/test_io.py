@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from latentspace import LatentSpace, ProjectionConfig, SpaceFileError, _io
-from latentspace._space import _make_model
+from latentspace._model import make_model
 
 DTYPES = ["float64", "float32"]
 
@@ -32,7 +32,7 @@ def _trained_space(dtype="float64", offsets=False, seed=3):
         mu = np.linspace(-1, 1, 7).astype(dtype)
         mu.flags.writeable = False
         models = dict(space._snapshot.models)
-        models["image"] = _make_model(P, R, mu)
+        models["image"] = make_model(P, R, mu)
         space._snapshot = space._snapshot._replace(models=models)
     return space
 

@@ -7,8 +7,6 @@ can be compared with, retrieved by, or translated into another model's
 representation.
 """
 
-from importlib.metadata import version
-
 from ._config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
     AlignmentNotFoundError,
@@ -21,8 +19,10 @@ from ._exceptions import (
 from ._faiss import FaissIndex
 from ._io import SpaceFileError
 from ._matching import Matching
-from ._search import GalleryIndex, SearchResult
+from ._index import GalleryIndex
+from ._scoring import SearchResult
 from ._space import LatentSpace
+from ._version import __version__ as __version__
 
 __all__ = [
     "AlignmentNotFoundError",
@@ -41,4 +41,3 @@ __all__ = [
     "TrainingState",
     "UnknownModelError",
 ]
-__version__ = version("latentspace")

@@ -51,16 +51,9 @@ import math
 import numpy as np
 
 from ._exceptions import InvalidParameterError
-from ._search import (
-    GalleryIndex,
-    SearchResult,
-    _check_callback,
-    _is_rows,
-    check_method,
-    neighbourhood,
-    unit_latent_blocks,
-    unit_latents,
-)
+from ._blocks import is_rows, unit_latent_blocks, unit_latents
+from ._index import GalleryIndex, check_callback
+from ._scoring import METHODS, SearchResult, check_method, neighbourhood
 from ._validation import check_int
 
 __all__ = ["KINDS", "FaissIndex"]
@@ -177,7 +170,7 @@ class FaissIndex(GalleryIndex):
         self._setup(space._snapshot.models, space.dtype, target, csls_k, batch_size)
         self.kind = kind
         self._build_faiss(faiss, gallery, options, dict(references or {}),
-                          _check_callback(callback))
+                          check_callback(callback))
 
     @property
     def references(self):
@@ -189,7 +182,7 @@ class FaissIndex(GalleryIndex):
     # ---------------------------------------------------------------- build
 
     def _build_faiss(self, faiss, gallery, options, references, callback):
-        if _is_rows(gallery):
+        if is_rows(gallery):
             self._check_gallery(gallery, False)
             n = len(gallery)
             blocks = unit_latent_blocks(self._models, self.dtype, self.target,
@@ -251,7 +244,7 @@ class FaissIndex(GalleryIndex):
         """The stored rows of ``train_size`` gallery items drawn at random."""
         rng = np.random.default_rng(self.options["seed"])
         rows = np.sort(rng.choice(n, self.options["train_size"], replace=False))
-        if _is_rows(gallery):
+        if is_rows(gallery):
             sample = gallery[rows]
             if hasattr(sample, "compute"):  # Dask
                 sample = sample.compute()
@@ -313,8 +306,8 @@ class FaissIndex(GalleryIndex):
         SearchResult
         """
         params = self._params(ef_search, nprobe)
-        _check_callback(callback)
-        if check_method(method) == "csls" and source not in self._sources:
+        check_callback(callback)
+        if METHODS[check_method(method)].reference and source not in self._sources:
             raise InvalidParameterError(
                 f"CSLS on a FAISS index needs a reference sample of {source!r}, "
                 "given when the index is built (references={"
@@ -347,7 +340,7 @@ class FaissIndex(GalleryIndex):
         scores = np.empty((n_queries, k), dtype=self.dtype)
         indices = np.empty((n_queries, k), dtype=np.int64)
         step = batch_size or _QUERY_BLOCK
-        column = None if method == "cosine" else dim + self._sources.index(source)
+        column = dim + self._sources.index(source) if METHODS[method].reference else None
         K = min(self.csls_k, len(self))
         threads = 1 if n_queries < _ONE_THREAD_BELOW else None
         with _omp_threads(faiss, threads):

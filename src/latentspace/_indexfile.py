@@ -39,6 +39,8 @@ import zipfile
 import numpy as np
 
 from ._io import SpaceFileError
+from ._model import make_model
+from ._version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
 
@@ -71,12 +73,6 @@ def _canonical(header):
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _library_version():
-    from . import __version__
-
-    return __version__
-
-
 def _arrays(index):
     """Every array member of ``index``, name to array, in writing order."""
     arrays = {}
@@ -100,7 +96,7 @@ def _header(index):
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "library_version": _library_version(),
+        "library_version": __version__,
         "backend": index.backend,
         "kind": getattr(index, "kind", "flat"),
         "options": getattr(index, "options", {}),
@@ -190,8 +186,9 @@ def _read_header(archive, path):
     return header
 
 
-def load(path):
-    """The index saved at ``path``."""
+def load(path, classes):
+    """The index saved at ``path``; ``classes`` maps a backend to the class
+    of its indexes."""
     path = os.fspath(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -200,7 +197,7 @@ def load(path):
     with archive:
         header = _read_header(archive, path)
         try:
-            return _read(archive, header, path)
+            return _read(archive, header, path, classes)
         except SpaceFileError:
             raise
         except Exception as exc:  # zip CRC, .npy format, FAISS, missing keys
@@ -209,7 +206,7 @@ def load(path):
             ) from None
 
 
-def _read(archive, header, path):
+def _read(archive, header, path, classes):
     recorded = header.pop("checksum")
     digest = hashlib.sha256(_canonical(header))
     arrays, faiss_index = {}, None
@@ -227,27 +224,21 @@ def _read(archive, header, path):
                 raise _fail(path, f"member {name!r} has trailing bytes")
     if digest.hexdigest() != recorded.get("digest"):
         raise _fail(path, "checksum mismatch (the file was modified or damaged)")
-    return _build(header, arrays, faiss_index)
+    return _build(header, arrays, faiss_index, classes)
 
 
-def _build(header, arrays, faiss_index):
-    """The index of a checked file."""
-    from ._faiss import FaissIndex
-    from ._search import GalleryIndex
-    from ._space import _make_model
-
+def _build(header, arrays, faiss_index, classes):
+    """The index of a checked file; ``classes``: backend -> index class."""
     for array in arrays.values():
         array.flags.writeable = False
     models = {
-        model["name"]: _make_model(
+        model["name"]: make_model(
             *[arrays.get(f"models/{i}.{what}.npy") for what in _MODEL_ARRAYS]
         )
         for i, model in enumerate(header["models"])
     }
     faiss = header["backend"] == "faiss"
-    index = (FaissIndex if faiss else GalleryIndex).__new__(
-        FaissIndex if faiss else GalleryIndex
-    )
+    index = classes[header["backend"]].__new__(classes[header["backend"]])
     pair_maps = {
         source: tuple(arrays[f"pair_maps/{j}.{side}.npy"] for side in _PAIR_SIDES)
         for j, source in enumerate(header.get("pair_maps", ()))

@@ -71,6 +71,8 @@ import zipfile
 import numpy as np
 
 from ._exceptions import InvalidParameterError
+from ._model import Snapshot, make_model
+from ._version import __version__
 from ._validation import BLAS_INT_MAX, check_dtype
 
 __all__ = [
@@ -233,24 +235,23 @@ def make_generator(state):
     return np.random.Generator(bit_generator)
 
 
-def space_state(space):
-    """The header (without checksum) and the named arrays of ``space``, from
-    one snapshot (models, generator and recorded configuration of one
-    moment)."""
-    snapshot = space._snapshot
+def snapshot_state(snapshot, dtype):
+    """The header (without checksum) and the named arrays of a space's
+    ``snapshot`` (models, generator and recorded configuration of one
+    moment) of ``dtype``."""
     rng_state = snapshot.rng.bit_generator.state  # never drawn from: a copy is
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "library_version": _library_version(),
-        "dtype": space.dtype.name,
+        "library_version": __version__,
+        "dtype": dtype.name,
         "dim": snapshot.dim,
         "models": [],
         "rng": _encode_rng_state(rng_state),
         "config": config_record(snapshot.config),
     }
     arrays = {}
-    little = space.dtype.newbyteorder("<")
+    little = dtype.newbyteorder("<")
     for index, (name, model) in enumerate(snapshot.models.items()):
         header["models"].append(
             {
@@ -275,12 +276,6 @@ def space_state(space):
 
 def _pair_key(index, side):
     return f"pair_{index}_{side}"
-
-
-def _library_version():
-    from . import __version__
-
-    return __version__
 
 
 def _expected_arrays(header):
@@ -321,34 +316,26 @@ def _canonical(value):
     ).encode("ascii")
 
 
-def restore(space, header, arrays):
-    """Install a validated ``header``/``arrays`` state into ``space``.
-
-    ``space`` may be bare (made by ``object.__new__`` when unpickling): it is
-    initialised by its constructor first, which makes its lock and whatever
-    else a new space has, then its snapshot and generator are replaced.
-    """
-    from ._space import LatentSpace, _make_model, _Snapshot
-
+def restore(header, arrays):
+    """``(dtype, snapshot)`` of a validated ``header``/``arrays`` state."""
     dtype = check_dtype(header["dtype"])
-    LatentSpace.__init__(space, header["dim"], dtype=dtype, seed=0)
     models = {}
     for index, info in enumerate(header["models"]):
         P, R, offset = (
             None if a is None else np.asarray(a, dtype=dtype)  # native byte order
             for a in (arrays.get(_array_key(index, what)) for what in _ARRAYS)
         )
-        models[info["name"]] = _make_model(P, R, offset)
+        models[info["name"]] = make_model(P, R, offset)
     pair_maps = {}
     for index, pair in enumerate(header.get("pair_maps", ())):
         Ma, Mb = (np.array(arrays[_pair_key(index, side)], dtype=dtype) for side in "ab")
         Ma.flags.writeable = Mb.flags.writeable = False
         pair_maps[pair["a"], pair["b"]] = (models[pair["a"]], models[pair["b"]], Ma, Mb)
-    space._snapshot = _Snapshot(
+    snapshot = Snapshot(
         header["dim"], models, make_generator(header["rng"]), header.get("config"),
         pair_maps,
     )
-    return space
+    return dtype, snapshot
 
 
 # ------------------------------------------------------------------ validate
@@ -494,11 +481,11 @@ def _check_key(key):
 # ---------------------------------------------------------------- save, load
 
 
-def save(space, path, *, config=None, key=None):
-    """Write ``space`` to ``path`` atomically, or into the binary file object
-    ``path`` (see the module docstring)."""
+def save(snapshot, dtype, path, *, config=None, key=None):
+    """Write a space's ``snapshot`` of ``dtype`` to ``path`` atomically, or
+    into the binary file object ``path`` (see the module docstring)."""
     key = _check_key(key)
-    header, arrays = space_state(space)
+    header, arrays = snapshot_state(snapshot, dtype)
     if config is not None:
         header["config"] = config_record(config)
     names = list(_expected_arrays(header))
@@ -569,10 +556,20 @@ def _temporary_name(name):
     return b"." + name[:_TEMPORARY_NAME_BYTES] + b"." + token + b".tmp"
 
 
+class _Archive(zipfile.ZipFile):
+    """A zip archive being written that an interrupt inside its constructor
+    leaves without a complaint when it is collected (`zipfile.ZipFile`'s
+    ``__del__`` assumes a complete object; the caller discards the file)."""
+
+    def __del__(self):
+        if "_writing" in self.__dict__:  # the constructor got that far
+            super().__del__()
+
+
 def _write_npz(file, members):
     """An ``.npz`` of ``members`` (uncompressed ``.npy`` members, as
     ``numpy.savez`` writes) into the binary ``file``."""
-    archive = zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True)
+    archive = _Archive(file, "w", zipfile.ZIP_STORED, allowZip64=True)
     try:
         for name, array in members.items():
             with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
@@ -803,30 +800,30 @@ def read_header(path, *, key=None):
     return header
 
 
-def load(cls, path, *, key=None):
-    """A new ``cls`` (a `LatentSpace`) with the state saved at ``path``."""
+def load(path, *, key=None):
+    """``(dtype, snapshot)`` of the space saved at ``path``."""
     key = _check_key(key)
     header, arrays = _read(path)
     _check_arrays(header, arrays, path, key)
-    space = cls.__new__(cls)
-    return restore(space, header, arrays)
+    return restore(header, arrays)
 
 
 # -------------------------------------------------------------------- pickle
 
 
-def getstate(space):
-    """The pickled state of ``space``: plain dicts and arrays."""
-    header, arrays = space_state(space)
+def getstate(snapshot, dtype):
+    """The pickled state of a space's ``snapshot`` of ``dtype``: plain dicts
+    and arrays."""
+    header, arrays = snapshot_state(snapshot, dtype)
     return {"header": header, "arrays": arrays}
 
 
-def setstate(space, state):
-    """Rebuild ``space`` (lock, models, maps, generator) from `getstate`'s state."""
+def setstate(state):
+    """``(dtype, snapshot)`` of `getstate`'s ``state``."""
     header = state["header"]
     if header.get("version") != FORMAT_VERSION:
         raise ValueError(
             f"cannot unpickle a LatentSpace of format version {header.get('version')}"
             f"; this version reads {FORMAT_VERSION}"
         )
-    restore(space, header, state["arrays"])
+    return restore(header, state["arrays"])

@@ -6,7 +6,13 @@ import math
 import time
 from typing import NamedTuple
 
-__all__ = ["PATIENCE", "Monitor", "TrainingState", "check_progress_available"]
+__all__ = [
+    "PATIENCE",
+    "Monitor",
+    "TrainingState",
+    "bar_callback",
+    "check_progress_available",
+]
 
 # Consecutive iterations that must each lower the loss by less than tol (or
 # raise it) before training stops: one small step of a stochastic or
@@ -128,3 +134,23 @@ class Monitor:
             self.history[-1] = float(loss)
         else:
             self.history.append(float(loss))
+
+
+def bar_callback(unit, callback=None):
+    """A ``callback(done, total)`` that draws a tqdm progress bar on stderr
+    (created at the first call, closed at the last) and then calls
+    ``callback``; ImportError now if tqdm is missing."""
+    tqdm = _tqdm()
+    bar = None
+
+    def draw(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit=" " + unit, unit_scale=total >= 100_000)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+        if callback is not None:
+            callback(done, total)
+
+    return draw

@@ -4,12 +4,9 @@
 import copy
 import threading
 import time
-from collections.abc import Mapping
-from typing import NamedTuple
 
 import numpy as np
 
-from ._kernels.affine import AffineMap
 from ._config import (
     TrainingResult,
     check_objective,
@@ -23,6 +20,15 @@ from ._monitor import check_progress_available
 from ._solvers import train
 from ._data import is_dask_array, training_data
 from ._exceptions import InvalidParameterError, TrainingDivergedError
+from ._model import (
+    Snapshot,
+    kept_pair_maps,
+    lookup,
+    make_model,
+    read_only,
+    refusal,
+    xavier,
+)
 from ._validation import (
     as_rows,
     check_out,
@@ -32,83 +38,11 @@ from ._validation import (
     check_frozen,
     check_name,
     check_seed,
-    unknown_model,
 )
 
 __all__ = ["LatentSpace"]
 
 _INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
-_ALIGNMENT = 64  # bytes: a cache line, and AVX-512's vector
-
-
-class _Model(NamedTuple):
-    """One model's weights; the arrays are read-only and never change."""
-
-    input_dim: int
-    offset: np.ndarray | None  # mu, (d,)
-    project: AffineMap  # x -> x @ P - mu @ P
-    retrieve: AffineMap  # z -> z @ R + mu
-
-    @property
-    def projection(self):
-        return self.project.W
-
-    @property
-    def reconstruction(self):
-        return self.retrieve.W
-
-
-def _frozen(array):
-    """A read-only copy of ``array``, C-contiguous, on a 64-byte boundary (the
-    kernels' loads are up to a fifth slower off it), seen through a read-only
-    buffer: NumPy refuses to make it writeable again, so no caller can change
-    weights that readers share."""
-    array = np.asarray(array)
-    memory = bytearray(array.nbytes + _ALIGNMENT)
-    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
-    view = memoryview(memory)[start : start + array.nbytes]
-    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
-    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
-
-
-def _make_model(projection, reconstruction, offset=None):
-    """A `_Model` of private, immutable copies of the arrays; ValueError if
-    their shapes or dtypes do not fit together (a crafted file), which the
-    kernels assume."""
-    projection, reconstruction = np.asarray(projection), np.asarray(reconstruction)
-    dtype = projection.dtype
-    if not (
-        dtype in (np.float64, np.float32)
-        and projection.ndim == 2
-        and reconstruction.shape == projection.shape[::-1]
-        and reconstruction.dtype == dtype
-        and (offset is None or (np.shape(offset) == projection.shape[:1]
-                                and np.asarray(offset).dtype == dtype))
-    ):
-        raise ValueError(
-            f"inconsistent model weights: projection {projection.shape} "
-            f"{projection.dtype}, reconstruction {reconstruction.shape} "
-            f"{reconstruction.dtype}, offset "
-            f"{None if offset is None else (np.shape(offset), np.asarray(offset).dtype)}"
-        )
-    projection, reconstruction = _frozen(projection), _frozen(reconstruction)
-    if offset is not None:
-        offset = _frozen(offset)
-    project_shift = None if offset is None else _frozen(-(offset @ projection))
-    return _Model(
-        len(projection),
-        offset,
-        AffineMap(projection, project_shift),
-        AffineMap(reconstruction, offset),
-    )
-
-
-def _xavier(rng, input_dim, dim, dtype):
-    """P then R, each entry from U(-l, l) with l = sqrt(6 / (input_dim + dim))."""
-    limit = np.sqrt(6.0 / (input_dim + dim))
-    projection = rng.uniform(-limit, limit, (input_dim, dim)).astype(dtype, copy=False)
-    reconstruction = rng.uniform(-limit, limit, (dim, input_dim))
-    return _make_model(projection, reconstruction.astype(dtype, copy=False))
 
 
 def _offset(offset, shift):
@@ -116,58 +50,6 @@ def _offset(offset, shift):
     if shift is None:
         return offset
     return shift if offset is None else offset + shift
-
-
-def _kept_pair_maps(pair_maps, models):
-    """The entries of ``pair_maps`` whose two models are still ``models``'."""
-    return {
-        pair: entry
-        for pair, entry in pair_maps.items()
-        if models.get(pair[0]) is entry[0] and models.get(pair[1]) is entry[1]
-    }
-
-
-def _lookup(models, name):
-    try:
-        return models[name]
-    except (KeyError, TypeError):
-        raise unknown_model(name, models) from None
-
-
-class _Snapshot(NamedTuple):
-    """What readers see: replaced as a whole, never modified, so that a
-    writer publishes all it changes in one assignment."""
-
-    dim: int
-    models: dict  # name -> _Model, in registration order
-    # The generator the next registration draws from; writers draw from a
-    # copy, which the snapshot they publish holds.
-    rng: np.random.Generator | None = None
-    # The training that made it (for save): a ProjectionConfig, or the record
-    # in the file it was loaded from.
-    config: object = None
-    # (a, b) -> (model a, model b, M_a, M_b): the pair maps of a joint
-    # training, valid while both models are those it was computed for.
-    pair_maps: dict = {}
-
-    def valid_pair_maps(self):
-        """``(a, b) -> (M_a, M_b)`` for the pair maps of the current models."""
-        return {
-            pair: (Ma, Mb)
-            for pair, (ma, mb, Ma, Mb) in self.pair_maps.items()
-            if self.models.get(pair[0]) is ma and self.models.get(pair[1]) is mb
-        }
-
-    def pair_maps_to(self, target):
-        """``source -> (M_source, M_target)`` for every valid pair map of
-        ``target`` (see `docs/maths.md`, pair maps)."""
-        maps = {}
-        for (a, b), (Ma, Mb) in self.valid_pair_maps().items():
-            if a == target:
-                maps[b] = (Mb, Ma)
-            elif b == target:
-                maps[a] = (Ma, Mb)
-        return maps
 
 
 class LatentSpace:
@@ -196,9 +78,15 @@ class LatentSpace:
     """
 
     def __init__(self, dim, *, dtype="float64", seed=42):
-        self._dtype = check_dtype(dtype)
         dim = check_dim("dim", dim)
-        self._snapshot = _Snapshot(dim, {}, np.random.default_rng(check_seed(seed)))
+        rng = np.random.default_rng(check_seed(seed))
+        self._install(check_dtype(dtype), Snapshot(dim, {}, rng))
+
+    def _install(self, dtype, snapshot):
+        """Set up a new space (or a bare one, when loading or unpickling) of
+        ``dtype`` holding ``snapshot``."""
+        self._dtype = dtype
+        self._snapshot = snapshot
         self._lock = threading.Lock()
 
     def __repr__(self):
@@ -225,7 +113,7 @@ class LatentSpace:
         return {name: m.input_dim for name, m in self._snapshot.models.items()}
 
     def _model(self, name):
-        return _lookup(self._snapshot.models, name)
+        return lookup(self._snapshot.models, name)
 
     def register(self, name, input_dim, *, replace=False):
         """Add a model with Xavier-initialised weights.
@@ -258,11 +146,11 @@ class LatentSpace:
             # Drawn from a copy: a failed or interrupted registration leaves
             # the generator as it was.
             rng = copy.deepcopy(snapshot.rng)
-            model = _xavier(rng, input_dim, snapshot.dim, self._dtype)
+            model = xavier(rng, input_dim, snapshot.dim, self._dtype)
             models = {**snapshot.models, name: model}
-            self._snapshot = _Snapshot(
+            self._snapshot = Snapshot(
                 snapshot.dim, models, rng,
-                pair_maps=_kept_pair_maps(snapshot.pair_maps, models),
+                pair_maps=kept_pair_maps(snapshot.pair_maps, models),
             )
 
     def _apply(self, affine_map, values, name, what, out=None):
@@ -285,18 +173,9 @@ class LatentSpace:
         if result is None:
             # Decide on a private copy: another thread may be changing x.
             x = np.array(x)
-            bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
-            if bad.any():
-                raise InvalidParameterError(
-                    f"{what} for model {name!r}: row {int(np.flatnonzero(bad)[0])} "
-                    f"of the {what} contains NaN or Inf"
-                )
             result = affine_map(x, out)
             if result is None:
-                raise InvalidParameterError(
-                    f"{what} for model {name!r}: the result overflowed "
-                    f"{self._dtype} (features too large for these weights)"
-                )
+                raise refusal(x, what, name, self._dtype)
         return result
 
     def project(self, name, features, *, out=None):
@@ -383,7 +262,7 @@ class LatentSpace:
         ndarray of shape (d_target,) or (n, d_target)
         """
         models = self._snapshot.models
-        src, dst = _lookup(models, source), _lookup(models, target)
+        src, dst = lookup(models, source), lookup(models, target)
         latent = src.project(features)
         if latent is None:
             latent = self._apply(src.project, features, source, "features")
@@ -569,7 +448,7 @@ class LatentSpace:
                 )
             if dim != snapshot.dim:  # every model afresh, after the checks
                 start = {
-                    name: _xavier(rng, m.input_dim, dim, self._dtype)
+                    name: xavier(rng, m.input_dim, dim, self._dtype)
                     for name, m in start.items()
                 }
             check_progress_available(config.progress)
@@ -590,7 +469,7 @@ class LatentSpace:
                 source.check_unchanged()  # data changed by another thread?
                 raise
         trained = {
-            name: _make_model(p, r, _offset(start[name].offset, shift))
+            name: make_model(p, r, _offset(start[name].offset, shift))
             for name, p, r, shift in zip(
                 names, outcome.projections, outcome.reconstructions, outcome.shifts
             )
@@ -647,11 +526,11 @@ class LatentSpace:
                 )
             start = current.models
         models = {**start, **trained}
-        maps = _kept_pair_maps(current.pair_maps if dim == current.dim else {}, models)
+        maps = kept_pair_maps(current.pair_maps if dim == current.dim else {}, models)
         for (a, b), (Ma, Mb) in pair_maps.items():
-            maps[a, b] = (models[a], models[b], _frozen(Ma.astype(self._dtype)),
-                          _frozen(Mb.astype(self._dtype)))
-        self._snapshot = _Snapshot(
+            maps[a, b] = (models[a], models[b], read_only(Ma.astype(self._dtype)),
+                          read_only(Mb.astype(self._dtype)))
+        self._snapshot = Snapshot(
             dim, models, current.rng if rng is None else rng, config, maps
         )
 
@@ -692,7 +571,7 @@ class LatentSpace:
         """
         from . import _io
 
-        _io.save(self, path, config=config, key=key)
+        _io.save(self._snapshot, self._dtype, path, config=config, key=key)
 
     @classmethod
     def load(cls, path, *, key=None):
@@ -725,17 +604,19 @@ class LatentSpace:
         """
         from . import _io
 
-        return _io.load(cls, path, key=key)
+        space = cls.__new__(cls)
+        space._install(*_io.load(path, key=key))
+        return space
 
     def __getstate__(self):
         from . import _io
 
-        return _io.getstate(self)
+        return _io.getstate(self._snapshot, self._dtype)
 
     def __setstate__(self, state):
         from . import _io
 
-        _io.setstate(self, state)
+        self._install(*_io.setstate(state))
 
     def search(
         self, source, queries, target, gallery, *, k=10, method="csls", csls_k=10,

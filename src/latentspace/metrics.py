@@ -25,13 +25,9 @@ import numbers
 import numpy as np
 
 from ._exceptions import InvalidParameterError
-from ._search import (
-    check_batch_size,
-    check_method,
-    normalise,
-    score_blocks,
-    unit_latents,
-)
+from ._blocks import normalise, unit_latents
+from ._model import refusal
+from ._scoring import check_batch_size, check_method, score_blocks
 from ._data import training_data
 from ._validation import check_int
 
@@ -215,18 +211,18 @@ def _r2_blocks(predict, X):
     return _r2(sse, sst)
 
 
-def _map(affine_map, x):
+def _map(affine_map, x, name, what):
     out = affine_map(x)
     if out is None:  # x is a validated block: only overflow remains
-        raise ValueError("a projection overflowed (the weights or data are huge)")
+        raise refusal(x, what, name, x.dtype)
     return out
 
 
 def _reconstruction(models, names, blocks):
     return {
         name: _r2_blocks(
-            lambda rows, m=models[name], X=X: _map(
-                m.retrieve, _map(m.project, X[rows])
+            lambda rows, m=models[name], X=X, n=name: _map(
+                m.retrieve, _map(m.project, X[rows], n, "features"), n, "latent"
             ),
             X,
         )
@@ -238,8 +234,8 @@ def _translation(models, names, blocks):
     X = dict(zip(names, blocks))
     return {
         (a, b): _r2_blocks(
-            lambda rows, A=models[a], B=models[b], Xa=X[a]: _map(
-                B.retrieve, _map(A.project, Xa[rows])
+            lambda rows, A=models[a], B=models[b], Xa=X[a], a=a, b=b: _map(
+                B.retrieve, _map(A.project, Xa[rows], a, "features"), b, "latent"
             ),
             X[b],
         )

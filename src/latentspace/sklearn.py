@@ -81,7 +81,7 @@ except ImportError as exc:  # pragma: no cover - tested by monkeypatching
 from . import _exceptions, metrics
 from ._config import ProjectionConfig
 from ._exceptions import InvalidParameterError
-from ._search import check_method
+from ._scoring import check_method
 from ._space import LatentSpace
 from ._validation import check_dim
 
