@@ -9,8 +9,11 @@ import numpy as np
 
 from ._exceptions import InvalidParameterError
 from ._monitor import TrainingState
-from ._solvers import INITS, OBJECTIVES, SOLVERS
+from ._solvers import SOLVERS
 from ._validation import check_dim, check_float, check_int
+
+OBJECTIVES = ("reference", "whitened")
+INITS = ("current", "cca")
 
 __all__ = [
     "ProjectionConfig",

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """What every solver does between two iterations: history, early stopping,
-the user's callback and the progress bar."""
+the user's callback and the progress bar; and what a solver returns, `Run`."""
 
 import math
 import time
@@ -9,6 +9,7 @@ from typing import NamedTuple
 __all__ = [
     "PATIENCE",
     "Monitor",
+    "Run",
     "TrainingState",
     "bar_callback",
     "check_progress_available",
@@ -18,6 +19,17 @@ __all__ = [
 # raise it) before training stops: one small step of a stochastic or
 # quasi-Newton solver is not convergence.
 PATIENCE = 3
+
+
+class Run(NamedTuple):
+    """What every solver returns: the trained weights (new arrays) and
+    whether the solver itself found them final (an exact solution, or its
+    own convergence test met); a solver that diverges raises
+    `TrainingDivergedError` instead."""
+
+    projections: list
+    reconstructions: list
+    finished: bool
 
 
 class TrainingState(NamedTuple):

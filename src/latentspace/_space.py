@@ -17,7 +17,8 @@ from ._losses import whitened_loss
 from ._matching import matched_data
 from ._objective import mean_loss
 from ._monitor import check_progress_available
-from ._solvers import train
+from ._solvers import SOLVERS
+from ._training import train
 from ._data import is_dask_array, training_data
 from ._exceptions import InvalidParameterError, TrainingDivergedError
 from ._model import (
@@ -440,10 +441,13 @@ class LatentSpace:
         ) as source:
             names = source.names
             frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
-            if source.streamed and config.solver not in ("cca", "lbfgs"):
+            if source.streamed and not SOLVERS[config.solver].streams:
+                streaming = " or ".join(
+                    repr(name) for name, solver in SOLVERS.items() if solver.streams
+                )
                 raise InvalidParameterError(
                     f"solver={config.solver!r} visits samples; a stream of chunks "
-                    "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
+                    f"trains with {streaming} (or pass a mapping of arrays; "
                     "memory-mapped files work)"
                 )
             if dim != snapshot.dim:  # every model afresh, after the checks
