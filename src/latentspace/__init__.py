@@ -13,11 +13,11 @@ from ._exceptions import (
     ConvergenceWarning,
     DimensionWarning,
     InvalidParameterError,
+    SpaceFileError,
     TrainingDivergedError,
     UnknownModelError,
 )
 from ._faiss import FaissIndex
-from ._io import SpaceFileError
 from ._matching import Matching
 from ._index import GalleryIndex
 from ._scoring import SearchResult

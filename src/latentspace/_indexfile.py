@@ -38,7 +38,7 @@ import zipfile
 
 import numpy as np
 
-from ._io import SpaceFileError
+from ._exceptions import SpaceFileError
 from ._model import make_model
 from ._version import __version__
 
