@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The package's modules import one way: no cycle, counting imports inside
-functions (read from the source with `ast`, so lazy imports count)."""
+functions (read from the source with `ast`, so lazy imports count); imports
+for type checkers only (``if TYPE_CHECKING:``), which never run, do not."""
 
 import ast
 import pathlib
@@ -21,11 +22,24 @@ def _modules():
     return modules
 
 
+def _runtime_nodes(tree):
+    """Every node of ``tree`` outside ``if TYPE_CHECKING:`` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if not (isinstance(child, ast.If) and ast.unparse(child.test)
+                    in ("TYPE_CHECKING", "typing.TYPE_CHECKING")):
+                stack.append(child)
+
+
 def _imports(name, path, modules):
-    """The package's modules that module ``name`` imports, anywhere in it."""
+    """The package's modules that module ``name`` imports at run time,
+    anywhere in it."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -85,6 +99,12 @@ def test_the_graph_finds_lazy_imports():
     # LatentSpace.save imports _io inside the method.
     assert "latentspace._io" in graph["latentspace._space"]
     assert "latentspace._model" in graph["latentspace._space"]
+
+
+def test_type_checking_imports_are_left_out():
+    graph = import_graph()
+    # metrics names LatentSpace in annotations only.
+    assert "latentspace._space" not in graph["latentspace.metrics"]
 
 
 def test_cycles_are_found():

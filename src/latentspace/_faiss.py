@@ -45,16 +45,24 @@ docstrings, 12 pairs of four models; at 64 and 16 the largest loss was 1.85
 points).
 """
 
+from __future__ import annotations
+
 import contextlib
 import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._exceptions import InvalidParameterError
 from ._blocks import is_rows, unit_latent_blocks, unit_latents
 from ._index import GalleryIndex, check_callback
 from ._scoring import METHODS, SearchResult, check_method, neighbourhood
 from ._validation import check_int
+
+if TYPE_CHECKING:
+    from ._space import LatentSpace
 
 __all__ = ["KINDS", "FaissIndex"]
 
@@ -163,8 +171,13 @@ class FaissIndex(GalleryIndex):
 
     backend = "faiss"
 
-    def __init__(self, space, target, gallery, *, kind="flat", options=None,
-                 references=None, csls_k=10, batch_size=None, callback=None):
+    def __init__(
+        self, space: LatentSpace, target: str, gallery: ArrayLike, *, kind: str = "flat",
+        options: Mapping[str, int] | None = None,
+        references: Mapping[str, ArrayLike] | None = None, csls_k: int = 10,
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+    ) -> None:
         faiss = _faiss()
         check_options(kind, options)  # before any work
         self._setup(space._snapshot.models, space.dtype, target, csls_k, batch_size)
@@ -173,10 +186,10 @@ class FaissIndex(GalleryIndex):
                           check_callback(callback))
 
     @property
-    def references(self):
+    def references(self) -> tuple[str, ...]:
         return self._sources
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.faiss_index.ntotal
 
     # ---------------------------------------------------------------- build
@@ -270,7 +283,7 @@ class FaissIndex(GalleryIndex):
 
     # --------------------------------------------------------------- search
 
-    def add_reference(self, source, features):
+    def add_reference(self, source: str, features: ArrayLike) -> FaissIndex:
         """Not for a FAISS index: its references are part of the stored rows.
 
         Raises
@@ -283,8 +296,12 @@ class FaissIndex(GalleryIndex):
             f"references={{{source!r}: sample}})"
         )
 
-    def search(self, source, queries, *, k=10, method="csls", batch_size=None,
-               callback=None, ef_search=None, nprobe=None):
+    def search(
+        self, source: str, queries: ArrayLike, *, k: int = 10, method: str = "csls",
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+        ef_search: int | None = None, nprobe: int | None = None,
+    ) -> SearchResult:
         """The ``k`` best gallery items for each query of model ``source``.
 
         As `GalleryIndex.search`, with the FAISS index's search options.

@@ -2,9 +2,14 @@
 """`GalleryIndex`: a gallery's unit latents, searched exactly (BLAS GEMM in
 blocks of queries; the methods are those of `latentspace._scoring`)."""
 
+from __future__ import annotations
+
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._blocks import is_rows, normalise, unit_latent_blocks, unit_latents
 from ._exceptions import InvalidParameterError
@@ -18,6 +23,10 @@ from ._scoring import (
     search_latents,
 )
 from ._validation import check_int
+
+if TYPE_CHECKING:
+    from ._space import LatentSpace
+    from ._typing import Path
 
 __all__ = ["GalleryIndex", "check_callback"]
 
@@ -58,8 +67,11 @@ class GalleryIndex:
         super().__init_subclass__(**kwargs)
         GalleryIndex._backends[cls.backend] = cls
 
-    def __init__(self, space, target, gallery, *, csls_k=10, batch_size=None,
-                 callback=None):
+    def __init__(
+        self, space: LatentSpace, target: str, gallery: ArrayLike, *, csls_k: int = 10,
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+    ) -> None:
         snapshot = space._snapshot
         self._setup(snapshot.models, space.dtype, target, csls_k, batch_size,
                     snapshot.pair_maps_to(target))
@@ -126,14 +138,14 @@ class GalleryIndex:
             raise InvalidParameterError("gallery holds no items")
 
     @property
-    def dim(self):
+    def dim(self) -> int:
         """The latent dimension."""
         return self._models[self.target].project.W.shape[1]
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.latents)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         kind = f"kind={self.kind!r}, " if self.backend == "faiss" else ""
         return (
             f"{type(self).__name__}({kind}target={self.target!r}, "
@@ -142,7 +154,7 @@ class GalleryIndex:
         )
 
     @property
-    def references(self):
+    def references(self) -> tuple[str, ...]:
         return tuple(self._r_source)
 
     # ------------------------------------------------------------- pickling
@@ -176,7 +188,7 @@ class GalleryIndex:
 
     # ----------------------------------------------------------- save, load
 
-    def save(self, path):
+    def save(self, path: Path) -> None:
         """Write the index to one file at ``path``, atomically.
 
         The file holds the gallery's latents (or the FAISS index), the
@@ -193,7 +205,7 @@ class GalleryIndex:
         _indexfile.save(self, path)
 
     @staticmethod
-    def load(path):
+    def load(path: Path) -> GalleryIndex:
         """Read an index written by `save` (a `GalleryIndex` or a
         `latentspace.FaissIndex`, as saved).
 
@@ -209,7 +221,7 @@ class GalleryIndex:
 
     # ---------------------------------------------------------------- search
 
-    def add_reference(self, source, features):
+    def add_reference(self, source: str, features: ArrayLike) -> GalleryIndex:
         """Keep a reference sample of items embedded by ``source`` for CSLS.
 
         With a reference, CSLS searches from ``source`` use it for ``r_S``
@@ -245,8 +257,10 @@ class GalleryIndex:
         return R
 
     def search(
-        self, source, queries, *, k=10, method="csls", batch_size=None, callback=None
-    ):
+        self, source: str, queries: ArrayLike, *, k: int = 10, method: str = "csls",
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+    ) -> SearchResult:
         """The ``k`` best gallery items for each query of model ``source``.
 
         Parameters

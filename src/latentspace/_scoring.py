@@ -45,9 +45,10 @@ Word translation without parallel data. ICLR. arXiv:1710.04087.
 """
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._exceptions import InvalidParameterError
 from ._validation import check_int
@@ -87,8 +88,8 @@ class SearchResult(NamedTuple):
         for a hit an approximate index did not find.
     """
 
-    scores: np.ndarray
-    indices: np.ndarray
+    scores: NDArray[np.floating[Any]]
+    indices: NDArray[np.int64]
 
 
 def check_method(method):

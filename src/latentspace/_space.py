@@ -1,11 +1,16 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """`LatentSpace`: the registry of models and their weights."""
 
+from __future__ import annotations
+
 import copy
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ._config import (
     TrainingResult,
@@ -40,6 +45,13 @@ from ._validation import (
     check_name,
     check_seed,
 )
+
+if TYPE_CHECKING:
+    from ._config import ProjectionConfig
+    from ._index import GalleryIndex
+    from ._scoring import SearchResult
+    from ._typing import Data, FloatArray, Path, PathOrFile
+    from .metrics import Evaluation
 
 __all__ = ["LatentSpace"]
 
@@ -78,19 +90,21 @@ class LatentSpace:
     serialised by a lock held only while the registry changes.
     """
 
-    def __init__(self, dim, *, dtype="float64", seed=42):
+    def __init__(
+        self, dim: int, *, dtype: DTypeLike = "float64", seed: int | None = 42
+    ) -> None:
         dim = check_dim("dim", dim)
         rng = np.random.default_rng(check_seed(seed))
         self._install(check_dtype(dtype), Snapshot(dim, {}, rng))
 
-    def _install(self, dtype, snapshot):
+    def _install(self, dtype: np.dtype[Any], snapshot: Snapshot) -> None:
         """Set up a new space (or a bare one, when loading or unpickling) of
         ``dtype`` holding ``snapshot``."""
         self._dtype = dtype
         self._snapshot = snapshot
         self._lock = threading.Lock()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         snapshot = self._snapshot
         models = ", ".join(f"{n!r}: {m.input_dim}" for n, m in snapshot.models.items())
         return (
@@ -104,19 +118,19 @@ class LatentSpace:
         return self._snapshot.dim
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
         """The dtype of weights and outputs."""
         return self._dtype
 
     @property
-    def models(self) -> dict:
+    def models(self) -> dict[str, int]:
         """Registered models, name to input width, in registration order."""
         return {name: m.input_dim for name, m in self._snapshot.models.items()}
 
     def _model(self, name):
         return lookup(self._snapshot.models, name)
 
-    def register(self, name, input_dim, *, replace=False):
+    def register(self, name: str, input_dim: int, *, replace: bool = False) -> None:
         """Add a model with Xavier-initialised weights.
 
         Parameters
@@ -179,7 +193,9 @@ class LatentSpace:
                 raise refusal(x, what, name, self._dtype)
         return result
 
-    def project(self, name, features, *, out=None):
+    def project(
+        self, name: str, features: ArrayLike, *, out: FloatArray | None = None
+    ) -> FloatArray:
         """Map features of model ``name`` into the space: ``(x - mu) @ P``.
 
         Parameters
@@ -218,7 +234,9 @@ class LatentSpace:
             return self._apply(affine_map, features, name, "features", out)
         return result
 
-    def retrieve(self, name, latent, *, out=None):
+    def retrieve(
+        self, name: str, latent: ArrayLike, *, out: FloatArray | None = None
+    ) -> FloatArray:
         """Map latent vectors back into model ``name``'s space: ``z @ R + mu``.
 
         Parameters
@@ -247,7 +265,10 @@ class LatentSpace:
             return self._apply(affine_map, latent, name, "latent", out)
         return result
 
-    def translate(self, source, target, features, *, out=None):
+    def translate(
+        self, source: str, target: str, features: ArrayLike, *,
+        out: FloatArray | None = None,
+    ) -> FloatArray:
         """``retrieve(target, project(source, features))``, from one snapshot.
 
         Parameters
@@ -272,7 +293,7 @@ class LatentSpace:
             return self._apply(dst.retrieve, latent, target, "latent", out)
         return result
 
-    def weights(self, name):
+    def weights(self, name: str) -> tuple[FloatArray, FloatArray]:
         """``(P, R)`` of model ``name``, shapes (d, k) and (k, d).
 
         Read-only views of immutable memory (their ``writeable`` flag cannot
@@ -281,13 +302,16 @@ class LatentSpace:
         model = self._model(name)
         return model.projection, model.reconstruction
 
-    def offset(self, name):
+    def offset(self, name: str) -> FloatArray | None:
         """The input offset ``mu`` of model ``name`` (read-only, as `weights`),
         or None."""
         return self._model(name).offset
 
-    def loss(self, data, alignment_weight=1.0, *, observed=None,
-             objective="reference", regularization="auto"):
+    def loss(
+        self, data: Data, alignment_weight: float = 1.0, *,
+        observed: Mapping[str, ArrayLike] | None = None,
+        objective: str = "reference", regularization: float | str = "auto",
+    ) -> float:
         """The mean per-sample loss of ``objective`` on aligned data.
 
         Parameters
@@ -329,8 +353,17 @@ class LatentSpace:
             blocks, mask = source.samples(offsets)
         return mean_loss(blocks, Ps, Rs, w, mask)
 
-    def train_projections(self, data, config=None, *, observed=None, unpaired=None,
-                          frozen=(), refine=False, **overrides):
+    def train_projections(
+        self,
+        data: Data | Iterable[Data] | None,
+        config: ProjectionConfig | None = None,
+        *,
+        observed: Mapping[str, ArrayLike] | None = None,
+        unpaired: Data | None = None,
+        frozen: Iterable[str] = (),
+        refine: bool = False,
+        **overrides: Any,
+    ) -> TrainingResult:
         """Learn the projections and reconstructions of the models in ``data``.
 
         Runs ``config.solver`` (by default the closed form, "cca"; "sgd" is
@@ -541,7 +574,11 @@ class LatentSpace:
     # Persistence, pickling, search and evaluation: thin wrappers over the
     # modules _io, _search and metrics.
 
-    def save(self, path, *, config=None, key=None):
+    def save(
+        self, path: PathOrFile, *,
+        config: ProjectionConfig | TrainingResult | dict[str, Any] | None = None,
+        key: bytes | None = None,
+    ) -> None:
         """Write the space to one ``.npz`` file at ``path``, atomically.
 
         The file holds a JSON header (format version, dtype, dim, the models
@@ -578,7 +615,7 @@ class LatentSpace:
         _io.save(self._snapshot, self._dtype, path, config=config, key=key)
 
     @classmethod
-    def load(cls, path, *, key=None):
+    def load(cls, path: Path, *, key: bytes | None = None) -> LatentSpace:
         """Read a space written by `save`.
 
         The file is treated as untrusted: whatever its content, loading it
@@ -612,20 +649,21 @@ class LatentSpace:
         space._install(*_io.load(path, key=key))
         return space
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         from . import _io
 
         return _io.getstate(self._snapshot, self._dtype)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         from . import _io
 
         self._install(*_io.setstate(state))
 
     def search(
-        self, source, queries, target, gallery, *, k=10, method="csls", csls_k=10,
-        batch_size=None,
-    ):
+        self, source: str, queries: ArrayLike, target: str, gallery: ArrayLike, *,
+        k: int = 10, method: str = "csls", csls_k: int = 10,
+        batch_size: int | None = None,
+    ) -> SearchResult:
         """The ``k`` items of ``gallery`` (model ``target``) that best match
         each of ``queries`` (model ``source``), best first.
 
@@ -681,9 +719,14 @@ class LatentSpace:
             csls_k=csls_k, batch_size=batch_size,
         )
 
-    def index(self, target, gallery, *, backend="exact", kind="flat", options=None,
-              references=None, csls_k=10, batch_size=None, callback=None,
-              progress=False):
+    def index(
+        self, target: str, gallery: ArrayLike, *, backend: str = "exact",
+        kind: str = "flat", options: Mapping[str, int] | None = None,
+        references: Data | None = None, csls_k: int = 10,
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+        progress: bool = False,
+    ) -> GalleryIndex:
         """An index of ``gallery`` (model ``target``) for repeated search.
 
         The gallery is projected and normalised once, with the current
@@ -736,7 +779,10 @@ class LatentSpace:
             callback=callback, progress=progress,
         )
 
-    def evaluate(self, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
+    def evaluate(
+        self, data: Data, *, k: int | Iterable[int] = (1, 10), method: str = "csls",
+        csls_k: int = 10, batch_size: int | None = None,
+    ) -> Evaluation:
         """Cross-model retrieval and reconstruction scores on aligned data.
 
         For every ordered pair of models ``A -> B``: the top-``k`` accuracy
