@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from ._exceptions import InvalidParameterError
+from ._solvers import SOLVERS
 from ._statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, statistics
 from ._validation import (
     BLAS_INT_MAX,
@@ -404,9 +405,12 @@ class _Stream(_Source):
         return stats
 
     def samples(self, offsets):
+        streaming = " and ".join(
+            repr(name) for name, solver in SOLVERS.items() if solver.streams
+        )
         raise InvalidParameterError(
             "a stream of chunks trains only with the solvers that work on "
-            "statistics, 'cca' and 'lbfgs'; pass a mapping of arrays (memory-mapped "
+            f"statistics, {streaming}; pass a mapping of arrays (memory-mapped "
             "files work) to the others"
         )
 
