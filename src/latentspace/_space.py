@@ -24,7 +24,8 @@ from ._objective import mean_loss
 from ._monitor import check_progress_available
 from ._solvers import SOLVERS
 from ._training import train
-from ._data import is_dask_array, training_data
+from ._data import training_data
+from ._sources import is_dask_array
 from ._exceptions import InvalidParameterError, TrainingDivergedError
 from ._model import (
     Snapshot,
