@@ -40,11 +40,13 @@ def test_config_values_out_of_range(overrides, match):
 
 
 def test_solver_names_come_from_the_registry():
-    from latentspace._solvers import DEFAULT_OBJECTIVE, DEFAULT_TOL, SOLVERS
+    from latentspace._solvers import SOLVERS
 
-    assert set(SOLVERS) == set(DEFAULT_OBJECTIVE) == set(DEFAULT_TOL)
-    for name in SOLVERS:
+    for name, solver in SOLVERS.items():
         assert ProjectionConfig(solver=name).solver == name
+        assert solver.needs in ("samples", "statistics")
+        assert solver.objective in ("reference", "whitened")
+        assert callable(solver.run)
 
 
 def test_result_defaults_keep_the_old_fields():

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Cross-model search (`LatentSpace.search`, `LatentSpace.index`, `_search`).
+"""Cross-model search (`LatentSpace.search`, `LatentSpace.index`, `_search`, `_index`, `_scoring`).
 
 The index tests run on every backend: the exact `GalleryIndex` and FAISS's
 flat index (`FaissIndex`), which must find the same items.
@@ -20,9 +20,10 @@ from latentspace import (
     SearchResult,
     UnknownModelError,
     _blocks,
-    _search,
+    _scoring,
 )
-from latentspace._space import _make_model
+from latentspace._index import GalleryIndex as ExactIndex
+from latentspace._model import make_model
 
 # Score tolerance: FAISS computes in float32 whatever the space's dtype (and
 # its float32 sums depend on how rows are blocked).
@@ -96,8 +97,8 @@ def _assert_top(result, S, k, tol, exact_indices):
 
 
 def test_public_names_and_result_order():
-    assert latentspace.GalleryIndex is _search.GalleryIndex
-    assert latentspace.SearchResult is _search.SearchResult
+    assert latentspace.GalleryIndex is ExactIndex
+    assert latentspace.SearchResult is _scoring.SearchResult
     assert SearchResult._fields == ("scores", "indices")
     space = _space()
     queries, gallery = _data()
@@ -190,8 +191,8 @@ def test_small_blocks_by_memory_budget(monkeypatch):
     space = _space()
     queries, gallery = _data()
     reference = space.search("a", queries, "b", gallery, k=3)
-    monkeypatch.setattr(_search, "CHUNK_BYTES", 3 * 53 * 8)  # 3 rows per block
-    assert _search.chunk_rows(53, np.float64) == 3
+    monkeypatch.setattr(_scoring, "CHUNK_BYTES", 3 * 53 * 8)  # 3 rows per block
+    assert _scoring.chunk_rows(53, np.float64) == 3
     result = space.search("a", queries, "b", gallery, k=3)
     np.testing.assert_array_equal(result.indices, reference.indices)
 
@@ -264,7 +265,7 @@ def test_csls_reduces_hubness(backend):
     space = LatentSpace(d, seed=1)
     space.register("a", d)
     space.register("b", d)
-    identity = {name: _make_model(np.eye(d), np.eye(d)) for name in ("a", "b")}
+    identity = {name: make_model(np.eye(d), np.eye(d)) for name in ("a", "b")}
     space._snapshot = space._snapshot._replace(models=identity)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, d)) / np.sqrt(np.arange(1, d + 1))

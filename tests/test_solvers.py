@@ -402,7 +402,7 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
 def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     from reference import reference_sgd
 
-    from latentspace import _solvers
+    from latentspace import _sgd, _training
     from latentspace._monitor import Monitor
 
     widths, k, lr, w, reg = (4, 3), 2, 0.01, 1.0, 0.01
@@ -416,12 +416,12 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _solvers._Problem(
+    problem = _training.Problem(
         ["m0", "m1"], Xs, None, None, stats, moments, objective, config, (False, False),
         entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
+        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []

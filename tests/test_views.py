@@ -469,7 +469,7 @@ def test_config_object_and_keywords_together():
 
 
 def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch():
-    from latentspace import _solvers
+    from latentspace import _sgd, _training
     from latentspace._monitor import Monitor
 
     widths, k, n, lr, w, reg = (4, 3), 2, 30, 0.01, 1.0, 0.01
@@ -486,12 +486,12 @@ def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch
     objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _solvers._Problem(
+    problem = _training.Problem(
         ["m0", "m1"], Xs, observed, None, stats, moments, objective, config, (False, False),
         entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
+        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []

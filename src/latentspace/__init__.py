@@ -7,22 +7,22 @@ can be compared with, retrieved by, or translated into another model's
 representation.
 """
 
-from importlib.metadata import version
-
 from ._config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
     AlignmentNotFoundError,
     ConvergenceWarning,
     DimensionWarning,
     InvalidParameterError,
+    SpaceFileError,
     TrainingDivergedError,
     UnknownModelError,
 )
 from ._faiss import FaissIndex
-from ._io import SpaceFileError
 from ._matching import Matching
-from ._search import GalleryIndex, SearchResult
+from ._index import GalleryIndex
+from ._scoring import SearchResult
 from ._space import LatentSpace
+from ._version import __version__ as __version__
 
 __all__ = [
     "AlignmentNotFoundError",
@@ -41,4 +41,3 @@ __all__ = [
     "TrainingState",
     "UnknownModelError",
 ]
-__version__ = version("latentspace")

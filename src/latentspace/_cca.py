@@ -46,9 +46,17 @@ on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
 import numpy as np
 import scipy.linalg
 
+from ._monitor import Run
 from ._statistics import ridge, slices
 
-__all__ = ["canonicalise", "fit_cca", "fit_to_frozen", "least_squares_inverse"]
+__all__ = [
+    "canonicalise",
+    "fit_cca",
+    "fit_to_frozen",
+    "least_squares_inverse",
+    "pair_maps",
+    "run",
+]
 
 def _whitener(block, shift):
     """``B`` (d, r) with ``B.T @ (block + shift * I) @ B = I``."""
@@ -504,3 +512,10 @@ def pair_maps(stats, projections, regularization):
             U, s, Vt = _svd(Wa.T @ cross @ Wb)
             maps[a, b] = (Wa @ U * s, Wb @ Vt.T * s)
     return maps
+
+
+def run(problem, Ps, Rs, monitor):
+    """The solver "cca": the start (the closed form, computed by
+    `latentspace._training.train`) is the solution."""
+    monitor.step(problem.objective(Ps, Rs, problem.moments, gradient=False))
+    return Run(Ps, Rs, True)

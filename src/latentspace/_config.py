@@ -4,13 +4,20 @@
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._exceptions import InvalidParameterError
 from ._monitor import TrainingState
-from ._solvers import INITS, OBJECTIVES, SOLVERS
+from ._solvers import SOLVERS
 from ._validation import check_dim, check_float, check_int
+
+if TYPE_CHECKING:
+    from ._matching import Matching
+
+OBJECTIVES = ("reference", "whitened")
+INITS = ("current", "cca")
 
 __all__ = [
     "ProjectionConfig",
@@ -143,7 +150,7 @@ class ProjectionConfig:
     regularization: float | str = "auto"
     batch_size: int = 256
     tol: float | None = None
-    callback: Callable | None = None
+    callback: Callable[[TrainingState], object] | None = None
     progress: bool = False
 
     def __post_init__(self):
@@ -244,14 +251,14 @@ class TrainingResult:
 
     n_epochs: int
     initial_loss: float
-    loss_history: tuple
+    loss_history: tuple[float, ...]
     seconds: float
     config: ProjectionConfig
     solver: str = "sgd"
     objective: str = "reference"
     converged: bool = False
-    agreement: tuple | None = None
-    regularization: tuple | None = None
+    agreement: tuple[float, ...] | None = None
+    regularization: tuple[float, ...] | None = None
     matching: "Matching | None" = None
 
     @property

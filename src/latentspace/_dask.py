@@ -14,6 +14,7 @@ import numpy as np
 
 from ._kernels.affine import AffineMap
 from ._exceptions import InvalidParameterError
+from ._model import refusal
 from ._validation import as_kernel_array
 
 __all__ = ["apply"]
@@ -25,15 +26,8 @@ def _map_block(block, weights, shift, dtype, name, what, block_info=None):
     result = AffineMap(weights, shift)(x)
     if result is not None:
         return result
-    bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
-    if not bad.any():
-        raise ValueError(f"{what} for model {name!r}: the result overflowed")
-    row = int(np.flatnonzero(bad)[0])
-    if x.ndim == 2:
-        first = block_info[0]["array-location"][0][0]
-        row += first if np.isfinite(first) else 0
-    raise ValueError(f"{what} for model {name!r}: row {row} of the {what} "
-                     "contains NaN or Inf")
+    first = block_info[0]["array-location"][0][0] if x.ndim == 2 else 0
+    raise refusal(x, what, name, dtype, first if np.isfinite(first) else 0)
 
 
 def apply(affine_map, values, name, what, dtype):

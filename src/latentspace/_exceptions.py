@@ -6,6 +6,7 @@ __all__ = [
     "ConvergenceWarning",
     "DimensionWarning",
     "InvalidParameterError",
+    "SpaceFileError",
     "TrainingDivergedError",
     "UnknownModelError",
 ]
@@ -48,3 +49,12 @@ class AlignmentNotFoundError(RuntimeError):
     def __init__(self, message, matching=None):
         super().__init__(message)
         self.matching = matching
+
+
+class SpaceFileError(ValueError):
+    """A file is not a valid saved latent space.
+
+    Raised by `LatentSpace.load` for a file that is truncated, corrupted,
+    edited, of an unsupported format version or not a latentspace file at
+    all; nothing is loaded.
+    """

@@ -7,9 +7,13 @@ import numpy as np
 
 from ._kernels.sgd import sgd_epoch, sgd_prime
 from ._exceptions import TrainingDivergedError
+from ._losses import whitening
+from ._monitor import Run
 from ._objective import ReferenceLoss
+from ._statistics import ridge, slices
+from ._threads import blas_single_threaded
 
-__all__ = ["train_sgd"]
+__all__ = ["DECAY", "run", "train_sgd"]
 
 # Work (sum of d_m * k) between two checks for Ctrl-C inside an epoch: a few
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
@@ -101,11 +105,9 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
 
     Returns
     -------
-    projections, reconstructions : list of ndarray
-        The trained weights (new arrays).
-    initial_loss : float
-    loss_history : list of float
-        Mean per-sample loss after each epoch.
+    Run
+        The trained weights (new arrays); the loss of every epoch is in the
+        ``monitor``.
 
     Raises
     ------
@@ -154,4 +156,53 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
     if not (np.isfinite(P).all() and np.isfinite(R).all()):
         raise _diverged(len(history), "finite loss, weights not",
                         config.learning_rate, blocks, names)
-    return Ps, Rs, initial_loss, history
+    return Run(Ps, Rs, False)
+
+
+def run(problem, Ps, Rs, monitor):
+    """The solver "sgd": the reference per-sample SGD (docs/maths.md §3) on
+    ``problem`` (a `latentspace._training.Problem`) from ``Ps``, ``Rs``; the
+    whitened objective re-whitens every epoch.
+
+    Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)
+    changes no reconstruction and no whitened latent, so the whitened loss
+    stays the same; the epoch then runs the reference kernel with alignment
+    weight ``w * k``, on whose (whitened, scaled by ``g``) latents the
+    reference alignment is the whitened one. This is
+    projected SGD on the constraint that every model's latent covariance is
+    the identity, which is what removes the shrinking direction.
+    """
+    objective, config, moments = problem.objective, problem.config, problem.moments
+    kwargs = {
+        "names": problem.names,
+        "observed": problem.observed,
+        "rates": [0.0 if f else 1.0 for f in problem.frozen],
+    }
+    if objective.kind == "whitened":
+        cols = slices(objective.widths)
+        grams = [moments.observed(m, s) for m, s in enumerate(cols)]
+        ridges = [ridge(G, r) for G, r in zip(grams, objective.regularization)]
+
+        # Latents are whitened to variance tau / k per dimension rather than
+        # 1, so that their squared norm is that of a sample, as in the
+        # reference: the step sizes that are stable for one are for the other.
+        # The kernel's alignment weight is then w * tau / (tau / k) = w * k.
+        gain = np.sqrt(objective.scale / objective.k)
+
+        def retract(Ps, Rs):
+            for G, shift, P, R in zip(grams, ridges, Ps, Rs):
+                S = P.T @ (G @ P) + shift * (P.T @ P)
+                W, lam, V = whitening(S, P.dtype)
+                if not np.isfinite(lam).all():  # zero latents: nothing to whiten
+                    continue
+                root = ((V * np.sqrt(lam)) @ V.T).astype(P.dtype)
+                P[...] = (P @ W) * gain
+                R[...] = (root @ R) / gain
+
+        kwargs.update(
+            alignment_weight=objective.w * objective.k,
+            retract=retract,
+            loss=lambda Ps, Rs: objective(Ps, Rs, moments, gradient=False),
+        )
+    with blas_single_threaded(problem.entries):
+        return train_sgd(problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs)

@@ -19,21 +19,26 @@ Everything is computed in blocks of rows: 100 000 items never build a
 100 000 x 100 000 matrix.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import numbers
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._exceptions import InvalidParameterError
-from ._search import (
-    check_batch_size,
-    check_method,
-    normalise,
-    score_blocks,
-    unit_latents,
-)
+from ._blocks import normalise, unit_latents
+from ._model import refusal
+from ._scoring import check_batch_size, check_method, score_blocks
 from ._data import training_data
 from ._validation import check_int
+
+if TYPE_CHECKING:
+    from ._space import LatentSpace
+    from ._typing import Data, IntArray
 
 __all__ = [
     "Evaluation",
@@ -114,16 +119,16 @@ def _aligned(space, data, min_models):
 
 
 def retrieval_ranks(
-    space,
-    source,
-    queries,
-    target,
-    gallery,
+    space: LatentSpace,
+    source: str,
+    queries: ArrayLike,
+    target: str,
+    gallery: ArrayLike,
     *,
-    method="csls",
-    csls_k=10,
-    batch_size=None,
-):
+    method: str = "csls",
+    csls_k: int = 10,
+    batch_size: int | None = None,
+) -> IntArray:
     """Rank of the paired gallery item of every query.
 
     Parameters
@@ -162,8 +167,9 @@ def _summary(ranks, ks):
 
 
 def retrieval_scores(
-    space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None
-):
+    space: LatentSpace, data: Data, *, k: int | Iterable[int] = (1, 10),
+    method: str = "csls", csls_k: int = 10, batch_size: int | None = None,
+) -> dict[tuple[str, str], dict[str, float]]:
     """Cross-model retrieval scores for every ordered pair of models.
 
     Parameters
@@ -215,18 +221,18 @@ def _r2_blocks(predict, X):
     return _r2(sse, sst)
 
 
-def _map(affine_map, x):
+def _map(affine_map, x, name, what):
     out = affine_map(x)
     if out is None:  # x is a validated block: only overflow remains
-        raise ValueError("a projection overflowed (the weights or data are huge)")
+        raise refusal(x, what, name, x.dtype)
     return out
 
 
 def _reconstruction(models, names, blocks):
     return {
         name: _r2_blocks(
-            lambda rows, m=models[name], X=X: _map(
-                m.retrieve, _map(m.project, X[rows])
+            lambda rows, m=models[name], X=X, n=name: _map(
+                m.retrieve, _map(m.project, X[rows], n, "features"), n, "latent"
             ),
             X,
         )
@@ -238,8 +244,8 @@ def _translation(models, names, blocks):
     X = dict(zip(names, blocks))
     return {
         (a, b): _r2_blocks(
-            lambda rows, A=models[a], B=models[b], Xa=X[a]: _map(
-                B.retrieve, _map(A.project, Xa[rows])
+            lambda rows, A=models[a], B=models[b], Xa=X[a], a=a, b=b: _map(
+                B.retrieve, _map(A.project, Xa[rows], a, "features"), b, "latent"
             ),
             X[b],
         )
@@ -249,7 +255,7 @@ def _translation(models, names, blocks):
     }
 
 
-def reconstruction_r2(space, data):
+def reconstruction_r2(space: LatentSpace, data: Data) -> dict[str, float]:
     """R^2 of every model's reconstruction ``retrieve(m, project(m, x))``.
 
     Parameters
@@ -286,18 +292,18 @@ class Evaluation:
 
     n_items: int
     method: str
-    k: tuple
-    retrieval: dict
-    reconstruction_r2: dict
+    k: tuple[int, ...]
+    retrieval: dict[tuple[str, str], dict[str, float]]
+    reconstruction_r2: dict[str, float]
 
-    def mean(self, metric):
+    def mean(self, metric: str) -> float:
         """The mean of one retrieval ``metric`` (e.g. ``"top1"``) over all pairs."""
         values = [scores[metric] for scores in self.retrieval.values()]
         if not values:
             raise ValueError("no pairs of models were evaluated")
         return float(np.mean(values))
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able numbers; pairs are keyed ``"source -> target"``."""
         return {
             "n_items": self.n_items,
@@ -309,7 +315,7 @@ class Evaluation:
             "reconstruction_r2": dict(self.reconstruction_r2),
         }
 
-    def __str__(self):
+    def __str__(self) -> str:
         heads = [f"top{k}" for k in self.k] + ["mrr", "median_rank", "translation_r2"]
         labels = [f"{a} -> {b}" for a, b in self.retrieval] + ["mean"]
         width = max(map(len, labels + ["pair"]))
@@ -346,7 +352,10 @@ def _chance_mrr(n):
     return float(np.sum(1.0 / np.arange(1, n + 1)) / n)
 
 
-def evaluate(space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
+def evaluate(
+    space: LatentSpace, data: Data, *, k: int | Iterable[int] = (1, 10),
+    method: str = "csls", csls_k: int = 10, batch_size: int | None = None,
+) -> Evaluation:
     """Retrieval scores of every ordered pair and reconstruction of every model.
 
     Parameters

@@ -3,7 +3,7 @@
 
 import argparse
 
-from .._search import METHODS
+from .._scoring import METHODS
 
 
 def positive_int(text):

@@ -68,7 +68,7 @@ def every(seconds, callback):
 def progress(report, quiet, what):
     """A ``callback(done, total)`` drawing a tqdm bar on stderr (a line every
     2 seconds without tqdm); nothing with --quiet."""
-    from .._search import bar_callback
+    from .._monitor import bar_callback
 
     if quiet:
         return None

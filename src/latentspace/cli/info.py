@@ -5,6 +5,7 @@ import json
 import os
 
 from .._io import read_header
+from .._solvers import SOLVERS
 from ._common import Command, UsageError
 
 
@@ -42,18 +43,14 @@ def run(args, report):
 def _unused_fields(config):
     """The fields of a recorded configuration that did not shape the weights
     (``info`` leaves them out; ``--json`` shows everything)."""
-    solver = config.get("solver")
     unused = {"progress", "callback"}
-    unused |= {
-        "cca": {"learning_rate", "n_epochs", "batch_size", "init", "tol"},
-        "lbfgs": {"learning_rate", "batch_size"},
-        "sgd": {"batch_size"},
-    }.get(solver, set())
-    whitened = config.get("objective") == "whitened" or (
-        config.get("objective") is None and solver != "sgd"
-    )
-    init = config.get("init") or ("current" if solver == "sgd" else "cca")
-    if solver in ("sgd", "lbfgs", "minibatch") and not (whitened or init == "cca"):
+    solver = SOLVERS.get(config.get("solver"))
+    if solver is None:
+        return unused
+    unused |= solver.ignores
+    objective = config.get("objective") or solver.objective
+    init = config.get("init") or solver.init
+    if not (solver.closed_form or objective == "whitened" or init == "cca"):
         unused.add("regularization")
     return unused
 

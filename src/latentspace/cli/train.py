@@ -4,8 +4,8 @@
 import dataclasses
 import time
 
-from .._config import ProjectionConfig
-from .._solvers import INITS, OBJECTIVES, SOLVERS
+from .._config import INITS, OBJECTIVES, ProjectionConfig
+from .._solvers import SOLVERS
 from .._space import LatentSpace
 from ._args import model_file, non_negative_float, positive_float, positive_int
 from ._args import regularization
@@ -186,15 +186,16 @@ def run(args, report):
         "batch_size": args.batch_size,
         "tol": args.tol,
     }
+    # The closed form is one iteration, whatever --epochs says.
+    closed_form = SOLVERS[args.solver].closed_form
     if not args.quiet:
-        # The closed form is one iteration, whatever --epochs says.
-        total = 1 if args.solver == "cca" else args.epochs
+        total = 1 if closed_form else args.epochs
         options["callback"] = _training_progress(report, total)
     shapes = ", ".join(f"{n} {a.shape[1]}-d" for n, a in data.items())
     report(
         f"training a {space.dim}-d space on {len(next(iter(data.values())))} items "
         f"({shapes}), solver {args.solver}"
-        + ("" if args.solver == "cca" else f", at most {args.epochs} epochs")
+        + ("" if closed_form else f", at most {args.epochs} epochs")
     )
     result = space.train_projections(
         data, observed=observed, frozen=args.freeze, **options
