@@ -153,3 +153,12 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
         index.save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["x.index"]  # no temporary file left
+
+
+def test_save_into_a_missing_directory_names_the_directory(tmp_path):
+    _, index = _index()
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(FileNotFoundError) as info:
+        index.save(missing / "x.index")
+    assert info.value.filename == str(missing)
+    assert ".tmp" not in str(info.value) and "no such directory" in str(info.value)

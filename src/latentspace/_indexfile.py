@@ -30,12 +30,11 @@ in the target's directory and renames it into place once complete.
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 
 import numpy as np
 
-from ._io import SpaceFileError
+from ._io import SpaceFileError, write_atomically
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
 
@@ -115,45 +114,29 @@ def save(index, path):
     arrays = _arrays(index)
     header["members"] = list(arrays) + ([_FAISS] if index.backend == "faiss" else [])
     digest = hashlib.sha256(_canonical(header))
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp"
-    )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(temporary, flags, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-                for name, array in arrays.items():
-                    digest.update(name.encode())
-                    with archive.open(name, "w", force_zip64=True) as member:
-                        np.lib.format.write_array(
-                            _Hashing(member, digest), np.ascontiguousarray(array),
-                            allow_pickle=False,
-                        )
-                if index.backend == "faiss":
-                    import faiss
 
-                    digest.update(_FAISS.encode())
-                    with archive.open(_FAISS, "w", force_zip64=True) as member:
-                        writer = faiss.PyCallbackIOWriter(
-                            _Hashing(member, digest).write
-                        )
-                        faiss.write_index(index.faiss_index, writer)
-                        del writer  # flushes
-                header["checksum"] = {"algorithm": "sha256",
-                                      "digest": digest.hexdigest()}
-                archive.writestr(_HEADER, _canonical(header))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    def write(file):
+        with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                digest.update(name.encode())
+                with archive.open(name, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(
+                        _Hashing(member, digest), np.ascontiguousarray(array),
+                        allow_pickle=False,
+                    )
+            if index.backend == "faiss":
+                import faiss
+
+                digest.update(_FAISS.encode())
+                with archive.open(_FAISS, "w", force_zip64=True) as member:
+                    writer = faiss.PyCallbackIOWriter(_Hashing(member, digest).write)
+                    faiss.write_index(index.faiss_index, writer)
+                    del writer  # flushes
+            header["checksum"] = {"algorithm": "sha256",
+                                  "digest": digest.hexdigest()}
+            archive.writestr(_HEADER, _canonical(header))
+
+    write_atomically(path, write)
 
 
 def _fail(path, problem):
