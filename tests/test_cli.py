@@ -208,7 +208,9 @@ def test_closed_form_progress_counts_one_iteration(files, capsys):
 
 def test_warnings_are_one_line_and_quiet_silences_them(files, capsys):
     argv = _train_argv(files, "--solver", "lbfgs", "--epochs", "2", "--tol", "1e-12")
-    with warnings.catch_warnings():
+    # Recorded: a warning main lets through (pytest would record it too, not
+    # print it).
+    with warnings.catch_warnings(record=True) as escaped:
         warnings.simplefilter("always")  # not pytest's "error"
         assert main(argv) == 0
         err = capsys.readouterr().err.splitlines()
@@ -221,6 +223,7 @@ def test_warnings_are_one_line_and_quiet_silences_them(files, capsys):
         ]
         assert main([*argv, "-q"]) == 0
         assert capsys.readouterr().err == ""
+    assert escaped == []
 
 
 def test_a_closed_pipe_ends_quietly(trained):

@@ -193,3 +193,12 @@ def test_an_edited_index_with_a_valid_checksum_and_inconsistent_weights_is_refus
         archive.writestr("header.json", _canonical(header))
     with pytest.raises(SpaceFileError, match="inconsistent model weights"):
         GalleryIndex.load(tmp_path / "crafted.index")
+
+
+def test_save_into_a_missing_directory_names_the_directory(tmp_path):
+    _, index = _index()
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(FileNotFoundError) as info:
+        index.save(missing / "x.index")
+    assert info.value.filename == str(missing)
+    assert ".tmp" not in str(info.value) and "no such directory" in str(info.value)

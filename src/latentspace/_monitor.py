@@ -150,15 +150,19 @@ class Monitor:
 
 def bar_callback(unit, callback=None):
     """A ``callback(done, total)`` that draws a tqdm progress bar on stderr
-    (created at the first call, closed at the last) and then calls
-    ``callback``; ImportError now if tqdm is missing."""
+    (created at the first call, closed at the last, timed from now) and then
+    calls ``callback``; ImportError now if tqdm is missing."""
     tqdm = _tqdm()
+    started = time.time()  # tqdm's clock
     bar = None
 
     def draw(done, total):
         nonlocal bar
         if bar is None:
             bar = tqdm(total=total, unit=" " + unit, unit_scale=total >= 100_000)
+            # The work began before its first block was done: timed from
+            # there, a job done in one block does not read as millions a second.
+            bar.start_t = bar.last_print_t = started
         bar.update(done - bar.n)
         if done == total:
             bar.close()
