@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
+from ._cca import svd
 from ._exceptions import AlignmentNotFoundError, DimensionWarning, InvalidParameterError
 from ._validation import as_rows, check_finite, unknown_model
 
@@ -74,14 +75,6 @@ class Matching(NamedTuple):
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def _svd(T):
-    try:
-        return scipy.linalg.svd(T, full_matrices=False, check_finite=False)
-    except np.linalg.LinAlgError:  # gesdd does fail on real data
-        return scipy.linalg.svd(T, full_matrices=False, check_finite=False,
-                                lapack_driver="gesvd")
 
 
 def _unit(Z):
@@ -274,7 +267,7 @@ def _sorted_profiles(Z, quantiles=256, ends=64):
     its own pool, independent of the model's coordinates (sampled at a
     quadrature that preserves dot products), unit length, centred, unit
     length."""
-    U, s, _ = _svd(np.asarray(Z, np.float64))
+    U, s, _ = svd(np.asarray(Z, np.float64))
     M = ((U * s) @ U.T).astype(np.float32)
     M.sort(axis=1)
     positions, weights = _quadrature(M.shape[1], quantiles, ends)
@@ -294,7 +287,7 @@ def _dropout_pick(candidates, keep, rng):
 
 
 def _procrustes(A, B):
-    U, _, Vt = _svd(A.T.astype(np.float64) @ B.astype(np.float64))
+    U, _, Vt = svd(A.T.astype(np.float64) @ B.astype(np.float64))
     return (U @ Vt).astype(np.float32)
 
 
