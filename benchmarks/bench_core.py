@@ -8,7 +8,7 @@
 Prints medians and ratios of interleaved rounds (each round times every
 contender once, so that a change in the machine's load hits all alike):
 
-1. The reference optimiser (per-sample SGD of SPEC.md): milliseconds per
+1. The reference optimiser (per-sample SGD, docs/maths.md §3): milliseconds per
    epoch of the compiled epoch alone and of `LatentSpace.train_projections`
    (which also evaluates the loss before the first epoch and after every
    epoch), against the fastest NumPy transcription we could write (in-place
@@ -35,7 +35,8 @@ from scipy.linalg import blas
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import latentspace
-from latentspace import _core, _sgd
+from latentspace import _sgd
+from latentspace._kernels.sgd import sgd_avx
 
 
 def median_seconds(fn, repeats, number=1):
@@ -50,7 +51,7 @@ def median_seconds(fn, repeats, number=1):
 
 
 def numpy_sgd_epoch(Xs, Ps, Rs, learning_rate, alignment_weight):
-    """One epoch of SPEC.md's reference loop with in-place BLAS, on F-ordered
+    """One epoch of the reference loop (docs/maths.md §3) with in-place BLAS, on F-ordered
     ``Ps`` (d, k) and ``Rs`` (k, d), updated in place."""
     dtype = Xs[0].dtype
     ger, gemv = (
@@ -177,7 +178,7 @@ def bench_sgd(repeats, clock):
             rows.append(row)
             if floor is not None:
                 floors.append(floor)
-    avx = _core.sgd_avx()
+    avx = sgd_avx()
     print(f"\nReference SGD: milliseconds per epoch, medians of {repeats} interleaved "
           f"rounds ({'AVX' if avx else 'baseline'} loops)")
     header = ("dtype", "widths->k", "n", "epoch", "train", "numpy", "numpy/epoch",
@@ -284,7 +285,7 @@ def main():
     repeats = args.repeats or (3 if args.quick else 7)
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     if args.no_avx:
-        _core.sgd_avx(False)
+        sgd_avx(False)
     print(f"latentspace {latentspace.__version__}, numpy {np.__version__}, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, load "
           f"average {os.getloadavg()[0]:.1f} at the start")

@@ -25,8 +25,8 @@ seconds to minutes), with BLAS on its default threads:
    pair in one three-model space against a space fitted on that pair alone.
 3. SYNTHETIC data (clearly not real): n = 10,000 training pairs of widths 384
    and 256 with 128 shared factors of geometrically decaying strength,
-   private structure and noise, latent 128, float32: the issue's size, for
-   the fit-time target of solver="cca" (<= 0.3 s, >= 100x faster than
+   private structure and noise, latent 128, float32: the size of the
+   fit-time target of solver="cca" (<= 0.3 s, >= 100x faster than
    scikit-learn's CCA at equal or better top-1 on 2,000 held-out pairs).
 """
 

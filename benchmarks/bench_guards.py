@@ -20,8 +20,8 @@ import argparse
 import numpy as np
 
 from bench_core import median_seconds
-from latentspace import _core
-from latentspace._space import _frozen
+from latentspace._kernels.affine import AffineMap
+from latentspace._model import read_only
 
 SHAPES = [(384, 64, None), (768, 256, None), (4096, 1024, None), (384, 64, 1000),
           (768, 256, 1000)]
@@ -48,7 +48,7 @@ def main():
     for dtype in ("float64", "float32"):
         for d, k, n in SHAPES:
             W = rng.uniform(-0.1, 0.1, (d, k)).astype(dtype)  # as registering does
-            plain, frozen = _core.AffineMap(W), _core.AffineMap(_frozen(W))
+            plain, frozen = AffineMap(W), AffineMap(read_only(W))
             x = rng.standard_normal(d if n is None else (n, d)).astype(dtype)
             out = np.empty(k if n is None else (n, k), dtype)
             number = 1000 if n is None and d < 4096 else 10

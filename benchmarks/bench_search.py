@@ -32,6 +32,8 @@ one subprocess:
   median and 99th percentile, milliseconds).
 
 The exact index runs first at every size and writes the ground truth.
+Before and after the table, ``limits now:`` measures the rates that bound
+the scans on the machine as it is (see `limits`).
 
 **Real embeddings** (``--docstrings PATH``): the four views of
 docstring_views.npz (minilm, mpnet, lsa, charsvd; 12,000 docstrings), a
@@ -241,6 +243,40 @@ def scale(args):
     return results
 
 
+# --------------------------------------------------------- machine limits
+
+
+def _median_seconds(fn, repeats=5):
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds)
+
+
+def limits(n=1_000_000):
+    """The rates that bound the scans, measured now (medians of 5): NumPy's
+    sgemm at the shape of a FAISS flat batch (1,000 queries x 65,536 items),
+    a plain copy of ``n`` latents (read + write), the read rate of one
+    query's gemv over them (the exact one-query scan), and argpartition of a
+    row of ``n`` scores (the exact index's top 10)."""
+    rng = np.random.default_rng(0)
+    G = rng.standard_normal((n, K), dtype=np.float32)
+    Q = rng.standard_normal((N_QUERIES, K), dtype=np.float32)
+    block = G[:65_536]
+    gflops = 2 * block.size * len(Q) / _median_seconds(lambda: Q @ block.T) / 1e9
+    copy = np.empty_like(G)
+    copy_gbs = 2 * G.nbytes / _median_seconds(lambda: np.copyto(copy, G)) / 1e9
+    del copy
+    gemv_gbs = G.nbytes / _median_seconds(lambda: G @ Q[0]) / 1e9
+    S = G[:, :8].T.copy()  # 8 rows of n scores
+    select_ms = _median_seconds(lambda: np.argpartition(S, n - 10, axis=1)) / 8 * 1e3
+    print(f"limits now: sgemm {gflops:.0f} GFLOP/s (1000 x 128 x 65536), copy "
+          f"{copy_gbs:.1f} GB/s, gemv {gemv_gbs:.1f} GB/s and argpartition "
+          f"{select_ms:.1f} ms per query over {n:,} latents", flush=True)
+
+
 # ----------------------------------------------------------- real embeddings
 
 
@@ -402,7 +438,9 @@ def main():
         f"{os.cpu_count()} cpus, load average {load:.1f} at the start", flush=True)
     figures = {}
     if args.sizes:
+        limits()
         figures["scale"] = scale(args)
+        limits()
     if args.docstrings:
         figures["docstrings"] = docstrings(args.docstrings, args.kinds)
     if args.pairs:

@@ -194,3 +194,43 @@ class LineInterrupter:
             at for at, name in enumerate(files, 1)
             if name.endswith(every_line_in) or at % every_other == 0
         ]
+
+
+def random_observed(n, M, *, seed=0, p=0.7, nobody=True):
+    """(n, M) bool: every model observes about ``p`` of the samples; rows
+    with one model and (if ``nobody``) with none are included."""
+    rng = np.random.default_rng(seed)
+    observed = rng.random((n, M)) < p
+    observed[0] = True
+    observed[1] = False
+    observed[1, 0] = True  # one model only
+    if nobody:
+        observed[2] = False
+    return observed
+
+
+def masked(Xs, observed, value=np.nan):
+    """Copies of ``Xs`` holding ``value`` where a model did not observe."""
+    out = []
+    for m, X in enumerate(Xs):
+        X = np.array(X, copy=True)
+        X[~observed[:, m]] = value
+        out.append(X)
+    return out
+
+
+def zero_filled(Xs, observed):
+    return masked(Xs, observed, 0.0)
+
+
+def statistics_of(Xs, observed=None, chunks=1):
+    """The `Statistics` of in-memory blocks (every sample observed by every
+    model if ``observed`` is None), merged over ``chunks`` chunks of rows."""
+    from latentspace._statistics import chunk_sums, merge_sums, statistics
+
+    names = list(range(len(Xs)))
+    sums = {}
+    for rows in np.array_split(np.arange(len(Xs[0])), chunks):
+        mask = None if observed is None else observed[rows]
+        sums = merge_sums(sums, chunk_sums(names, [X[rows] for X in Xs], mask))
+    return statistics(names, [X.shape[1] for X in Xs], Xs[0].dtype, sums)

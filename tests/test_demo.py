@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 from latentspace import _demo  # noqa: E402
-from latentspace.__main__ import main  # noqa: E402
+from latentspace.cli import main  # noqa: E402
 
 # Small and fast (about a second): the default training in a 16-dim space, a
 # briefly trained MLP. Measured over seeds 0-3, every ordered pair of models

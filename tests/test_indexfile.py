@@ -153,3 +153,52 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
         index.save(path)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["x.index"]  # no temporary file left
+
+
+@pytest.mark.filterwarnings("ignore::latentspace.DimensionWarning")  # dim 8 > width 6
+def test_an_edited_index_with_a_valid_checksum_and_inconsistent_weights_is_refused(
+        tmp_path):
+    """A crafted file (checksum recomputed) whose reconstruction is wider than
+    its offset: refused before any kernel sees the arrays."""
+    import hashlib
+    import io
+    import json
+    import zipfile
+
+    from latentspace import SpaceFileError
+    from latentspace._indexfile import _canonical
+
+    space = _space()
+    rng = np.random.default_rng(1)
+    space.train_projections({"a": rng.normal(size=(50, 6)) + 3,
+                             "b": rng.normal(size=(50, 10)) - 1}, solver="cca")
+    queries, gallery = _data()
+    space.index("b", gallery).save(tmp_path / "x.index")
+    with zipfile.ZipFile(tmp_path / "x.index") as archive:
+        header = json.loads(archive.read("header.json"))
+        members = {name: archive.read(name) for name in header["members"]}
+    wide = np.zeros((space.dim, 50))
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, wide)
+    members["models/0.reconstruction.npy"] = buffer.getvalue()
+    del header["checksum"]
+    digest = hashlib.sha256(_canonical(header))
+    for name in header["members"]:
+        digest.update(name.encode())
+        digest.update(members[name])
+    header["checksum"] = {"algorithm": "sha256", "digest": digest.hexdigest()}
+    with zipfile.ZipFile(tmp_path / "crafted.index", "w") as archive:
+        for name in header["members"]:
+            archive.writestr(name, members[name])
+        archive.writestr("header.json", _canonical(header))
+    with pytest.raises(SpaceFileError, match="inconsistent model weights"):
+        GalleryIndex.load(tmp_path / "crafted.index")
+
+
+def test_save_into_a_missing_directory_names_the_directory(tmp_path):
+    _, index = _index()
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(FileNotFoundError) as info:
+        index.save(missing / "x.index")
+    assert info.value.filename == str(missing)
+    assert ".tmp" not in str(info.value) and "no such directory" in str(info.value)

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from latentspace import LatentSpace, ProjectionConfig, SpaceFileError, _io
-from latentspace._space import _make_model
+from latentspace import LatentSpace, ProjectionConfig, SpaceFileError, _archive, _io
+from latentspace._model import make_model
 
 DTYPES = ["float64", "float32"]
 
@@ -32,7 +32,7 @@ def _trained_space(dtype="float64", offsets=False, seed=3):
         mu = np.linspace(-1, 1, 7).astype(dtype)
         mu.flags.writeable = False
         models = dict(space._snapshot.models)
-        models["image"] = _make_model(P, R, mu)
+        models["image"] = make_model(P, R, mu)
         space._snapshot = space._snapshot._replace(models=models)
     return space
 
@@ -475,7 +475,7 @@ def test_failure_mid_write_leaves_the_existing_file(saved, monkeypatch):
         file.write(b"PK\x03\x04 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(_io, "_write_npz", broken)
+    monkeypatch.setattr(_io, "write_npz", broken)
     with pytest.raises(OSError, match="disk full"):
         _other_space().save(path)
     assert path.read_bytes() == before
@@ -532,10 +532,10 @@ def test_failure_at_every_step_of_save(saved, monkeypatch, step, error):
     weights = [w.tobytes() for w in other.weights("other")]
     if step.startswith("write"):
         fail_at = int(step.split("-")[1])
-        original = _io._write_npz
+        original = _io.write_npz
         monkeypatch.setattr(
             _io,
-            "_write_npz",
+            "write_npz",
             lambda file, members: original(_FailingFile(file, fail_at, error), members),
         )
     else:
@@ -572,7 +572,7 @@ def test_interrupt_mid_write_leaves_no_file(tmp_path, monkeypatch):
         file.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_io, "_write_npz", interrupted)
+    monkeypatch.setattr(_io, "write_npz", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _other_space().save(path)
     assert os.listdir(tmp_path) == []
@@ -972,7 +972,7 @@ def test_hostile_json_is_refused(saved, tmp_path, text, match):
 
 
 def test_a_huge_header_member_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(_io, "_MAX_HEADER_BYTES", 1000)
+    monkeypatch.setattr(_archive, "MAX_HEADER_BYTES", 1000)
     np.savez(tmp_path / "h.npz", header=np.zeros(5000, np.uint8))
     _refused(tmp_path / "h.npz", "malformed header")
 
@@ -1090,8 +1090,9 @@ def test_ctrl_c_at_any_line_of_save(tmp_path):
     """Whichever line of `save` (or of the zip and .npy writers it calls)
     Ctrl-C interrupts: the exception is the KeyboardInterrupt, the target is
     the old file or the complete new one, no temporary file and no file
-    descriptor are left behind. Every line of `_io`, every 10th of zipfile
-    and numpy's .npy writer."""
+    descriptor are left behind. Every line of `_io` and of the modules it
+    writes with (`_archive`, `_rng_state`), every 10th of zipfile and numpy's
+    .npy writer."""
     import gc
     import sys
 
@@ -1108,7 +1109,7 @@ def test_ctrl_c_at_any_line_of_save(tmp_path):
     descriptors = "/proc/self/fd"
     opened = len(os.listdir(descriptors)) if sys.platform == "linux" else None
     replaced = 0
-    for at in interrupter.chosen(files, ("_io.py",), 10):
+    for at in interrupter.chosen(files, ("_io.py", "_archive.py", "_rng_state.py"), 10):
         path.write_bytes(old)
         exc = interrupter.run(lambda: space.save(path), at)
         assert isinstance(exc, KeyboardInterrupt) or exc is None, (at, exc)

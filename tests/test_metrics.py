@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from latentspace import InvalidParameterError, LatentSpace, UnknownModelError, metrics
-from latentspace._space import _make_model
+from latentspace._model import make_model
 
 
 def _space_and_data(n=60, seed=0, dtype="float64"):
@@ -126,7 +126,7 @@ def test_reconstruction_r2_matches_the_definition():
 def test_perfect_and_constant_reconstruction():
     space = LatentSpace(3)
     space.register("m", 3)
-    models = {"m": _make_model(np.eye(3), np.eye(3))}
+    models = {"m": make_model(np.eye(3), np.eye(3))}
     space._snapshot = space._snapshot._replace(models=models)
     X = np.random.default_rng(0).normal(size=(20, 3))
     assert metrics.reconstruction_r2(space, {"m": X}) == {"m": 1.0}

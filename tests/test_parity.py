@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The compiled kernels against the plain-NumPy oracle of SPEC.md (`reference`)."""
+"""The compiled kernels against the plain-NumPy oracle of docs/maths.md (`reference`)."""
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from support import (
 )
 
 import latentspace
+from latentspace._kernels.affine import AffineMap
 
 # id, model widths, latent dim k, samples n, epochs, learning rate, alignment weight
 TRAINING_CASES = [
@@ -59,14 +60,14 @@ def _train_both(dtype, widths, k, n, epochs, lr, w, seed=0):
 @pytest.fixture(params=[True, False], ids=["avx", "baseline"])
 def sgd_loops(request):
     """The SGD epoch's AVX loops, then its baseline ones."""
-    from latentspace import _core
+    from latentspace._kernels.sgd import sgd_avx
 
-    if request.param and not _core.sgd_avx():
+    if request.param and not sgd_avx():
         pytest.skip("this CPU has no AVX")
-    before = _core.sgd_avx()
-    _core.sgd_avx(request.param)
+    before = sgd_avx()
+    sgd_avx(request.param)
     yield
-    _core.sgd_avx(before)
+    sgd_avx(before)
 
 
 @dtype_params
@@ -123,7 +124,7 @@ def test_order_of_models_in_data_does_not_matter(dtype):
 
 @dtype_params
 def test_registration_order_matches_reference(dtype):
-    """SPEC: the order of models does not change the result. A space whose models
+    """docs/maths.md §3: the order of models does not change the result. A space whose models
     were registered in the opposite order of the oracle's lists still matches it."""
     Xa, Xb = random_data((3, 5), 12, seed=5)
     forward = latentspace.LatentSpace(4, dtype=dtype)
@@ -546,7 +547,7 @@ def test_affine_map_around_thresholds(dtype, p, q, n, shifted):
     rng = np.random.default_rng(p * q)
     W = rng.standard_normal((p, q)).astype(dtype)
     shift = rng.standard_normal(q).astype(dtype) if shifted else None
-    affine_map = latentspace._core.AffineMap(W, shift)
+    affine_map = AffineMap(W, shift)
     x = rng.standard_normal((p,) if n is None else (n, p)).astype(dtype)
     expected = x.astype(np.float64) @ W.astype(np.float64)
     if shifted:

@@ -483,15 +483,15 @@ def test_ctrl_c_at_any_line_of_register():
 def test_a_failed_registration_draws_nothing(monkeypatch):
     space, _ = make_space(3, (4, 5), seed=3)
     twin, _ = make_space(3, (4, 5), seed=3)
-    real = latentspace._space._make_model
+    real = latentspace._model.make_model
 
     def out_of_memory(*args):  # P and R were drawn
         raise MemoryError
 
-    monkeypatch.setattr(latentspace._space, "_make_model", out_of_memory)
+    monkeypatch.setattr(latentspace._model, "make_model", out_of_memory)
     with pytest.raises(MemoryError):
         space.register("big", 7)
-    monkeypatch.setattr(latentspace._space, "_make_model", real)
+    monkeypatch.setattr(latentspace._model, "make_model", real)
     space.register("next", 2)
     twin.register("next", 2)
     for got, expected in zip(space.weights("next"), twin.weights("next")):

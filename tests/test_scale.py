@@ -307,10 +307,11 @@ def test_stream_of_memmap_chunks_matches_memory(memmaps, solver):
 
 @pytest.fixture(scope="module")
 def client():
-    """A client of a local cluster of two single-threaded worker processes."""
+    """A client of a local cluster of two single-threaded worker processes (its
+    HTTP server on a free port: another cluster may hold the default one)."""
     with (
         LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Cross-model search (`LatentSpace.search`, `LatentSpace.index`, `_search`).
+"""Cross-model search (`LatentSpace.search`, `LatentSpace.index`, `_search`, `_index`, `_scoring`).
 
 The index tests run on every backend: the exact `GalleryIndex` and FAISS's
 flat index (`FaissIndex`), which must find the same items.
@@ -7,6 +7,8 @@ flat index (`FaissIndex`), which must find the same items.
 
 import importlib.util
 import pickle
+import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -20,9 +22,11 @@ from latentspace import (
     SearchResult,
     UnknownModelError,
     _blocks,
-    _search,
+    _monitor,
+    _scoring,
 )
-from latentspace._space import _make_model
+from latentspace._index import GalleryIndex as ExactIndex
+from latentspace._model import make_model
 
 # Score tolerance: FAISS computes in float32 whatever the space's dtype (and
 # its float32 sums depend on how rows are blocked).
@@ -96,8 +100,8 @@ def _assert_top(result, S, k, tol, exact_indices):
 
 
 def test_public_names_and_result_order():
-    assert latentspace.GalleryIndex is _search.GalleryIndex
-    assert latentspace.SearchResult is _search.SearchResult
+    assert latentspace.GalleryIndex is ExactIndex
+    assert latentspace.SearchResult is _scoring.SearchResult
     assert SearchResult._fields == ("scores", "indices")
     space = _space()
     queries, gallery = _data()
@@ -190,8 +194,8 @@ def test_small_blocks_by_memory_budget(monkeypatch):
     space = _space()
     queries, gallery = _data()
     reference = space.search("a", queries, "b", gallery, k=3)
-    monkeypatch.setattr(_search, "CHUNK_BYTES", 3 * 53 * 8)  # 3 rows per block
-    assert _search.chunk_rows(53, np.float64) == 3
+    monkeypatch.setattr(_scoring, "CHUNK_BYTES", 3 * 53 * 8)  # 3 rows per block
+    assert _scoring.chunk_rows(53, np.float64) == 3
     result = space.search("a", queries, "b", gallery, k=3)
     np.testing.assert_array_equal(result.indices, reference.indices)
 
@@ -264,7 +268,7 @@ def test_csls_reduces_hubness(backend):
     space = LatentSpace(d, seed=1)
     space.register("a", d)
     space.register("b", d)
-    identity = {name: _make_model(np.eye(d), np.eye(d)) for name in ("a", "b")}
+    identity = {name: make_model(np.eye(d), np.eye(d)) for name in ("a", "b")}
     space._snapshot = space._snapshot._replace(models=identity)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, d)) / np.sqrt(np.arange(1, d + 1))
@@ -554,3 +558,15 @@ def test_index_progress_bar(capsys, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "tqdm.auto", None)
     with pytest.raises(ImportError, match="tqdm is not installed"):
         space.index("b", gallery, progress=True)
+
+
+def test_progress_rate_counts_the_work_before_the_first_block(capsys):
+    """A job done in one block (1,000 queries, one FAISS call): the bar's
+    rate is the items over the time since the work began, not since the bar
+    appeared at the end of that block (which read 35 million queries/s)."""
+    pytest.importorskip("tqdm")
+    draw = _monitor.bar_callback("queries")
+    time.sleep(0.2)  # the one block's work
+    draw(1000, 1000)
+    rates = re.findall(r"([\d.]+) queries/s", capsys.readouterr().err)
+    assert rates and max(map(float, rates)) <= 1000 / 0.2

@@ -1,22 +1,29 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The solvers of issue 3 against NumPy transcriptions of the same maths.
+"""The solvers against NumPy transcriptions of the same maths.
 
 - "cca": closed-form regularised MAXVAR CCA, offsets, agreement ordering and
   weighting, least-squares reconstructions; against NumPy and scikit-learn.
-- The objectives on sufficient statistics: values and gradients against the
-  per-sample formulas; the whitened objective has no shrinking direction.
+- Training on the whitened objective does not depend on the scale of the start
+  (the objectives themselves: test_losses.py).
 - "lbfgs", "minibatch" and the whitened "sgd" against references.
-- Early stopping, callback, progress bar, result fields, validation.
+- Early stopping, callback, progress bar, BLAS thread limits, refused input.
 """
 
-import math
 import sys
 import warnings
 
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
-from support import assert_unchanged, correlated, dtype_params, make_space, snapshot
+from reference import inv_sqrt, sample_loss
+from support import (
+    assert_unchanged,
+    correlated,
+    dtype_params,
+    make_space,
+    snapshot,
+    statistics_of,
+)
 
 import latentspace
 from latentspace import (
@@ -26,17 +33,9 @@ from latentspace import (
     TrainingDivergedError,
     TrainingState,
 )
-from latentspace._losses import Objective, sample_scale
-from latentspace._statistics import chunk_sums, statistics
+from latentspace._losses import MomentObjective, sample_scale
 
 TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-4}
-
-
-def accumulate(blocks):
-    """The `Statistics` of complete in-memory blocks, in one chunk."""
-    names = list(range(len(blocks)))
-    sums = chunk_sums(names, blocks, None)
-    return statistics(names, [X.shape[1] for X in blocks], blocks[0].dtype, sums)
 
 
 def trained(widths, k, Xs, dtype="float64", **overrides):
@@ -46,11 +45,6 @@ def trained(widths, k, Xs, dtype="float64", **overrides):
 
 
 # ------------------------------------------------------------ NumPy references
-
-
-def _inv_sqrt(C):
-    lam, V = np.linalg.eigh(C)
-    return (V / np.sqrt(lam)) @ V.T
 
 
 def reference_cca(Xs, k, regularization):
@@ -71,7 +65,7 @@ def reference_cca(Xs, k, regularization):
     for m in range(M):
         d = len(G[m][m])
         r = ridges[m] * np.trace(G[m][m]) / d
-        W.append(_inv_sqrt(G[m][m] + r * np.eye(d)))
+        W.append(inv_sqrt(G[m][m] + r * np.eye(d)))
     T = np.block(
         [
             [
@@ -105,25 +99,6 @@ def _match_signs(P, Q):
     signs = np.sign(np.sum(P * Q, axis=0))
     signs[signs == 0] = 1
     return Q * signs
-
-
-def sample_loss(kind, Xs, Ps, Rs, w, regularization, tau, eps):
-    """Per-sample transcription of both objectives (`_losses`' docstring)."""
-    n, k = len(Xs[0]), Ps[0].shape[1]
-    Zs = [X @ P for X, P in zip(Xs, Ps)]
-    loss = sum(0.5 * np.sum((Z @ R - X) ** 2) for Z, R, X in zip(Zs, Rs, Xs)) / n
-    if kind == "whitened":
-        Us = []
-        for X, Z, P in zip(Xs, Zs, Ps):
-            G = X.T @ X / n
-            S = Z.T @ Z / n + regularization * np.trace(G) / len(G) * (P.T @ P)
-            S += np.sqrt(eps) * np.trace(S) / k * np.eye(k)
-            Us.append(Z @ _inv_sqrt(S))
-        c = w * tau
-    else:
-        Us, c = Zs, w
-    mean = np.mean(Us, axis=0)
-    return loss + 0.5 * c * sum(np.sum((U - mean) ** 2) for U in Us) / n
 
 
 # ------------------------------------------------------------------ closed form
@@ -292,7 +267,7 @@ def test_canonicalising_the_closed_form_changes_nothing_but_signs():
     from latentspace._cca import canonicalise, fit_cca
 
     Xs = correlated((6, 5, 4), 300, seed=30)
-    stats = accumulate([X - X.mean(axis=0) for X in Xs])
+    stats = statistics_of([X - X.mean(axis=0) for X in Xs])
     Ps, agreement = fit_cca(stats, 3, (0.1,) * 3)
     again, agreement2 = canonicalise(stats, Ps, 3, (0.1,) * 3)
     assert_allclose(agreement2, agreement, rtol=1e-9)
@@ -300,57 +275,7 @@ def test_canonicalising_the_closed_form_changes_nothing_but_signs():
         assert_allclose(_match_signs(P, Q), P, rtol=1e-7, atol=1e-9)
 
 
-# ----------------------------------------------------------------- objectives
-
-
-@pytest.mark.parametrize("kind", ["reference", "whitened"])
-@pytest.mark.parametrize("widths, k", [((5, 3, 4), 4), ((6, 4), 2)])
-def test_objective_and_gradient_match_per_sample_formulas(kind, widths, k):
-    rng = np.random.default_rng(11)
-    Xs = [rng.standard_normal((60, d)) + rng.standard_normal(d) for d in widths]
-    stats = accumulate(Xs)
-    gram = stats.moments(np.zeros_like(stats.mean))
-    tau = sample_scale(gram, widths)
-    objective = Objective(kind, widths, k, 1.3, (0.05,) * len(widths), tau,
-                          np.float64)
-    Ps = [rng.standard_normal((d, k)) for d in widths]
-    Rs = [rng.standard_normal((k, d)) for d in widths]
-    loss, gPs, gRs = objective(Ps, Rs, gram)
-    eps = np.finfo(np.float64).eps
-
-    def f(theta):
-        return sample_loss(kind, Xs, *objective.split(theta), 1.3, 0.05, tau, eps)
-
-    theta = objective.join(Ps, Rs)
-    assert loss == pytest.approx(f(theta), rel=1e-12)
-    h = 1e-6
-    numeric = np.array(
-        [(f(theta + h * e) - f(theta - h * e)) / (2 * h) for e in np.eye(len(theta))]
-    )
-    scale = np.abs(numeric).max()
-    assert_allclose(objective.join(gPs, gRs), numeric, rtol=1e-5, atol=1e-6 * scale)
-
-
-@pytest.mark.parametrize("eps", [0.5, 0.1, 1e-3])
-def test_whitened_objective_has_no_shrinking_direction(eps):
-    rng = np.random.default_rng(12)
-    widths, k = (6, 5), 3
-    Xs = [rng.standard_normal((80, d)) for d in widths]
-    gram = accumulate(Xs).moments(np.zeros(11))
-    Ps = [rng.standard_normal((d, k)) for d in widths]
-    Rs = [rng.standard_normal((k, d)) for d in widths]
-    scaled = ([P * eps for P in Ps], [R / eps for R in Rs])
-    for kind in ("reference", "whitened"):
-        objective = Objective(
-            kind, widths, k, 1.0, (0.0,) * len(widths), sample_scale(gram, widths),
-            np.float64,
-        )
-        before = objective(Ps, Rs, gram, gradient=False)
-        after = objective(*scaled, gram, gradient=False)
-        if kind == "reference":
-            assert after < before  # the seed's blind spot
-        else:
-            assert after == pytest.approx(before, rel=1e-10)
+# ------------------------------------------------------- the whitened objective
 
 
 def test_whitened_training_is_invariant_to_the_scale_of_the_start():
@@ -411,8 +336,8 @@ def test_lbfgs_whitened_reaches_a_stationary_point_of_the_per_sample_loss():
     )
     assert result.converged and result.final_loss < result.initial_loss
     Cs = [X - X.mean(axis=0) for X in Xs]
-    tau = sample_scale(accumulate(Cs).moments(np.zeros(sum(widths))), widths)
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    tau = sample_scale(statistics_of(Cs).moments(np.zeros(sum(widths))), widths)
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     eps = np.finfo(np.float64).eps
 
@@ -477,7 +402,7 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
 def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     from reference import reference_sgd
 
-    from latentspace import _solvers
+    from latentspace import _sgd, _training
     from latentspace._monitor import Monitor
 
     widths, k, lr, w, reg = (4, 3), 2, 0.01, 1.0, 0.01
@@ -485,17 +410,18 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     space, names = make_space(k, widths)
     Ps = [np.array(space.weights(m)[0]) for m in names]
     Rs = [np.array(space.weights(m)[1]) for m in names]
-    stats = accumulate(Xs)
+    stats = statistics_of(Xs)
     moments = stats.moments(np.zeros(sum(widths)))
     tau = sample_scale(moments, widths)
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _solvers._Problem(
-        ["m0", "m1"], Xs, None, None, stats, moments, objective, config, (False, False)
+    problem = _training.Problem(
+        ["m0", "m1"], Xs, None, None, stats, moments, objective, config, (False, False),
+        entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
+        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []
@@ -689,53 +615,7 @@ def test_progress_without_tqdm_fails_before_any_work(monkeypatch):
     assert_unchanged(space, before)
 
 
-# ----------------------------------------------------------------- validation
-
-BAD_CONFIG = [
-    ({"solver": "adam"}, "solver must be one of 'cca', 'sgd', 'minibatch', 'lbfgs'"),
-    ({"solver": None}, "solver must be one of"),
-    ({"objective": "mse"}, "objective must be one of 'reference', 'whitened' or None"),
-    ({"init": "xavier"}, "init must be one of 'current', 'cca' or None"),
-    ({"batch_size": 0}, "batch_size must be >= 1"),
-    ({"batch_size": 2.0}, "batch_size must be an integer"),
-    ({"regularization": -0.1}, "regularization must be 'auto' or a finite number >= 0"),
-    ({"regularization": math.inf}, "regularization must be 'auto' or a finite"),
-    ({"regularization": "automatic"}, "regularization must be one of 'auto'"),
-    ({"tol": -1e-9}, "tol must be finite and >= 0"),
-    ({"tol": "small"}, "tol must be a real number"),
-    ({"callback": 3}, "callback must be a callable or None"),
-    ({"progress": "yes"}, "progress must be True or False"),
-]
-
-
-@pytest.mark.parametrize("overrides, match", BAD_CONFIG)
-def test_config_values_out_of_range(overrides, match):
-    with pytest.raises(InvalidParameterError, match=match):
-        ProjectionConfig(**overrides)
-    space, names = make_space(3, (6, 5))
-    before = snapshot(space)
-    with pytest.raises(InvalidParameterError, match=match):
-        space.train_projections(dict(zip(names, correlated((6, 5), 10))), **overrides)
-    assert_unchanged(space, before)
-
-
-def test_solver_names_come_from_the_registry():
-    from latentspace._solvers import DEFAULT_OBJECTIVE, DEFAULT_TOL, SOLVERS
-
-    assert set(SOLVERS) == set(DEFAULT_OBJECTIVE) == set(DEFAULT_TOL)
-    for name in SOLVERS:
-        assert ProjectionConfig(solver=name).solver == name
-
-
-def test_result_defaults_keep_the_old_fields():
-    Xs = correlated((3, 2), 10, seed=29)
-    _, _, result = trained((3, 2), 2, Xs, solver="sgd", n_epochs=2)
-    assert result.config == ProjectionConfig(solver="sgd", n_epochs=2)
-    assert result.final_loss == result.loss_history[-1]
-    assert result.iterations == result.n_epochs == 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        latentspace.TrainingResult(1, 0.0, (0.0,), 0.1, ProjectionConfig())
+# --------------------------------------------------------- threads, refused input
 
 
 @pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
@@ -970,3 +850,29 @@ def test_pair_maps_are_the_two_model_cca_of_the_latents(monkeypatch):
         # The same comparison: z_a Ma . z_b Mb, whatever the signs and bases.
         want = (Wa @ U * s) @ (Wb @ Vt.T * s).T
         assert_allclose(Ma @ Mb.T, want, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("widths, limited", [((3, 5), False), ((100, 90), True)])
+def test_blas_threads_are_limited_only_where_blas_could_use_them(widths, limited):
+    """Per-sample SGD sets one BLAS thread for the training, unless every
+    matrix is too small for OpenBLAS to use threads (then setting the limit
+    would cost more than the training)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    Xs = correlated(widths, 50, seed=33)
+    seen = []
+
+    def threads():  # NumPy's and SciPy's (FAISS, if loaded, has its own)
+        return {info["filepath"]: info["num_threads"]
+                for info in threadpoolctl.threadpool_info()
+                if info["user_api"] == "blas"
+                and ("numpy" in info["filepath"] or "scipy" in info["filepath"])}
+
+    def callback(state):
+        seen.append(threads())
+
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = threads()
+        trained(widths, 4, Xs, solver="sgd", n_epochs=1, learning_rate=1e-4,
+                callback=callback)
+    expected = {path: 1 for path in before} if limited else before
+    assert seen == [expected]

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Every validation error of SPEC.md, its message, and that it changes nothing."""
+"""Every validation error (docs/maths.md §8), its message, and that it changes nothing."""
 
 import re
 
@@ -16,6 +16,7 @@ from latentspace import (
     TrainingDivergedError,
     UnknownModelError,
 )
+from latentspace._kernels import affine
 
 N = 10
 _RNG = np.random.default_rng(20)
@@ -151,7 +152,7 @@ DATA_FAILURES = [
      r"mappings \(chunks of rows\), got NoneType"),
 ]
 
-# The Go package's checks, in SPEC.md's order. A case that breaks several rules
+# The Go package's checks, in the order of docs/maths.md §8. A case that breaks several rules
 # must be reported by the earliest check.
 ORDER_FAILURES = [
     ("no-models", train_data({}), ValueError, r"at least two models, got 0"),
@@ -621,7 +622,7 @@ def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkey
         "translate": space.translate("a", "b", x),
         "search": space.search("a", x, "b", gallery, k=3),
     }
-    monkeypatch.setattr(latentspace._core, "MAX_ROWS", rows)
+    monkeypatch.setattr(affine, "MAX_ROWS", rows)
     tol = MAP_TOL[np.dtype(dtype)]
     assert_allclose(space.project("a", x), expected["project"], **tol)
     out = np.full((10, 4), np.nan, dtype)
@@ -634,7 +635,7 @@ def test_batches_beyond_one_blas_call_are_computed_in_blocks(dtype, rows, monkey
 
 
 def test_the_rows_of_one_blas_call_fit_a_blas_int():
-    assert 1 <= latentspace._core.MAX_ROWS <= 2**31 - 1
+    assert 1 <= affine.MAX_ROWS <= 2**31 - 1
 
 
 # ----------------------------------------------------------- weights are immutable
@@ -851,7 +852,7 @@ def test_a_training_that_needs_no_iteration_has_a_final_loss(tmp_path, capsys):
     # Found by the long fuzz: one sample, L-BFGS-B from the closed form, whose
     # gradient is zero: no iteration ran, and final_loss raised IndexError
     # (so did `train` on the command line, which prints it).
-    from latentspace.__main__ import main
+    from latentspace.cli import main
 
     space = latentspace.LatentSpace(1, seed=0)
     space.register("a", 1)

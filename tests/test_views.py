@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Missing views (``observed=``) and frozen models (``frozen=``) of issue 5,
-against NumPy transcriptions of the same maths.
+"""Missing views (``observed=``) and frozen models (``frozen=``), docs/maths.md
+§6-7, against NumPy transcriptions of the same maths.
 
 - Per-sample SGD with missing views and frozen models against the oracle.
-- Statistics of data with missing views against per-sample sums; the
-  objectives' values and gradients against per-sample formulas.
+- Gradient solvers with missing views against the per-sample loss (the
+  statistics and objectives themselves: test_statistics.py, test_losses.py).
 - Closed form with missing views against a NumPy transcription of GCCA with
   missing rows, and against dropping the incomplete rows.
 - Frozen models: bit-identical, the free model's closed form against a NumPy
@@ -14,7 +14,7 @@ against NumPy transcriptions of the same maths.
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
-from reference import reference_loss, reference_sgd
+from reference import inv_sqrt, masked_sample_loss, reference_loss, reference_sgd
 from support import (
     WEIGHT_TOL,
     assert_unchanged,
@@ -22,41 +22,16 @@ from support import (
     dtype_params,
     float64_weights,
     make_space,
+    masked,
     random_data,
+    random_observed,
     snapshot,
+    statistics_of,
+    zero_filled,
 )
 
 from latentspace import InvalidParameterError, ProjectionConfig
-from latentspace._gradient import _batch_moments
-from latentspace._losses import Objective, sample_scale
-from latentspace._statistics import chunk_sums, merge_sums, statistics
-
-
-def random_observed(n, M, *, seed=0, p=0.7, nobody=True):
-    """(n, M) bool: every model observes about ``p`` of the samples; rows
-    with one model and (if ``nobody``) with none are included."""
-    rng = np.random.default_rng(seed)
-    observed = rng.random((n, M)) < p
-    observed[0] = True
-    observed[1] = False
-    observed[1, 0] = True  # one model only
-    if nobody:
-        observed[2] = False
-    return observed
-
-
-def masked(Xs, observed, value=np.nan):
-    """Copies of ``Xs`` holding ``value`` where a model did not observe."""
-    out = []
-    for m, X in enumerate(Xs):
-        X = np.array(X, copy=True)
-        X[~observed[:, m]] = value
-        out.append(X)
-    return out
-
-
-def zero_filled(Xs, observed):
-    return masked(Xs, observed, 0.0)
+from latentspace._losses import MomentObjective, sample_scale
 
 
 def shared_mean(X, observed, m):
@@ -167,130 +142,7 @@ def test_sgd_with_frozen_model_matches_reference():
         assert_allclose(space.weights(name)[1], Rs[m], rtol=0, atol=1e-10)
 
 
-# ------------------------------------------------------- statistics, objectives
-
-
-def _stats(Xs, observed, chunks=1):
-    """`Statistics` of in-memory blocks, merged over ``chunks`` chunks."""
-    names = list(range(len(Xs)))
-    sums = {}
-    for rows in np.array_split(np.arange(len(Xs[0])), chunks):
-        sums = merge_sums(
-            sums, chunk_sums(names, [X[rows] for X in Xs], observed[rows])
-        )
-    return statistics(names, [X.shape[1] for X in Xs], Xs[0].dtype, sums)
-
-
-@pytest.mark.parametrize("chunks", [1, 3, 40])
-def test_statistics_with_missing_views_match_per_sample_sums(chunks):
-    widths, n = (3, 4, 2), 40
-    Xs = correlated(widths, n, seed=8)
-    observed = random_observed(n, 3, seed=9)
-    stats = _stats(masked(Xs, observed), observed, chunks)
-    assert stats.n_samples == n
-    assert_allclose(stats.counts, observed.sum(axis=0))
-    cols = np.cumsum([0, *widths])
-    mus = [X[o].mean(axis=0) for X, o in zip(Xs, observed.T)]
-    assert_allclose(stats.mean, np.concatenate(mus), rtol=1e-12, atol=1e-14)
-    for m in range(3):
-        for l in range(3):
-            both = observed[:, m] & observed[:, l]
-            A = Xs[m][both] - mus[m]
-            B = Xs[l][both] - mus[l]
-            block = stats.gram[cols[m] : cols[m + 1], cols[l] : cols[l + 1]]
-            assert_allclose(block, A.T @ B / both.sum(), rtol=1e-12, atol=1e-14)
-    shift = np.concatenate(mus) + 0.1
-    moments = stats.moments(shift)
-    Z = zero_filled([X - shift[a:b] for X, a, b in zip(Xs, cols, cols[1:])], observed)
-    Z = np.concatenate(Z, axis=1)
-    weight = 1 / np.maximum(observed.sum(axis=1), 1)
-    assert_allclose(moments.gram, Z.T @ Z / n, rtol=1e-12, atol=1e-14)
-    assert_allclose(moments.consensus, (Z * weight[:, None]).T @ Z / n,
-                    rtol=1e-12, atol=1e-14)
-    assert_allclose(moments.coverage, observed.mean(axis=0))
-    # a mini-batch of all the rows has the same moments
-    batch = np.concatenate([X - shift[a:b] for X, a, b in zip(Xs, cols, cols[1:])], 1)
-    for got, expected in zip(_batch_moments(batch, observed, widths), moments):
-        assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
-
-
-def _inv_sqrt(C):
-    lam, V = np.linalg.eigh(C)
-    return (V / np.sqrt(lam)) @ V.T
-
-
-def masked_sample_loss(kind, Xs, observed, Ps, Rs, w, regularization, tau):
-    """Per-sample transcription of both objectives with missing views: a model
-    counts on the samples it observed, about the mean (whitened) latent of
-    the models that observed the sample, whitened over its observed samples."""
-    n, k = len(Xs[0]), Ps[0].shape[1]
-    eps = np.finfo(np.float64).eps
-    Zs = [X @ P for X, P in zip(Xs, Ps)]
-    loss = sum(
-        0.5 * np.sum(o[:, None] * (Z @ R - X) ** 2)
-        for o, Z, R, X in zip(observed.T, Zs, Rs, Xs)
-    ) / n
-    if kind == "whitened":
-        Us = []
-        for o, X, Z, P in zip(observed.T, Xs, Zs, Ps):
-            G = X[o].T @ X[o] / o.sum()
-            S = Z[o].T @ Z[o] / o.sum()
-            S = S + regularization * np.trace(G) / len(G) * (P.T @ P)
-            S += np.sqrt(eps) * np.trace(S) / k * np.eye(k)
-            Us.append(Z @ _inv_sqrt(S))
-        c = w * tau
-    else:
-        Us, c = Zs, w
-    count = np.maximum(observed.sum(axis=1), 1)[:, None]
-    mean = sum(o[:, None] * U for o, U in zip(observed.T, Us)) / count
-    return loss + 0.5 * c * sum(
-        np.sum(o[:, None] * (U - mean) ** 2) for o, U in zip(observed.T, Us)
-    ) / n
-
-
-@pytest.mark.parametrize("kind", ["reference", "whitened"])
-def test_objective_with_missing_views_matches_per_sample_loss(kind):
-    widths, k, n, w, reg = (4, 3, 5), 2, 60, 1.3, 0.05
-    Xs = correlated(widths, n, seed=10)
-    observed = random_observed(n, 3, seed=11)
-    Xs = zero_filled(Xs, observed)
-    stats = _stats(Xs, observed)
-    moments = stats.moments(np.zeros(sum(widths)))
-    tau = sample_scale(moments, widths)
-    taus = [np.trace(X[o].T @ X[o] / o.sum()) for X, o in zip(Xs, observed.T)]
-    assert tau == pytest.approx(np.mean(taus), rel=1e-12)
-    objective = Objective(kind, widths, k, w, (reg,) * len(widths), tau, np.float64)
-    rng = np.random.default_rng(12)
-    Ps = [rng.standard_normal((d, k)) for d in widths]
-    Rs = [rng.standard_normal((k, d)) for d in widths]
-    loss, gPs, gRs = objective(Ps, Rs, moments)
-
-    def f(theta):
-        return masked_sample_loss(kind, Xs, observed, *objective.split(theta), w, reg,
-                                  tau)
-
-    theta = objective.join(Ps, Rs)
-    assert loss == pytest.approx(f(theta), rel=1e-11)
-    h = 1e-6
-    grad = np.array(
-        [(f(theta + h * e) - f(theta - h * e)) / (2 * h) for e in np.eye(len(theta))]
-    )
-    assert_allclose(objective.join(gPs, gRs), grad, rtol=1e-6, atol=1e-7)
-
-
-def test_frozen_gradients_are_zero():
-    widths, k = (3, 4), 2
-    Xs = correlated(widths, 30, seed=13)
-    stats = _stats(Xs, np.ones((30, 2), dtype=bool))
-    moments = stats.moments(np.zeros(7))
-    objective = Objective("reference", widths, k, 1.0, (0.1,) * 2, 1.0, np.float64,
-                          (True, False))
-    rng = np.random.default_rng(14)
-    Ps = [rng.standard_normal((d, k)) for d in widths]
-    Rs = [rng.standard_normal((k, d)) for d in widths]
-    _, gPs, gRs = objective(Ps, Rs, moments)
-    assert not gPs[0].any() and not gRs[0].any()
-    assert gPs[1].any() and gRs[1].any()
+# ------------------------------------------------------------- gradient solvers
 
 
 @pytest.mark.parametrize("solver", ["lbfgs", "minibatch"])
@@ -338,7 +190,7 @@ def test_lbfgs_with_missing_views_reaches_a_stationary_point():
     mus = [space.offset(name) for name in names]
     Cs = zero_filled([X - mu for X, mu in zip(Xs, mus)], observed)
     tau = np.mean([np.trace(C[o].T @ C[o] / o.sum()) for C, o in zip(Cs, observed.T)])
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     theta = objective.join(*float64_weights(space, names))
 
@@ -374,7 +226,7 @@ def reference_missing_cca(Xs, observed, k, regularization):
     for C, c in zip(Cs, counts):
         G = C.T @ C / c
         ridges.append(regularization * np.trace(G) / len(G))
-        W.append(_inv_sqrt(G + ridges[-1] * np.eye(len(G))))
+        W.append(inv_sqrt(G + ridges[-1] * np.eye(len(G))))
     T = np.block([
         [
             W[m] @ (
@@ -617,7 +469,7 @@ def test_config_object_and_keywords_together():
 
 
 def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch():
-    from latentspace import _solvers
+    from latentspace import _sgd, _training
     from latentspace._monitor import Monitor
 
     widths, k, n, lr, w, reg = (4, 3), 2, 30, 0.01, 1.0, 0.01
@@ -626,19 +478,20 @@ def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch
     Xs = zero_filled([X - X[o].mean(axis=0) for X, o in zip(Xs, observed.T)], observed)
     space, names = make_space(k, widths)
     Ps, Rs = float64_weights(space, names)
-    stats = _stats(Xs, observed)
+    stats = statistics_of(Xs, observed)
     moments = stats.moments(np.zeros(sum(widths)))
     grams = [X[o].T @ X[o] / o.sum() for X, o in zip(Xs, observed.T)]
     tau = np.mean([np.trace(G) for G in grams])
     assert sample_scale(moments, widths) == pytest.approx(tau, rel=1e-12)
-    objective = Objective("whitened", widths, k, w, (reg,) * len(widths), tau,
+    objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _solvers._Problem(
-        ["m0", "m1"], Xs, observed, None, stats, moments, objective, config, (False, False)
+    problem = _training.Problem(
+        ["m0", "m1"], Xs, observed, None, stats, moments, objective, config, (False, False),
+        entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _solvers._sgd(problem, Ps, Rs, monitor)
+        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []
@@ -702,24 +555,6 @@ def test_cca_frozen_with_missing_views_zeroes_the_ridge_alignment_gradient():
     P = space.weights(names[2])[0]
     gradient = C.T @ (Zs[2] - zbar) / n + reg * np.trace(G) / len(G) * P
     assert np.abs(gradient).max() < 1e-12 * np.abs(C.T @ Zs[2] / n).max()
-
-
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
-def test_statistics_of_features_far_from_zero(dtype, tol):
-    """float32 features around 1e4 with unit spread, and rows spaced as the
-    provisional centre samples them atypical (so the chunk is re-centred):
-    the covariance is still that of NumPy in float64."""
-    rng = np.random.default_rng(33)
-    n = 4096
-    X = rng.standard_normal((n, 3)) + 1e4
-    X[:: n // 256] += 50.0  # exactly the rows the provisional centre reads
-    Y = rng.standard_normal((n, 2)) - 3e3
-    stats = _stats([X.astype(dtype), Y.astype(dtype)], np.ones((n, 2), bool))
-    both = np.concatenate([X.astype(dtype), Y.astype(dtype)], 1).astype(np.float64)
-    mean = both.mean(axis=0)
-    assert_allclose(stats.mean, mean, rtol=1e-13, atol=tol / 100)
-    cov = (both - mean).T @ (both - mean) / n
-    assert_allclose(stats.gram, cov, rtol=tol, atol=tol * np.abs(cov).max())
 
 
 def test_closed_form_has_a_sign_convention():

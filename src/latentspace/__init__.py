@@ -9,24 +9,30 @@ representation.
 
 from ._config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
+    AlignmentNotFoundError,
     ConvergenceWarning,
     DimensionWarning,
     InvalidParameterError,
+    SpaceFileError,
     TrainingDivergedError,
     UnknownModelError,
 )
 from ._faiss import FaissIndex
-from ._io import SpaceFileError
-from ._search import GalleryIndex, SearchResult
+from ._matching import Matching
+from ._index import GalleryIndex
+from ._scoring import SearchResult
 from ._space import LatentSpace
+from ._version import __version__ as __version__
 
 __all__ = [
+    "AlignmentNotFoundError",
     "ConvergenceWarning",
     "DimensionWarning",
     "FaissIndex",
     "GalleryIndex",
     "InvalidParameterError",
     "LatentSpace",
+    "Matching",
     "ProjectionConfig",
     "SearchResult",
     "SpaceFileError",
@@ -35,4 +41,3 @@ __all__ = [
     "TrainingState",
     "UnknownModelError",
 ]
-__version__ = "0.1.0"

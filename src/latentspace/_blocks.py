@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Arrays of rows read and projected a block at a time.
+"""Arrays of rows read and projected a block at a time, into unit latents.
 
 A gallery of 10^7 items embedded by a 768-d model is 30 GB of float32: held
 in a memory-mapped ``.npy`` file or a Dask array, it is read one block of
@@ -9,11 +9,21 @@ one block and the result only.
 
 import numpy as np
 
-from ._data import is_dask_array
+from ._sources import is_dask_array
 from ._exceptions import InvalidParameterError
-from ._validation import as_kernel_array, as_numeric, check_finite
+from ._model import lookup
+from ._validation import as_kernel_array, as_numeric, as_rows, check_finite
 
-__all__ = ["BLOCK_BYTES", "check_rows", "project_block", "row_blocks"]
+__all__ = [
+    "BLOCK_BYTES",
+    "check_rows",
+    "is_rows",
+    "normalise",
+    "project_block",
+    "row_blocks",
+    "unit_latent_blocks",
+    "unit_latents",
+]
 
 # Bytes of input per block of rows.
 BLOCK_BYTES = 64 << 20
@@ -61,3 +71,62 @@ def project_block(affine_map, block, dtype, what, first_row=0):
         check_finite(np.atleast_2d(x), what, first_row=first_row)
         raise ValueError(f"{what}: the result overflowed")
     return result
+
+
+def normalise(Z):
+    """Scale the rows of ``Z`` to unit length, in place; a zero row stays 0."""
+    tiny = np.finfo(Z.dtype).tiny
+    # Divide by the largest entry first: the squares of a latent beyond
+    # sqrt(max) (1e154 in float64, 1e19 in float32) would overflow, and its
+    # norm become inf (cosine 0 with everything instead of +-1).
+    if len(Z) and Z.shape[1]:
+        Z /= np.maximum(np.abs(Z).max(axis=1), tiny)[:, None]
+    norms = np.sqrt(np.einsum("ij,ij->i", Z, Z))
+    # A zero latent has cosine 0 with everything rather than NaN.
+    Z /= np.maximum(norms, tiny)[:, None]
+    return Z
+
+
+def is_rows(features):
+    """Whether ``features`` is a 2-D ndarray (memory-mapped ones included) or
+    a Dask array: read a block of rows at a time."""
+    return is_dask_array(features) or (
+        isinstance(features, np.ndarray) and features.ndim == 2
+    )
+
+
+def unit_latent_blocks(models, dtype, name, features, what="features"):
+    """Yield ``(start, Z)``: blocks of the rows of ``features`` (a 2-D
+    ndarray, memory-mapped or not, or a Dask array) of model ``name``,
+    projected with ``models`` and scaled to unit length."""
+    model = lookup(models, name)
+    described = f"{what} for model {name!r}"
+    check_rows(features, model.input_dim, described)
+    for start, block in row_blocks(features):
+        yield start, normalise(
+            project_block(model.project, block, dtype, described, start)
+        )
+
+
+def unit_latents(models, dtype, name, features, what="features"):
+    """``features`` of model ``name`` projected with ``models`` (one snapshot)
+    and scaled to unit length: ``(Z, was_one_vector)``.
+
+    2-D ndarrays (memory-mapped ones too) and Dask arrays are read a block
+    of rows at a time; only the latents are held in memory."""
+    model = lookup(models, name)
+    if is_rows(features):
+        Z = np.empty((features.shape[0], model.project.W.shape[1]), dtype=dtype)
+        for start, block in unit_latent_blocks(models, dtype, name, features, what):
+            Z[start : start + len(block)] = block
+        return Z, False
+    if is_dask_array(features):  # a vector
+        features = features.compute()
+    latent = model.project(features)
+    if latent is None:
+        described = f"{what} for model {name!r}"
+        x = as_rows(features, model.input_dim, dtype, described)
+        latent = project_block(model.project, x, dtype, described)
+    one = latent.ndim == 1
+    # A new array: ours to scale.
+    return normalise(latent.reshape(1, -1) if one else latent), one

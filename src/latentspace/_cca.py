@@ -46,9 +46,18 @@ on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
 import numpy as np
 import scipy.linalg
 
+from ._monitor import Run
 from ._statistics import ridge, slices
 
-__all__ = ["canonicalise", "fit_cca", "fit_to_frozen", "least_squares_inverse"]
+__all__ = [
+    "canonicalise",
+    "fit_cca",
+    "fit_to_frozen",
+    "least_squares_inverse",
+    "pair_maps",
+    "run",
+    "svd",
+]
 
 def _whitener(block, shift):
     """``B`` (d, r) with ``B.T @ (block + shift * I) @ B = I``."""
@@ -71,18 +80,7 @@ def _whitener(block, shift):
     return vectors[:, keep] / np.sqrt(values[keep])
 
 
-def _svd(T):
-    """``U, s, Vt`` of ``T`` by LAPACK's gesdd, or by gesvd where gesdd does not
-    converge (seen on the whitened cross-covariance of 100 real pairs of
-    384-d and 768-d sentence embeddings)."""
-    try:
-        return scipy.linalg.svd(T, full_matrices=False, check_finite=False)
-    except np.linalg.LinAlgError:
-        return scipy.linalg.svd(T, full_matrices=False, check_finite=False,
-                                lapack_driver="gesvd")
-
-
-def _svd(T):
+def svd(T):
     """``U, s, Vt`` of ``T`` by LAPACK's gesdd, or by gesvd where gesdd does not
     converge (seen on the whitened cross-covariance of 100 real pairs of
     384-d and 768-d sentence embeddings)."""
@@ -159,7 +157,7 @@ def canonical_directions(grams, widths, n_components, regularization, cross=None
         # T_12 = B_1.T @ G_12 @ B_2, whose singular triplets are the canonical
         # pairs; the eigenvectors of T are [u; v] / sqrt(2), eigenvalues 1 + s.
         T12 = whiteners[0].T @ cross(0, 1) @ whiteners[1]
-        U, _, Vt = _svd(T12)
+        U, _, Vt = svd(T12)
         c = min(n_components, len(_))
         parts = [U[:, :c], Vt[:c].T]
     else:
@@ -501,6 +499,13 @@ def pair_maps(stats, projections, regularization):
                 sides.append((P, _inverse_sqrt(P.T @ (G @ P) + shift * (P.T @ P))))
             (Pa, Wa), (Pb, Wb) = sides
             cross = Pa.T @ stats.block(a, b).astype(np.float64) @ Pb
-            U, s, Vt = _svd(Wa.T @ cross @ Wb)
+            U, s, Vt = svd(Wa.T @ cross @ Wb)
             maps[a, b] = (Wa @ U * s, Wb @ Vt.T * s)
     return maps
+
+
+def run(problem, Ps, Rs, monitor):
+    """The solver "cca": the start (the closed form, computed by
+    `latentspace._training.train`) is the solution."""
+    monitor.step(problem.objective(Ps, Rs, problem.moments, gradient=False))
+    return Run(Ps, Rs, True)

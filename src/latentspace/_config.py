@@ -4,13 +4,20 @@
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ._exceptions import InvalidParameterError
 from ._monitor import TrainingState
-from ._solvers import INITS, OBJECTIVES, SOLVERS
+from ._solvers import SOLVERS
 from ._validation import check_dim, check_float, check_int
+
+if TYPE_CHECKING:
+    from ._matching import Matching
+
+OBJECTIVES = ("reference", "whitened")
+INITS = ("current", "cca")
 
 __all__ = [
     "ProjectionConfig",
@@ -143,7 +150,7 @@ class ProjectionConfig:
     regularization: float | str = "auto"
     batch_size: int = 256
     tol: float | None = None
-    callback: Callable | None = None
+    callback: Callable[[TrainingState], object] | None = None
     progress: bool = False
 
     def __post_init__(self):
@@ -183,10 +190,9 @@ class ProjectionConfig:
 
 
 def resolve_config(config, overrides):
-    """The `ProjectionConfig` for ``config`` (or the defaults) with ``overrides``."""
-    if config is None:
-        config = ProjectionConfig()
-    elif not isinstance(config, ProjectionConfig):
+    """The `ProjectionConfig` for ``config`` (or the defaults) with ``overrides``,
+    validated once."""
+    if config is not None and not isinstance(config, ProjectionConfig):
         raise InvalidParameterError(
             f"config must be a ProjectionConfig or None, got {type(config).__name__}"
         )
@@ -197,6 +203,8 @@ def resolve_config(config, overrides):
             f"unknown training option(s) {', '.join(map(repr, unknown))}; "
             f"ProjectionConfig fields are {', '.join(sorted(fields))}"
         )
+    if config is None:
+        return ProjectionConfig(**overrides)
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
@@ -223,7 +231,7 @@ class TrainingResult:
         The solver that ran.
     objective : str
         The objective whose values the history holds ("reference" is
-        SPEC.md's ``L / n``).
+        the ``L / n`` of docs/maths.md §2).
     converged : bool
         Whether the solver met its stopping criterion (``tol``, or L-BFGS-B's
         own); always true for "cca", false when it ran out of iterations or
@@ -236,18 +244,22 @@ class TrainingResult:
         Every trained model's relative ridge as used (what "auto" chose), in
         the order of the data's models; None if no solver step used one
         ("sgd" with the reference objective).
+    matching : Matching or None
+        With ``refine=True``: the correspondences found among the unpaired
+        rows (method, whether accepted, how many, the criterion, rounds).
     """
 
     n_epochs: int
     initial_loss: float
-    loss_history: tuple
+    loss_history: tuple[float, ...]
     seconds: float
     config: ProjectionConfig
     solver: str = "sgd"
     objective: str = "reference"
     converged: bool = False
-    agreement: tuple | None = None
-    regularization: tuple | None = None
+    agreement: tuple[float, ...] | None = None
+    regularization: tuple[float, ...] | None = None
+    matching: "Matching | None" = None
 
     @property
     def iterations(self) -> int:

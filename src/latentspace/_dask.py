@@ -12,8 +12,9 @@ or Inf) when a block is computed.
 import dask.array as da
 import numpy as np
 
-from . import _core
+from ._kernels.affine import AffineMap
 from ._exceptions import InvalidParameterError
+from ._model import refusal
 from ._validation import as_kernel_array
 
 __all__ = ["apply"]
@@ -22,18 +23,11 @@ __all__ = ["apply"]
 def _map_block(block, weights, shift, dtype, name, what, block_info=None):
     """One block of `apply`: ``block @ weights + shift`` by the compiled map."""
     x = as_kernel_array(block, dtype, f"{what} for model {name!r}")
-    result = _core.AffineMap(weights, shift)(x)
+    result = AffineMap(weights, shift)(x)
     if result is not None:
         return result
-    bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
-    if not bad.any():
-        raise ValueError(f"{what} for model {name!r}: the result overflowed")
-    row = int(np.flatnonzero(bad)[0])
-    if x.ndim == 2:
-        first = block_info[0]["array-location"][0][0]
-        row += first if np.isfinite(first) else 0
-    raise ValueError(f"{what} for model {name!r}: row {row} of the {what} "
-                     "contains NaN or Inf")
+    first = block_info[0]["array-location"][0][0] if x.ndim == 2 else 0
+    raise refusal(x, what, name, dtype, first if np.isfinite(first) else 0)
 
 
 def apply(affine_map, values, name, what, dtype):
@@ -41,7 +35,7 @@ def apply(affine_map, values, name, what, dtype):
 
     Parameters
     ----------
-    affine_map : _core.AffineMap
+    affine_map : AffineMap
         A model's projection or reconstruction (its arrays never change).
     values : dask.array.Array of shape (p,) or (n, p)
     name : str

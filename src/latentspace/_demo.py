@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 
 from . import _plots, metrics
+from ._solvers import SOLVERS
 from ._space import LatentSpace
 
 __all__ = ["MissingDependencyError", "format_report", "run"]
@@ -422,7 +423,7 @@ def _training_summary(options, training):
     given = ", ".join(f"{key}={value!r}" for key, value in options.items())
     line = f"solver={training['solver']}" + (f" ({given})" if given else " (defaults)")
     line += f"\ntraining  {training['seconds']:.2f} s"
-    if training["solver"] != "cca":
+    if not SOLVERS[training["solver"]].closed_form:
         line += (
             f", {training['n_epochs']} epochs; {training['objective']} loss per "
             f"item {training['initial_loss']:.4g} -> {training['final_loss']:.4g}"

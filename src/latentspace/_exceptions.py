@@ -2,9 +2,11 @@
 """Exceptions raised by latentspace."""
 
 __all__ = [
+    "AlignmentNotFoundError",
     "ConvergenceWarning",
     "DimensionWarning",
     "InvalidParameterError",
+    "SpaceFileError",
     "TrainingDivergedError",
     "UnknownModelError",
 ]
@@ -32,3 +34,27 @@ class ConvergenceWarning(UserWarning):
 
 class DimensionWarning(UserWarning):
     """The latent dimension is larger than the training data can fill."""
+
+
+class AlignmentNotFoundError(RuntimeError):
+    """Training from unpaired rows found no correspondence between the models;
+    the space was left as it was.
+
+    Attributes
+    ----------
+    matching : Matching
+        The figures of the best attempt (its ``criterion``).
+    """
+
+    def __init__(self, message, matching=None):
+        super().__init__(message)
+        self.matching = matching
+
+
+class SpaceFileError(ValueError):
+    """A file is not a valid saved latent space.
+
+    Raised by `LatentSpace.load` for a file that is truncated, corrupted,
+    edited, of an unsupported format version or not a latentspace file at
+    all; nothing is loaded.
+    """

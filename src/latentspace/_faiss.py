@@ -39,29 +39,30 @@ Kinds and their options
     gallery items, drawn at random (``seed``, 0), on which the cells are
     trained.
 
-The default ``ef_search`` and ``nprobe`` kept CSLS top-1 within 1 point of
-the exact index on real embeddings (benchmarks/bench_search.py: 12,000
-docstrings, 12 pairs of four models; at 64 and 16 the largest loss was 1.85
-points).
+CSLS top-1 on real embeddings against the exact index
+(benchmarks/bench_search.py: 12,000 docstrings, 12 ordered pairs of four
+models): the default ``ef_search`` lost at most 0.95 points, the default
+``nprobe`` at most 1.45 (``nprobe=64``: 0.85); see benchmarks/README.md.
 """
+
+from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._exceptions import InvalidParameterError
-from ._search import (
-    GalleryIndex,
-    SearchResult,
-    _check_callback,
-    _is_rows,
-    check_method,
-    neighbourhood,
-    unit_latent_blocks,
-    unit_latents,
-)
+from ._blocks import is_rows, unit_latent_blocks, unit_latents
+from ._index import GalleryIndex, check_callback
+from ._scoring import METHODS, SearchResult, check_method, neighbourhood
 from ._validation import check_int
+
+if TYPE_CHECKING:
+    from ._space import LatentSpace
 
 __all__ = ["KINDS", "FaissIndex"]
 
@@ -170,26 +171,31 @@ class FaissIndex(GalleryIndex):
 
     backend = "faiss"
 
-    def __init__(self, space, target, gallery, *, kind="flat", options=None,
-                 references=None, csls_k=10, batch_size=None, callback=None):
+    def __init__(
+        self, space: LatentSpace, target: str, gallery: ArrayLike, *, kind: str = "flat",
+        options: Mapping[str, int] | None = None,
+        references: Mapping[str, ArrayLike] | None = None, csls_k: int = 10,
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+    ) -> None:
         faiss = _faiss()
         check_options(kind, options)  # before any work
         self._setup(space._snapshot.models, space.dtype, target, csls_k, batch_size)
         self.kind = kind
         self._build_faiss(faiss, gallery, options, dict(references or {}),
-                          _check_callback(callback))
+                          check_callback(callback))
 
     @property
-    def references(self):
+    def references(self) -> tuple[str, ...]:
         return self._sources
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.faiss_index.ntotal
 
     # ---------------------------------------------------------------- build
 
     def _build_faiss(self, faiss, gallery, options, references, callback):
-        if _is_rows(gallery):
+        if is_rows(gallery):
             self._check_gallery(gallery, False)
             n = len(gallery)
             blocks = unit_latent_blocks(self._models, self.dtype, self.target,
@@ -251,7 +257,7 @@ class FaissIndex(GalleryIndex):
         """The stored rows of ``train_size`` gallery items drawn at random."""
         rng = np.random.default_rng(self.options["seed"])
         rows = np.sort(rng.choice(n, self.options["train_size"], replace=False))
-        if _is_rows(gallery):
+        if is_rows(gallery):
             sample = gallery[rows]
             if hasattr(sample, "compute"):  # Dask
                 sample = sample.compute()
@@ -277,7 +283,7 @@ class FaissIndex(GalleryIndex):
 
     # --------------------------------------------------------------- search
 
-    def add_reference(self, source, features):
+    def add_reference(self, source: str, features: ArrayLike) -> FaissIndex:
         """Not for a FAISS index: its references are part of the stored rows.
 
         Raises
@@ -290,8 +296,12 @@ class FaissIndex(GalleryIndex):
             f"references={{{source!r}: sample}})"
         )
 
-    def search(self, source, queries, *, k=10, method="csls", batch_size=None,
-               callback=None, ef_search=None, nprobe=None):
+    def search(
+        self, source: str, queries: ArrayLike, *, k: int = 10, method: str = "csls",
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+        ef_search: int | None = None, nprobe: int | None = None,
+    ) -> SearchResult:
         """The ``k`` best gallery items for each query of model ``source``.
 
         As `GalleryIndex.search`, with the FAISS index's search options.
@@ -313,8 +323,8 @@ class FaissIndex(GalleryIndex):
         SearchResult
         """
         params = self._params(ef_search, nprobe)
-        _check_callback(callback)
-        if check_method(method) == "csls" and source not in self._sources:
+        check_callback(callback)
+        if METHODS[check_method(method)].reference and source not in self._sources:
             raise InvalidParameterError(
                 f"CSLS on a FAISS index needs a reference sample of {source!r}, "
                 "given when the index is built (references={"
@@ -347,7 +357,7 @@ class FaissIndex(GalleryIndex):
         scores = np.empty((n_queries, k), dtype=self.dtype)
         indices = np.empty((n_queries, k), dtype=np.int64)
         step = batch_size or _QUERY_BLOCK
-        column = None if method == "cosine" else dim + self._sources.index(source)
+        column = dim + self._sources.index(source) if METHODS[method].reference else None
         K = min(self.csls_k, len(self))
         threads = 1 if n_queries < _ONE_THREAD_BELOW else None
         with _omp_threads(faiss, threads):

@@ -1,20 +1,21 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Gradient solvers of an `latentspace._losses.Objective`: full-batch L-BFGS on
+"""Gradient solvers of an `latentspace._losses.MomentObjective`: full-batch L-BFGS on
 sufficient statistics, and mini-batch Adam on the samples."""
 
 import math
 
 import numpy as np
 
+from ._exceptions import TrainingDivergedError
+from ._monitor import Run
+from ._sgd import DECAY
 from ._statistics import Moments
-from ._threads import scipy_blas_single_threaded
+from ._threads import blas_single_threaded
 
-__all__ = ["train_lbfgs", "train_minibatch"]
+__all__ = ["run_lbfgs", "run_minibatch", "train_lbfgs", "train_minibatch"]
 
-# Adam's moment decay rates (Kingma and Ba's defaults) and the per-epoch decay
-# of the step size (that of the reference optimiser).
+# Adam's moment decay rates (Kingma and Ba's defaults).
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
-_DECAY = 0.999
 
 
 def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
@@ -25,7 +26,7 @@ def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
 
     Parameters
     ----------
-    objective : Objective
+    objective : MomentObjective
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
     moments : Moments
@@ -35,10 +36,9 @@ def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
 
     Returns
     -------
-    Ps, Rs : lists of ndarray
-        New weights in the objective's dtype.
-    finished : bool
-        Whether L-BFGS-B reported convergence (its own criteria).
+    Run
+        New weights in the objective's dtype; ``finished``: whether L-BFGS-B
+        reported convergence (its own criteria).
     """
     from scipy.optimize import minimize
 
@@ -57,20 +57,20 @@ def train_lbfgs(objective, Ps, Rs, moments, max_iter, monitor):
 
     theta = objective.join(Ps, Rs, np.float64)
     monitor.start(objective(Ps, Rs, moments, gradient=False))
-    with scipy_blas_single_threaded():
-        result = minimize(
-            fun,
-            theta,
-            jac=True,
-            method="L-BFGS-B",
-            callback=callback,
-            # Stopping on the relative decrease is the monitor's job (tol).
-            options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
-        )
+    # (on one BLAS thread: the caller's `blas_single_threaded`)
+    result = minimize(
+        fun,
+        theta,
+        jac=True,
+        method="L-BFGS-B",
+        callback=callback,
+        # Stopping on the relative decrease is the monitor's job (tol).
+        options={"maxiter": max_iter, "ftol": 0.0, "gtol": 0.0, "maxcor": 20},
+    )
     if not monitor.history:  # a stationary start: L-BFGS-B made no iteration
         monitor.step(result.fun)
     Ps, Rs = objective.split(np.asarray(result.x).astype(dtype))
-    return Ps, Rs, bool(result.success)
+    return Run(Ps, Rs, bool(result.success))
 
 
 def _batch_moments(batch, observed, widths):
@@ -116,7 +116,7 @@ def train_minibatch(
 
     Parameters
     ----------
-    objective : Objective
+    objective : MomentObjective
     Ps, Rs : lists of ndarray
         Starting weights (not modified).
     blocks : list of (n, d_m) ndarray
@@ -135,8 +135,18 @@ def train_minibatch(
 
     Returns
     -------
-    Ps, Rs : lists of ndarray
+    Run
+
+    Raises
+    ------
+    TrainingDivergedError
+        If a loss or a gradient stops being finite.
     """
+    diverged = TrainingDivergedError(
+        "training with solver='minibatch' diverged (loss or weights not finite); "
+        f"the space keeps its previous weights: try a smaller learning_rate (it "
+        f"was {learning_rate}) or scale the features"
+    )
     theta = objective.join(Ps, Rs).copy()
     first = np.zeros_like(theta)
     second = np.zeros_like(theta)
@@ -156,7 +166,7 @@ def train_minibatch(
             )
             grad = objective.join(gPs, gRs)
             if not (math.isfinite(loss) and np.isfinite(grad).all()):
-                return None
+                raise diverged
             step += 1
             first *= _BETA1
             first += (1 - _BETA1) * grad
@@ -164,10 +174,41 @@ def train_minibatch(
             second += (1 - _BETA2) * grad * grad
             scale = learning_rate * math.sqrt(1 - _BETA2**step) / (1 - _BETA1**step)
             theta -= scale * first / (np.sqrt(second) + _ADAM_EPS)
-        learning_rate *= _DECAY
+        learning_rate *= DECAY  # that of the reference optimiser
         loss = objective(*objective.split(theta), moments, gradient=False)
         if not math.isfinite(loss):
-            return None
+            raise diverged
         if monitor.step(loss):
             break
-    return objective.split(theta)
+    return Run(*objective.split(theta), False)
+
+
+def run_minibatch(problem, Ps, Rs, monitor):
+    """The solver "minibatch": Adam on mini-batches of ``batch_size`` rows
+    (`train_minibatch`) of ``problem`` (a `latentspace._training.Problem`)."""
+    config = problem.config
+    with blas_single_threaded(problem.entries):
+        return train_minibatch(
+            problem.objective,
+            Ps,
+            Rs,
+            problem.blocks,
+            problem.observed,
+            problem.shift,
+            config.batch_size,
+            config.learning_rate,
+            config.n_epochs,
+            monitor,
+            problem.moments,
+        )
+
+
+def run_lbfgs(problem, Ps, Rs, monitor):
+    """The solver "lbfgs": L-BFGS-B on the sufficient statistics of
+    ``problem`` (`train_lbfgs`)."""
+    with blas_single_threaded(problem.entries):
+        return train_lbfgs(
+            problem.objective, Ps, Rs, problem.moments, problem.config.n_epochs,
+            monitor,
+        )
+

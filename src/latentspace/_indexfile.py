@@ -1,21 +1,24 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Saving and loading a `GalleryIndex` or `FaissIndex`: one file.
 
-The file is a zip archive (stored, not compressed; ZIP64 for large indexes)
-whose members are written and read as streams, so that an index of several
-gigabytes is never held twice in memory:
+The format is described in docs/file-format.md. The file is a zip archive
+(stored, not compressed; ZIP64 for large indexes) whose members are written
+and read as streams, so that an index of several gigabytes is never held twice
+in memory:
 
 ``models/<i>.<projection|reconstruction|offset>.npy``
     The weights of the space the index was built with (every model, in
     registration order): queries of any of them can be searched.
-``latents.npy``, ``r_source/<j>.npy``
-    An exact index's unit latents and its CSLS reference statistics.
+``latents.npy``, ``r_source/<j>.npy``, ``pair_maps/<j>.<source|target>.npy``
+    An exact index's unit latents, its CSLS reference statistics and the
+    pair maps through which it compares queries of each source model.
 ``faiss.index``
     A FAISS index in FAISS's own format (``faiss.write_index``).
 ``header.json``
     Written last: ``format`` ("latentspace-index"), ``version``,
     ``library_version``, ``backend``, ``kind``, ``options``, ``target``,
-    ``csls_k``, ``dtype``, ``n_items``, ``references``, ``models`` (name,
+    ``csls_k``, ``dtype``, ``n_items``, ``references``, ``pair_maps`` (the
+    source of every pair map), ``models`` (name,
     input width, whether it has an offset), ``members`` (every other member,
     in the order of the checksum) and ``checksum``: the SHA-256 of the
     canonical JSON of the header without the checksum, followed by every
@@ -30,12 +33,14 @@ in the target's directory and renames it into place once complete.
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 
 import numpy as np
 
-from ._io import SpaceFileError
+from ._archive import write_atomically
+from ._exceptions import SpaceFileError
+from ._model import make_model
+from ._version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
 
@@ -45,6 +50,7 @@ _HEADER = "header.json"
 _FAISS = "faiss.index"
 _MAX_HEADER_BYTES = 64 << 20
 _MODEL_ARRAYS = ("projection", "reconstruction", "offset")
+_PAIR_SIDES = ("source", "target")
 
 
 class _Hashing:
@@ -67,12 +73,6 @@ def _canonical(header):
     return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _library_version():
-    from . import __version__
-
-    return __version__
-
-
 def _arrays(index):
     """Every array member of ``index``, name to array, in writing order."""
     arrays = {}
@@ -86,6 +86,9 @@ def _arrays(index):
         arrays["latents.npy"] = index.latents
         for j, r in enumerate(index._r_source.values()):
             arrays[f"r_source/{j}.npy"] = r
+        for j, maps in enumerate(index._pair_maps.values()):
+            for side, array in zip(_PAIR_SIDES, maps):
+                arrays[f"pair_maps/{j}.{side}.npy"] = array
     return arrays
 
 
@@ -93,7 +96,7 @@ def _header(index):
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
-        "library_version": _library_version(),
+        "library_version": __version__,
         "backend": index.backend,
         "kind": getattr(index, "kind", "flat"),
         "options": getattr(index, "options", {}),
@@ -102,6 +105,7 @@ def _header(index):
         "dtype": index.dtype.name,
         "n_items": len(index),
         "references": list(index.references),
+        "pair_maps": list(index._pair_maps),
         "models": [
             {"name": name, "input_dim": m.input_dim, "offset": m.offset is not None}
             for name, m in index._models.items()
@@ -115,45 +119,28 @@ def save(index, path):
     arrays = _arrays(index)
     header["members"] = list(arrays) + ([_FAISS] if index.backend == "faiss" else [])
     digest = hashlib.sha256(_canonical(header))
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = os.path.join(
-        directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp"
-    )
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(temporary, flags, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
-                for name, array in arrays.items():
-                    digest.update(name.encode())
-                    with archive.open(name, "w", force_zip64=True) as member:
-                        np.lib.format.write_array(
-                            _Hashing(member, digest), np.ascontiguousarray(array),
-                            allow_pickle=False,
-                        )
-                if index.backend == "faiss":
-                    import faiss
 
-                    digest.update(_FAISS.encode())
-                    with archive.open(_FAISS, "w", force_zip64=True) as member:
-                        writer = faiss.PyCallbackIOWriter(
-                            _Hashing(member, digest).write
-                        )
-                        faiss.write_index(index.faiss_index, writer)
-                        del writer  # flushes
-                header["checksum"] = {"algorithm": "sha256",
-                                      "digest": digest.hexdigest()}
-                archive.writestr(_HEADER, _canonical(header))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    def write(file):
+        with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in arrays.items():
+                digest.update(name.encode())
+                with archive.open(name, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(
+                        _Hashing(member, digest), np.ascontiguousarray(array),
+                        allow_pickle=False,
+                    )
+            if index.backend == "faiss":
+                import faiss
+
+                digest.update(_FAISS.encode())
+                with archive.open(_FAISS, "w", force_zip64=True) as member:
+                    writer = faiss.PyCallbackIOWriter(_Hashing(member, digest).write)
+                    faiss.write_index(index.faiss_index, writer)
+                    del writer  # flushes
+            header["checksum"] = {"algorithm": "sha256", "digest": digest.hexdigest()}
+            archive.writestr(_HEADER, _canonical(header))
+
+    write_atomically(path, write)
 
 
 def _fail(path, problem):
@@ -182,8 +169,9 @@ def _read_header(archive, path):
     return header
 
 
-def load(path):
-    """The index saved at ``path``."""
+def load(path, classes):
+    """The index saved at ``path``; ``classes`` maps a backend to the class
+    of its indexes."""
     path = os.fspath(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -192,7 +180,7 @@ def load(path):
     with archive:
         header = _read_header(archive, path)
         try:
-            return _read(archive, header, path)
+            return _read(archive, header, path, classes)
         except SpaceFileError:
             raise
         except Exception as exc:  # zip CRC, .npy format, FAISS, missing keys
@@ -201,7 +189,7 @@ def load(path):
             ) from None
 
 
-def _read(archive, header, path):
+def _read(archive, header, path, classes):
     recorded = header.pop("checksum")
     digest = hashlib.sha256(_canonical(header))
     arrays, faiss_index = {}, None
@@ -219,29 +207,27 @@ def _read(archive, header, path):
                 raise _fail(path, f"member {name!r} has trailing bytes")
     if digest.hexdigest() != recorded.get("digest"):
         raise _fail(path, "checksum mismatch (the file was modified or damaged)")
-    return _build(header, arrays, faiss_index)
+    return _build(header, arrays, faiss_index, classes)
 
 
-def _build(header, arrays, faiss_index):
-    """The index of a checked file."""
-    from ._faiss import FaissIndex
-    from ._search import GalleryIndex
-    from ._space import _make_model
-
+def _build(header, arrays, faiss_index, classes):
+    """The index of a checked file; ``classes``: backend -> index class."""
     for array in arrays.values():
         array.flags.writeable = False
     models = {
-        model["name"]: _make_model(
+        model["name"]: make_model(
             *[arrays.get(f"models/{i}.{what}.npy") for what in _MODEL_ARRAYS]
         )
         for i, model in enumerate(header["models"])
     }
     faiss = header["backend"] == "faiss"
-    index = (FaissIndex if faiss else GalleryIndex).__new__(
-        FaissIndex if faiss else GalleryIndex
-    )
+    index = classes[header["backend"]].__new__(classes[header["backend"]])
+    pair_maps = {
+        source: tuple(arrays[f"pair_maps/{j}.{side}.npy"] for side in _PAIR_SIDES)
+        for j, source in enumerate(header.get("pair_maps", ()))
+    }
     index._setup(models, np.dtype(header["dtype"]), header["target"],
-                 header["csls_k"])
+                 header["csls_k"], pair_maps=pair_maps)
     if faiss:
         index.kind = header["kind"]
         index.options = header["options"]

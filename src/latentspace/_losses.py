@@ -6,7 +6,7 @@ the data through ``G = X.T @ X / n`` (``X`` the concatenated features, shifted
 by the models' offsets; block ``G_ml`` pairs models ``m`` and ``l``). With
 ``Z_m = X_m P_m``:
 
-**reference** (SPEC.md): ``L = sum_m 1/2 E||z_m R_m - x_m||^2 + w/2 E||z_m - zbar||^2``.
+**reference** (docs/maths.md §2): ``L = sum_m 1/2 E||z_m R_m - x_m||^2 + w/2 E||z_m - zbar||^2``.
 Scaling ``P_m`` by ``eps`` and ``R_m`` by ``1 / eps`` keeps every
 reconstruction and multiplies the alignment term by ``eps**2``: the loss has no
 minimiser, and descending it shrinks the latents instead of aligning them.
@@ -50,7 +50,7 @@ import scipy.linalg
 
 from ._statistics import ridge, slices
 
-__all__ = ["Objective", "sample_scale", "whitened_loss", "whitening"]
+__all__ = ["MomentObjective", "sample_scale", "whitened_loss", "whitening"]
 
 
 def _dot(a, b):
@@ -101,7 +101,7 @@ def sample_scale(moments, widths):
     )
 
 
-class Objective:
+class MomentObjective:
     """One objective on fixed data, as a function of flat weights.
 
     Parameters
@@ -262,7 +262,7 @@ def whitened_loss(stats, projections, reconstructions, alignment_weight,
     """
     widths = stats.widths
     moments = stats.moments(np.zeros(sum(widths)))
-    objective = Objective(
+    objective = MomentObjective(
         "whitened",
         widths,
         projections[0].shape[1],

@@ -1,17 +1,35 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """What every solver does between two iterations: history, early stopping,
-the user's callback and the progress bar."""
+the user's callback and the progress bar; and what a solver returns, `Run`."""
 
 import math
 import time
 from typing import NamedTuple
 
-__all__ = ["PATIENCE", "Monitor", "TrainingState", "check_progress_available"]
+__all__ = [
+    "PATIENCE",
+    "Monitor",
+    "Run",
+    "TrainingState",
+    "bar_callback",
+    "check_progress_available",
+]
 
 # Consecutive iterations that must each lower the loss by less than tol (or
 # raise it) before training stops: one small step of a stochastic or
 # quasi-Newton solver is not convergence.
 PATIENCE = 3
+
+
+class Run(NamedTuple):
+    """What every solver returns: the trained weights (new arrays) and
+    whether the solver itself found them final (an exact solution, or its
+    own convergence test met); a solver that diverges raises
+    `TrainingDivergedError` instead."""
+
+    projections: list
+    reconstructions: list
+    finished: bool
 
 
 class TrainingState(NamedTuple):
@@ -128,3 +146,27 @@ class Monitor:
             self.history[-1] = float(loss)
         else:
             self.history.append(float(loss))
+
+
+def bar_callback(unit, callback=None):
+    """A ``callback(done, total)`` that draws a tqdm progress bar on stderr
+    (created at the first call, closed at the last, timed from now) and then
+    calls ``callback``; ImportError now if tqdm is missing."""
+    tqdm = _tqdm()
+    started = time.time()  # tqdm's clock
+    bar = None
+
+    def draw(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit=" " + unit, unit_scale=total >= 100_000)
+            # The work began before its first block was done: timed from
+            # there, a job done in one block does not read as millions a second.
+            bar.start_t = bar.last_print_t = started
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+        if callback is not None:
+            callback(done, total)
+
+    return draw

@@ -1,18 +1,18 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The training objective of SPEC.md, evaluated by the compiled core."""
+"""The reference objective (docs/maths.md §2), evaluated by the compiled kernel."""
 
 import numpy as np
 
-from . import _core
+from ._kernels.sgd import loss_sum
 
-__all__ = ["Objective", "mean_loss"]
+__all__ = ["ReferenceLoss", "mean_loss"]
 
 # Rows per chunk, so that scratch stays small however many samples there are.
 _CHUNK = 256
 
 
-class Objective:
-    """SPEC.md's mean per-sample loss ``L / n`` on fixed aligned samples.
+class ReferenceLoss:
+    """The mean per-sample reference loss ``L / n`` on fixed aligned samples.
 
     ``L = sum_i sum_m 1/2 ||x_mi @ P_m @ R_m - x_mi||^2 + w/2 ||z_mi - z_i||^2``
     with ``z_mi = x_mi @ P_m`` and ``z_i`` the mean of ``z_mi`` over models
@@ -41,7 +41,7 @@ class Objective:
 
     def __call__(self, P, R, alignment_weight):
         """The loss for flat concatenations ``P`` and ``R`` of the weights."""
-        total = _core.loss_sum(
+        total = loss_sum(
             self.X, self.widths, self.observed, P, R, alignment_weight, self._Z,
             self._Xhat,
         )
@@ -49,11 +49,11 @@ class Objective:
 
 
 def mean_loss(blocks, projections, reconstructions, alignment_weight, observed=None):
-    """`Objective` for aligned ``(n, d_m)`` blocks (zero where ``observed``,
+    """`ReferenceLoss` for aligned ``(n, d_m)`` blocks (zero where ``observed``,
     an (n, M) bool array, says a model did not observe a sample) and per-model
     weights."""
     widths = np.array([X.shape[1] for X in blocks], dtype=np.intp)
-    objective = Objective(np.concatenate(blocks, axis=1), widths,
+    objective = ReferenceLoss(np.concatenate(blocks, axis=1), widths,
                           projections[0].shape[1], observed)
     return objective(
         np.concatenate([P.ravel() for P in projections]),

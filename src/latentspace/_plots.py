@@ -37,12 +37,11 @@ def loss_curve(result, path):
     ax.plot(np.arange(len(losses)), losses, marker="." if len(losses) < 50 else None)
     if (losses > 0).all():
         ax.set_yscale("log")
-    solver = getattr(result, "solver", "sgd")
-    objective = getattr(result, "objective", "reference")
     ax.set_xlabel("iteration (0 = before training)")
-    ax.set_ylabel(f"mean loss per item ({objective})")
+    ax.set_ylabel(f"mean loss per item ({result.objective})")
     ax.set_title(
-        f"training: {solver}, {result.n_epochs} iterations, {result.seconds:.2f} s"
+        f"training: {result.solver}, {result.n_epochs} iterations, "
+        f"{result.seconds:.2f} s"
     )
     ax.grid(True, alpha=0.3)
     return _save(figure, Canvas, path)

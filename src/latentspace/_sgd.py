@@ -1,20 +1,25 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The reference optimiser of SPEC.md (per-sample SGD) around the compiled epoch."""
+"""The reference optimiser (per-sample SGD, docs/maths.md §3) around the compiled epoch."""
 
 import math
 
 import numpy as np
 
-from . import _core
+from ._kernels.sgd import sgd_epoch, sgd_prime
 from ._exceptions import TrainingDivergedError
-from ._objective import Objective
+from ._losses import whitening
+from ._monitor import Run
+from ._objective import ReferenceLoss
+from ._statistics import ridge, slices
+from ._threads import blas_single_threaded
 
-__all__ = ["train_sgd"]
+__all__ = ["DECAY", "run", "train_sgd"]
 
 # Work (sum of d_m * k) between two checks for Ctrl-C inside an epoch: a few
 # milliseconds, so that an interrupt is prompt and the GIL is rarely taken.
 _WORK_PER_SIGNAL_CHECK = 2**23
-_DECAY = 0.999
+# The learning rate's decay after every epoch (docs/maths.md §3).
+DECAY = 0.999
 
 
 
@@ -62,16 +67,16 @@ def _kernels(X, widths, k, observed, rates, P, R, w):
     g = np.empty(k, dtype)
 
     def epoch(lr):
-        return _core.sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
-                               check_every)
+        return sgd_epoch(X, widths, observed, rates, P, R, Z, E, V, A, g, lr, w,
+                         check_every)
 
-    return (lambda: _core.sgd_prime(X, widths, P, R, Z, E, V)), epoch
+    return (lambda: sgd_prime(X, widths, P, R, Z, E, V)), epoch
 
 
 def train_sgd(blocks, projections, reconstructions, config, *, names, observed=None,
               rates=None, monitor=None, alignment_weight=None, retract=None,
               loss=None):
-    """Train copies of the weights with SPEC.md's per-sample SGD.
+    """Train copies of the weights with the reference per-sample SGD.
 
     Parameters
     ----------
@@ -95,15 +100,14 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
         ``retract(Ps, Rs)`` modifies the weights in place before the first
         epoch and after every epoch (the whitened objective re-whitens there).
     loss : callable, optional
-        ``loss(Ps, Rs)``, the mean loss reported (default SPEC.md's).
+        ``loss(Ps, Rs)``, the mean loss reported (default the
+        reference loss).
 
     Returns
     -------
-    projections, reconstructions : list of ndarray
-        The trained weights (new arrays).
-    initial_loss : float
-    loss_history : list of float
-        Mean per-sample loss after each epoch.
+    Run
+        The trained weights (new arrays); the loss of every epoch is in the
+        ``monitor``.
 
     Raises
     ------
@@ -124,7 +128,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
     w = config.alignment_weight if alignment_weight is None else alignment_weight
     restart, epoch = _kernels(X, widths, k, mask, rates, P, R, w)
     if loss is None:
-        objective = Objective(X, widths, k, observed)
+        objective = ReferenceLoss(X, widths, k, observed)
 
         def loss(Ps, Rs):
             return objective(P, R, w)  # Ps and Rs are views of P and R
@@ -146,10 +150,59 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
         if not math.isfinite(value):
             raise _diverged(number, value, config.learning_rate, blocks, names)
         history.append(value)
-        learning_rate *= _DECAY
+        learning_rate *= DECAY
         if monitor is not None and monitor.step(value):
             break
     if not (np.isfinite(P).all() and np.isfinite(R).all()):
         raise _diverged(len(history), "finite loss, weights not",
                         config.learning_rate, blocks, names)
-    return Ps, Rs, initial_loss, history
+    return Run(Ps, Rs, False)
+
+
+def run(problem, Ps, Rs, monitor):
+    """The solver "sgd": the reference per-sample SGD (docs/maths.md §3) on
+    ``problem`` (a `latentspace._training.Problem`) from ``Ps``, ``Rs``; the
+    whitened objective re-whitens every epoch.
+
+    Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)
+    changes no reconstruction and no whitened latent, so the whitened loss
+    stays the same; the epoch then runs the reference kernel with alignment
+    weight ``w * k``, on whose (whitened, scaled by ``g``) latents the
+    reference alignment is the whitened one. This is
+    projected SGD on the constraint that every model's latent covariance is
+    the identity, which is what removes the shrinking direction.
+    """
+    objective, config, moments = problem.objective, problem.config, problem.moments
+    kwargs = {
+        "names": problem.names,
+        "observed": problem.observed,
+        "rates": [0.0 if f else 1.0 for f in problem.frozen],
+    }
+    if objective.kind == "whitened":
+        cols = slices(objective.widths)
+        grams = [moments.observed(m, s) for m, s in enumerate(cols)]
+        ridges = [ridge(G, r) for G, r in zip(grams, objective.regularization)]
+
+        # Latents are whitened to variance tau / k per dimension rather than
+        # 1, so that their squared norm is that of a sample, as in the
+        # reference: the step sizes that are stable for one are for the other.
+        # The kernel's alignment weight is then w * tau / (tau / k) = w * k.
+        gain = np.sqrt(objective.scale / objective.k)
+
+        def retract(Ps, Rs):
+            for G, shift, P, R in zip(grams, ridges, Ps, Rs):
+                S = P.T @ (G @ P) + shift * (P.T @ P)
+                W, lam, V = whitening(S, P.dtype)
+                if not np.isfinite(lam).all():  # zero latents: nothing to whiten
+                    continue
+                root = ((V * np.sqrt(lam)) @ V.T).astype(P.dtype)
+                P[...] = (P @ W) * gain
+                R[...] = (root @ R) / gain
+
+        kwargs.update(
+            alignment_weight=objective.w * objective.k,
+            retract=retract,
+            loss=lambda Ps, Rs: objective(Ps, Rs, moments, gradient=False),
+        )
+    with blas_single_threaded(problem.entries):
+        return train_sgd(problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs)

@@ -1,427 +1,82 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The solver registry and the steps every training run shares.
+"""The solver table.
 
-`SOLVERS` maps each name that `ProjectionConfig.solver` accepts to the
-function that runs it; the allowed names of the configuration are its keys.
-`train` prepares the problem (offsets, sufficient statistics, objective,
-starting weights), runs the solver and, for the whitened objective, puts the
-result in the agreement-ordered, weighted basis of the closed form.
+`SOLVERS` maps each name that `ProjectionConfig.solver` accepts to its
+`Solver`: what it needs, its defaults and the function that runs it. Adding a
+solver is a module with its run function and an entry here (and its tests).
 """
 
-import math
-import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
+from . import _cca, _gradient, _sgd
 
-from ._cca import (
-    canonicalise,
-    fit_cca,
-    fit_to_frozen,
-    least_squares_inverse,
-    pair_maps,
-)
-from ._exceptions import (
-    ConvergenceWarning,
-    DimensionWarning,
-    InvalidParameterError,
-    TrainingDivergedError,
-)
-from ._gradient import train_lbfgs, train_minibatch
-from ._losses import Objective, sample_scale, whitening
-from ._monitor import Monitor
-from ._sgd import train_sgd
-from ._statistics import ridge, slices
-from ._threads import blas_single_threaded, scipy_blas_single_threaded
-
-__all__ = [
-    "DEFAULT_OBJECTIVE",
-    "DEFAULT_TOL",
-    "INITS",
-    "OBJECTIVES",
-    "SOLVERS",
-    "Outcome",
-    "train",
-]
+__all__ = ["SOLVERS", "Solver"]
 
 
-class Outcome(NamedTuple):
-    """The result of `train`: new weights and what the run did."""
+class Solver(NamedTuple):
+    """One solver of `SOLVERS`.
 
-    projections: list
-    reconstructions: list
-    shifts: list  # per model: added to its offset, or None (offset unchanged)
-    initial_loss: float
-    history: list
-    converged: bool
-    stopped: bool
-    objective: str
-    agreement: tuple | None
-    regularization: tuple | None  # every model's relative ridge, if used
-    pair_maps: dict  # (name_a, name_b) -> (M_a, M_b), spaces of 3+ models
-
-
-class _Problem(NamedTuple):
-    """Everything a solver needs besides the starting weights."""
-
-    names: list  # the models, for messages
-    blocks: list | None  # (n, d_m) samples (shifted by the new offsets for "sgd")
-    observed: np.ndarray | None  # (n, M) bool: which model observed which sample
-    shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
-    stats: object  # Statistics of the samples before the shift, or None
-    moments: object  # Moments of the shifted samples, or None
-    objective: Objective
-    config: object
-    frozen: tuple  # per model: whether its weights stay
-
-
-def _sgd(problem, Ps, Rs, monitor):
-    """SPEC.md's per-sample SGD; the whitened objective re-whitens every epoch.
-
-    Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)
-    changes no reconstruction and no whitened latent, so the whitened loss
-    stays the same; the epoch then runs the reference kernel with alignment
-    weight ``w * k``, on whose (whitened, scaled by ``g``) latents the
-    reference alignment is the whitened one. This is
-    projected SGD on the constraint that every model's latent covariance is
-    the identity, which is what removes the shrinking direction.
-    """
-    objective, config, moments = problem.objective, problem.config, problem.moments
-    kwargs = {
-        "names": problem.names,
-        "observed": problem.observed,
-        "rates": [0.0 if f else 1.0 for f in problem.frozen],
-    }
-    if objective.kind == "whitened":
-        cols = slices(objective.widths)
-        grams = [moments.observed(m, s) for m, s in enumerate(cols)]
-        ridges = [ridge(G, r) for G, r in zip(grams, objective.regularization)]
-
-        # Latents are whitened to variance tau / k per dimension rather than
-        # 1, so that their squared norm is that of a sample, as in the
-        # reference: the step sizes that are stable for one are for the other.
-        # The kernel's alignment weight is then w * tau / (tau / k) = w * k.
-        gain = np.sqrt(objective.scale / objective.k)
-
-        def retract(Ps, Rs):
-            for G, shift, P, R in zip(grams, ridges, Ps, Rs):
-                S = P.T @ (G @ P) + shift * (P.T @ P)
-                W, lam, V = whitening(S, P.dtype)
-                if not np.isfinite(lam).all():  # zero latents: nothing to whiten
-                    continue
-                root = ((V * np.sqrt(lam)) @ V.T).astype(P.dtype)
-                P[...] = (P @ W) * gain
-                R[...] = (root @ R) / gain
-
-        kwargs.update(
-            alignment_weight=objective.w * objective.k,
-            retract=retract,
-            loss=lambda Ps, Rs: objective(Ps, Rs, moments, gradient=False),
-        )
-    with blas_single_threaded():
-        Ps, Rs, _, _ = train_sgd(
-            problem.blocks, Ps, Rs, config, monitor=monitor, **kwargs
-        )
-    return Ps, Rs, False
-
-
-def _minibatch(problem, Ps, Rs, monitor):
-    """Adam on mini-batches of ``batch_size`` rows (`train_minibatch`)."""
-    config = problem.config
-    with blas_single_threaded():
-        out = train_minibatch(
-            problem.objective,
-            Ps,
-            Rs,
-            problem.blocks,
-            problem.observed,
-            problem.shift,
-            config.batch_size,
-            config.learning_rate,
-            config.n_epochs,
-            monitor,
-            problem.moments,
-        )
-    if out is None:
-        return None
-    return out[0], out[1], False
-
-
-def _lbfgs(problem, Ps, Rs, monitor):
-    """L-BFGS-B on the sufficient statistics (`train_lbfgs`)."""
-    with blas_single_threaded():
-        return train_lbfgs(
-            problem.objective, Ps, Rs, problem.moments, problem.config.n_epochs,
-            monitor,
-        )
-
-
-def _cca(problem, Ps, Rs, monitor):
-    """The closed form: the start (computed by `train`) is the solution."""
-    monitor.step(problem.objective(Ps, Rs, problem.moments, gradient=False))
-    return Ps, Rs, True
-
-
-# The registry: ProjectionConfig.solver accepts exactly these names.
-SOLVERS = {"cca": _cca, "sgd": _sgd, "minibatch": _minibatch, "lbfgs": _lbfgs}
-OBJECTIVES = ("reference", "whitened")
-INITS = ("current", "cca")
-# What objective=None and tol=None mean for every solver.
-DEFAULT_OBJECTIVE = {
-    "sgd": "reference",
-    "minibatch": "whitened",
-    "lbfgs": "whitened",
-    "cca": "whitened",
-}
-DEFAULT_TOL = {"sgd": None, "minibatch": None, "lbfgs": 1e-8, "cca": None}
-
-
-def _finite(arrays):
-    return all(np.isfinite(a).all() for a in arrays)
-
-
-def train(source, offsets, projections, reconstructions, config, monitor_args,
-          frozen):
-    """Run ``config.solver`` on copies of the weights.
-
-    Parameters
+    Attributes
     ----------
-    source : training data
-        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._data`).
-    offsets : list of (d_m,) ndarray or None
-        The models' current offsets.
-    projections, reconstructions : lists of ndarray
-        Starting weights (not modified).
-    config : ProjectionConfig
-    monitor_args : dict
-        ``started`` (perf_counter at the start) for the `Monitor`.
-    frozen : sequence of bool
-        Per model: its weights and offset stay; the others learn to land on
-        the space the frozen ones define, with the reference objective, from
-        centred features.
-
-    Returns
-    -------
-    Outcome
-
-    Raises
-    ------
-    TrainingDivergedError
-        If the statistics, the loss or the weights stopped being finite.
-
-    Warns
-    -----
-    DimensionWarning
-        If the data cannot fill the latent dimension.
-    ConvergenceWarning
-        If a ``tol`` was not met.
+    needs : {"samples", "statistics"}
+        "samples": it visits the samples (they are loaded; a stream of chunks
+        is refused); "statistics": it works on the one-pass sufficient
+        statistics.
+    statistics : bool
+        Whether it needs the statistics too when the samples are not centred.
+    shifts_batches : bool
+        Whether it subtracts the new offsets from its batches of samples
+        itself (else the samples it gets carry them).
+    closed_form : bool
+        Whether its start is the solution (one iteration, no learning rate).
+    objective : {"reference", "whitened"}
+        What ``objective=None`` means.
+    tol : float or None
+        What ``tol=None`` means.
+    init : {"current", "cca"}
+        What ``init=None`` means (without frozen models).
+    ignores : frozenset of str
+        `ProjectionConfig` fields that do not change its result.
+    run : callable
+        ``run(problem, Ps, Rs, monitor) -> Run`` (`latentspace._monitor.Run`)
+        on a `latentspace._training.Problem`, from copies of the starting
+        weights; raises `TrainingDivergedError` if it diverges.
     """
-    # Overflow is detected from the results (non-finite loss or weights).
-    with (
-        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
-        scipy_blas_single_threaded(),
-    ):
-        return _train(source, offsets, projections, reconstructions, config,
-                      monitor_args, tuple(frozen))
+
+    needs: str
+    statistics: bool
+    shifts_batches: bool
+    closed_form: bool
+    objective: str
+    tol: float | None
+    init: str
+    ignores: frozenset
+    run: Callable
+
+    @property
+    def streams(self):
+        """Whether it trains on a stream of chunks of rows (read once)."""
+        return self.needs == "statistics"
 
 
-def _plus(offset, shift):
-    """An offset plus a shift, either possibly None."""
-    if shift is None:
-        return offset
-    return shift if offset is None else offset + shift
-
-
-def _diverged(solver, config, what):
-    """The error for a run whose ``what`` stopped being finite (not "sgd",
-    whose kernel names the learning rate that would be stable)."""
-    if solver == "minibatch":
-        hint = (f"try a smaller learning_rate (it was {config.learning_rate}) or "
-                "scale the features")
-    else:
-        hint = "scale the features or raise regularization"
-    return TrainingDivergedError(
-        f"training with solver={solver!r} diverged ({what} not finite); the space "
-        f"keeps its previous weights: {hint}"
-    )
-
-
-def _multiview(stats, names):
-    """`Statistics.multiview`, refusing a model that shares no sample."""
-    aligned = stats.multiview()
-    for name, count in zip(names, aligned.counts):
-        if not count:
-            raise InvalidParameterError(
-                f"model {name!r} shares no sample with another model (every row "
-                "it observed is unpaired): nothing aligns it"
-            )
-    return aligned
-
-
-def _inverse(stats, centres, m, projection):
-    """Model ``m``'s least-squares reconstruction over every row it observed,
-    about the mean of ``centres``, the statistics that set its offset."""
-    return least_squares_inverse(stats.about(m, centres.means()[m]), projection)
-
-
-def _paired(stats, blocks, observed):
-    """The number of samples that at least two models observed."""
-    if stats is not None:
-        return sum(sums.count for members, sums in stats.patterns if len(members) > 1)
-    if observed is None:
-        return len(blocks[0])
-    return int(np.count_nonzero(observed.sum(axis=1) > 1))
-
-
-def _check_dimension(k, widths, paired):
-    """Warn if the data cannot fill ``k`` latent dimensions of the closed
-    form's basis: a dimension needs two models (there are at most as many as
-    the second largest width) and centred paired samples (at most their
-    number less one)."""
-    by_width = sorted(widths)[-2]
-    by_pairs = max(paired - 1, 0)
-    supported = min(by_width, by_pairs)
-    if k <= supported:
-        return
-    reason = (
-        f"the second largest model width is {by_width}" if by_width <= by_pairs
-        else f"only {paired} samples are paired (centred, {by_pairs} dimensions)"
-    )
-    warnings.warn(
-        f"latent_dim={k} is more than the data can fill: {reason}, so at most "
-        f"{supported} latent dimensions carry signal shared by two models and the "
-        f"other {k - supported} are zero. Use latent_dim <= {supported}",
-        DimensionWarning,
-        stacklevel=5,
-    )
-
-
-def _train(source, offsets, projections, reconstructions, config, monitor_args,
-           frozen):
-    solver = config.solver
-    transfer = any(frozen)
-    kind = config.objective or ("reference" if transfer else DEFAULT_OBJECTIVE[solver])
-    tol = config.tol if config.tol is not None else DEFAULT_TOL[solver]
-    init = config.init or ("cca" if solver != "sgd" or transfer else "current")
-    dtype = source.dtype
-    widths = source.widths
-    k = projections[0].shape[1]
-    # Centre (new offsets = data means) unless the reference objective is
-    # minimised from the current weights, as the reference optimiser does; the
-    # frozen models keep their offsets.
-    centre = solver == "cca" or kind == "whitened" or init == "cca" or transfer
-    stats = aligned = moments = pending = None
-    shifts = [None] * len(widths)
-    regularization = (0.0,) * len(widths)
-    if centre or solver in ("lbfgs", "minibatch"):
-        stats = source.statistics(offsets)
-        # The alignment comes from the samples two or more models observed; a
-        # sample one model observed alone only improves its reconstruction.
-        aligned = _multiview(stats, source.names)
-        regularization = aligned.ridges(config.regularization)
-        # The closed form centres on the shared samples; the objectives of
-        # the gradient solvers average over every observed sample.
-        centres = aligned if solver == "cca" else stats
-        if centre:
-            shifts = [
-                None if f else mu.astype(dtype)
-                for f, mu in zip(frozen, centres.means())
-            ]
-        shift = np.concatenate(
-            [np.zeros(d) if s is None else s for d, s in zip(widths, shifts)]
-        )
-        moments = stats.moments(shift)
-        if not np.isfinite(moments.gram).all():
-            raise TrainingDivergedError(
-                f"the features' second moments overflow {dtype} (the statistics "
-                f"of solver={solver!r} are not finite); the space keeps its "
-                "previous weights: scale the features down"
-            )
-        if centre and solver == "minibatch":
-            pending = shift.astype(dtype)  # minibatch shifts its batches
-    blocks = observed = None
-    if solver in ("sgd", "minibatch"):
-        if solver == "sgd":  # the blocks carry the new offsets
-            offsets = [_plus(o, s) for o, s in zip(offsets, shifts)]
-        blocks, observed = source.samples(offsets)
-    if solver == "cca" or kind == "whitened":  # the closed form's basis
-        _check_dimension(k, widths, _paired(stats, blocks, observed))
-    objective = Objective(
-        kind,
-        widths,
-        k,
-        config.alignment_weight,
-        regularization,
-        sample_scale(moments, widths) if moments is not None else 1.0,
-        dtype,
-        frozen,
-    )
-    agreement = None
-    Ps = [np.array(P, dtype=dtype) for P in projections]
-    Rs = [np.array(R, dtype=dtype) for R in reconstructions]
-    if solver == "cca" or init == "cca":
-        if transfer:
-            Ps = fit_to_frozen(moments, widths, Ps, frozen, regularization)
-        else:
-            Ps, agreement = fit_cca(aligned, k, regularization)
-        Rs = [
-            R if f else _inverse(stats, centres, m, P)
-            for m, (f, P, R) in enumerate(zip(frozen, Ps, Rs))
-        ]
-    problem = _Problem(source.names, blocks, observed, pending, stats, moments,
-                       objective, config, frozen)
-    total = 1 if solver == "cca" else config.n_epochs
-    with Monitor(
-        total, tol, config.callback, config.progress, **monitor_args
-    ) as monitor:
-        if solver == "cca":
-            monitor.start(
-                objective(
-                    [np.asarray(P, dtype=dtype) for P in projections],
-                    [np.asarray(R, dtype=dtype) for R in reconstructions],
-                    moments,
-                    gradient=False,
-                )
-            )
-        out = SOLVERS[solver](problem, Ps, Rs, monitor)
-        if out is None or not (_finite(out[0]) and _finite(out[1])):
-            raise _diverged(solver, config, "loss or weights")
-        Ps, Rs, finished = out
-        if kind == "whitened" and solver != "cca":
-            Ps, agreement = canonicalise(stats, Ps, k, regularization)
-            Rs = [_inverse(stats, centres, m, P) for m, P in enumerate(Ps)]
-            monitor.replace_last(objective(Ps, Rs, moments, gradient=False))
-        if not math.isfinite(monitor.history[-1] if monitor.history else 0.0):
-            raise _diverged(solver, config, "loss")
-    converged = bool(finished or monitor.converged)
-    if tol is not None and not (converged or monitor.stopped):
-        # Before publishing: warnings turned into errors leave the space as it was.
-        warnings.warn(
-            f"solver={solver!r} stopped after {monitor.iterations} iterations "
-            f"(n_epochs) before the loss settled to tol={tol}; raise n_epochs "
-            "or tol",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
-    if kind == "reference" and solver != "cca":
-        agreement = None  # that of the start, if init="cca": no longer true
-    maps = {}
-    if agreement is not None and len(widths) > 2:
-        names = source.names
-        maps = {
-            (names[a], names[b]): value
-            for (a, b), value in pair_maps(aligned, Ps, config.regularization).items()
-        }
-    return Outcome(
-        projections=[np.ascontiguousarray(P, dtype=dtype) for P in Ps],
-        reconstructions=[np.ascontiguousarray(R, dtype=dtype) for R in Rs],
-        shifts=shifts,
-        initial_loss=monitor.initial_loss,
-        history=monitor.history,
-        converged=converged,
-        stopped=monitor.stopped,
-        objective=kind,
-        agreement=None if agreement is None else tuple(float(a) for a in agreement),
-        regularization=None if stats is None else regularization,
-        pair_maps=maps,
-    )
+# The table: ProjectionConfig.solver accepts exactly these names.
+SOLVERS = {
+    "cca": Solver(
+        "statistics", True, False, True, "whitened", None, "cca",
+        frozenset({"learning_rate", "n_epochs", "batch_size", "init", "tol"}),
+        _cca.run,
+    ),
+    "sgd": Solver(
+        "samples", False, False, False, "reference", None, "current",
+        frozenset({"batch_size"}), _sgd.run,
+    ),
+    "minibatch": Solver(
+        "samples", True, True, False, "whitened", None, "cca", frozenset(),
+        _gradient.run_minibatch,
+    ),
+    "lbfgs": Solver(
+        "statistics", True, False, False, "whitened", 1e-8, "cca",
+        frozenset({"learning_rate", "batch_size"}), _gradient.run_lbfgs,
+    ),
+}

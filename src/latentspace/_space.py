@@ -1,15 +1,17 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """`LatentSpace`: the registry of models and their weights."""
 
+from __future__ import annotations
+
 import copy
 import threading
 import time
-from collections.abc import Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from . import _core
 from ._config import (
     TrainingResult,
     check_objective,
@@ -17,11 +19,23 @@ from ._config import (
     resolve_config,
 )
 from ._losses import whitened_loss
+from ._matching import matched_data
 from ._objective import mean_loss
 from ._monitor import check_progress_available
-from ._solvers import train
-from ._data import is_dask_array, training_data
+from ._solvers import SOLVERS
+from ._training import train
+from ._data import training_data
+from ._sources import is_dask_array
 from ._exceptions import InvalidParameterError, TrainingDivergedError
+from ._model import (
+    Snapshot,
+    kept_pair_maps,
+    lookup,
+    make_model,
+    read_only,
+    refusal,
+    xavier,
+)
 from ._validation import (
     as_rows,
     check_out,
@@ -31,65 +45,18 @@ from ._validation import (
     check_frozen,
     check_name,
     check_seed,
-    unknown_model,
 )
+
+if TYPE_CHECKING:
+    from ._config import ProjectionConfig
+    from ._index import GalleryIndex
+    from ._scoring import SearchResult
+    from ._typing import Data, FloatArray, Path, PathOrFile
+    from .metrics import Evaluation
 
 __all__ = ["LatentSpace"]
 
 _INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
-_ALIGNMENT = 64  # bytes: a cache line, and AVX-512's vector
-
-
-class _Model(NamedTuple):
-    """One model's weights; the arrays are read-only and never change."""
-
-    input_dim: int
-    offset: np.ndarray | None  # mu, (d,)
-    project: _core.AffineMap  # x -> x @ P - mu @ P
-    retrieve: _core.AffineMap  # z -> z @ R + mu
-
-    @property
-    def projection(self):
-        return self.project.W
-
-    @property
-    def reconstruction(self):
-        return self.retrieve.W
-
-
-def _frozen(array):
-    """A read-only copy of ``array``, C-contiguous, on a 64-byte boundary (the
-    kernels' loads are up to a fifth slower off it), seen through a read-only
-    buffer: NumPy refuses to make it writeable again, so no caller can change
-    weights that readers share."""
-    array = np.asarray(array)
-    memory = bytearray(array.nbytes + _ALIGNMENT)
-    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
-    view = memoryview(memory)[start : start + array.nbytes]
-    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
-    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
-
-
-def _make_model(projection, reconstruction, offset=None):
-    """A `_Model` of private, immutable copies of the arrays."""
-    projection, reconstruction = _frozen(projection), _frozen(reconstruction)
-    if offset is not None:
-        offset = _frozen(offset)
-    project_shift = None if offset is None else _frozen(-(offset @ projection))
-    return _Model(
-        len(projection),
-        offset,
-        _core.AffineMap(projection, project_shift),
-        _core.AffineMap(reconstruction, offset),
-    )
-
-
-def _xavier(rng, input_dim, dim, dtype):
-    """P then R, each entry from U(-l, l) with l = sqrt(6 / (input_dim + dim))."""
-    limit = np.sqrt(6.0 / (input_dim + dim))
-    projection = rng.uniform(-limit, limit, (input_dim, dim)).astype(dtype, copy=False)
-    reconstruction = rng.uniform(-limit, limit, (dim, input_dim))
-    return _make_model(projection, reconstruction.astype(dtype, copy=False))
 
 
 def _offset(offset, shift):
@@ -97,25 +64,6 @@ def _offset(offset, shift):
     if shift is None:
         return offset
     return shift if offset is None else offset + shift
-
-
-def _lookup(models, name):
-    try:
-        return models[name]
-    except (KeyError, TypeError):
-        raise unknown_model(name, models) from None
-
-
-class _Snapshot(NamedTuple):
-    """What readers see: replaced as a whole, never modified, so that a
-    writer publishes all it changes in one assignment."""
-
-    dim: int
-    models: dict  # name -> _Model, in registration order
-    # The generator the next registration draws from; writers draw from a
-    # copy, which the snapshot they publish holds.
-    rng: np.random.Generator | None = None
-    config: dict | None = None  # record of the training that made it (for save)
 
 
 class LatentSpace:
@@ -143,13 +91,21 @@ class LatentSpace:
     serialised by a lock held only while the registry changes.
     """
 
-    def __init__(self, dim, *, dtype="float64", seed=42):
-        self._dtype = check_dtype(dtype)
+    def __init__(
+        self, dim: int, *, dtype: DTypeLike = "float64", seed: int | None = 42
+    ) -> None:
         dim = check_dim("dim", dim)
-        self._snapshot = _Snapshot(dim, {}, np.random.default_rng(check_seed(seed)))
+        rng = np.random.default_rng(check_seed(seed))
+        self._install(check_dtype(dtype), Snapshot(dim, {}, rng))
+
+    def _install(self, dtype: np.dtype[Any], snapshot: Snapshot) -> None:
+        """Set up a new space (or a bare one, when loading or unpickling) of
+        ``dtype`` holding ``snapshot``."""
+        self._dtype = dtype
+        self._snapshot = snapshot
         self._lock = threading.Lock()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         snapshot = self._snapshot
         models = ", ".join(f"{n!r}: {m.input_dim}" for n, m in snapshot.models.items())
         return (
@@ -163,19 +119,19 @@ class LatentSpace:
         return self._snapshot.dim
 
     @property
-    def dtype(self) -> np.dtype:
+    def dtype(self) -> np.dtype[Any]:
         """The dtype of weights and outputs."""
         return self._dtype
 
     @property
-    def models(self) -> dict:
+    def models(self) -> dict[str, int]:
         """Registered models, name to input width, in registration order."""
         return {name: m.input_dim for name, m in self._snapshot.models.items()}
 
     def _model(self, name):
-        return _lookup(self._snapshot.models, name)
+        return lookup(self._snapshot.models, name)
 
-    def register(self, name, input_dim, *, replace=False):
+    def register(self, name: str, input_dim: int, *, replace: bool = False) -> None:
         """Add a model with Xavier-initialised weights.
 
         Parameters
@@ -206,9 +162,11 @@ class LatentSpace:
             # Drawn from a copy: a failed or interrupted registration leaves
             # the generator as it was.
             rng = copy.deepcopy(snapshot.rng)
-            model = _xavier(rng, input_dim, snapshot.dim, self._dtype)
-            self._snapshot = _Snapshot(
-                snapshot.dim, {**snapshot.models, name: model}, rng
+            model = xavier(rng, input_dim, snapshot.dim, self._dtype)
+            models = {**snapshot.models, name: model}
+            self._snapshot = Snapshot(
+                snapshot.dim, models, rng,
+                pair_maps=kept_pair_maps(snapshot.pair_maps, models),
             )
 
     def _apply(self, affine_map, values, name, what, out=None):
@@ -231,21 +189,14 @@ class LatentSpace:
         if result is None:
             # Decide on a private copy: another thread may be changing x.
             x = np.array(x)
-            bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
-            if bad.any():
-                raise InvalidParameterError(
-                    f"{what} for model {name!r}: row {int(np.flatnonzero(bad)[0])} "
-                    f"of the {what} contains NaN or Inf"
-                )
             result = affine_map(x, out)
             if result is None:
-                raise InvalidParameterError(
-                    f"{what} for model {name!r}: the result overflowed "
-                    f"{self._dtype} (features too large for these weights)"
-                )
+                raise refusal(x, what, name, self._dtype)
         return result
 
-    def project(self, name, features, *, out=None):
+    def project(
+        self, name: str, features: ArrayLike, *, out: FloatArray | None = None
+    ) -> FloatArray:
         """Map features of model ``name`` into the space: ``(x - mu) @ P``.
 
         Parameters
@@ -284,7 +235,9 @@ class LatentSpace:
             return self._apply(affine_map, features, name, "features", out)
         return result
 
-    def retrieve(self, name, latent, *, out=None):
+    def retrieve(
+        self, name: str, latent: ArrayLike, *, out: FloatArray | None = None
+    ) -> FloatArray:
         """Map latent vectors back into model ``name``'s space: ``z @ R + mu``.
 
         Parameters
@@ -313,7 +266,10 @@ class LatentSpace:
             return self._apply(affine_map, latent, name, "latent", out)
         return result
 
-    def translate(self, source, target, features, *, out=None):
+    def translate(
+        self, source: str, target: str, features: ArrayLike, *,
+        out: FloatArray | None = None,
+    ) -> FloatArray:
         """``retrieve(target, project(source, features))``, from one snapshot.
 
         Parameters
@@ -329,7 +285,7 @@ class LatentSpace:
         ndarray of shape (d_target,) or (n, d_target)
         """
         models = self._snapshot.models
-        src, dst = _lookup(models, source), _lookup(models, target)
+        src, dst = lookup(models, source), lookup(models, target)
         latent = src.project(features)
         if latent is None:
             latent = self._apply(src.project, features, source, "features")
@@ -338,7 +294,7 @@ class LatentSpace:
             return self._apply(dst.retrieve, latent, target, "latent", out)
         return result
 
-    def weights(self, name):
+    def weights(self, name: str) -> tuple[FloatArray, FloatArray]:
         """``(P, R)`` of model ``name``, shapes (d, k) and (k, d).
 
         Read-only views of immutable memory (their ``writeable`` flag cannot
@@ -347,13 +303,16 @@ class LatentSpace:
         model = self._model(name)
         return model.projection, model.reconstruction
 
-    def offset(self, name):
+    def offset(self, name: str) -> FloatArray | None:
         """The input offset ``mu`` of model ``name`` (read-only, as `weights`),
         or None."""
         return self._model(name).offset
 
-    def loss(self, data, alignment_weight=1.0, *, observed=None,
-             objective="reference", regularization="auto"):
+    def loss(
+        self, data: Data, alignment_weight: float = 1.0, *,
+        observed: Mapping[str, ArrayLike] | None = None,
+        objective: str = "reference", regularization: float | str = "auto",
+    ) -> float:
         """The mean per-sample loss of ``objective`` on aligned data.
 
         Parameters
@@ -395,23 +354,32 @@ class LatentSpace:
             blocks, mask = source.samples(offsets)
         return mean_loss(blocks, Ps, Rs, w, mask)
 
-    def train_projections(self, data, config=None, *, observed=None, unpaired=None,
-                          frozen=(), **overrides):
+    def train_projections(
+        self,
+        data: Data | Iterable[Data] | None,
+        config: ProjectionConfig | None = None,
+        *,
+        observed: Mapping[str, ArrayLike] | None = None,
+        unpaired: Data | None = None,
+        frozen: Iterable[str] = (),
+        refine: bool = False,
+        **overrides: Any,
+    ) -> TrainingResult:
         """Learn the projections and reconstructions of the models in ``data``.
 
-        Runs ``config.solver`` (by default SPEC.md's reference optimiser,
-        per-sample SGD) on copies of the weights and publishes them all at once
-        if it succeeds; on any error, divergence, interrupt or exception from
-        the callback the space is left exactly as it was. ``solver="cca"`` is
-        the fast way to a space in which cross-model retrieval works; it and
-        the whitened objective also set every trained model's offset (the
-        data means), see `ProjectionConfig`.
+        Runs ``config.solver`` (by default the closed form, "cca"; "sgd" is
+        the Go package's reference optimiser, docs/maths.md) on copies of the
+        weights and publishes them all at once if it succeeds; on any error,
+        divergence, interrupt or exception from the callback the space is
+        left exactly as it was. "cca" and the whitened objective also set
+        every trained model's offset (the data means), see
+        `ProjectionConfig`.
 
         Parameters
         ----------
         data : mapping of str to array-like of shape (n, d_m), or iterable of such mappings
             Aligned samples (row ``i`` of every array is the same item) of at
-            least two registered models. The arrays may be memory-mapped
+            least two registered models (None, with ``refine=True``: none). The arrays may be memory-mapped
             (read a chunk at a time by "cca" and "lbfgs") or Dask arrays (the
             statistics of "cca" and "lbfgs" are then a Dask reduction, which
             runs on a ``dask.distributed`` cluster if one is active; the
@@ -432,7 +400,8 @@ class LatentSpace:
             Rows of a model with no known partner in ``data`` (each model its
             own number): samples that model alone observed. They improve each
             model's own statistics (its mean, its covariance, its
-            reconstruction) and never its alignment with another model.
+            reconstruction) and never its alignment with another model,
+            unless ``refine=True``.
         frozen : iterable of str, default=()
             Models of ``data`` whose weights and offsets stay bit-identical:
             the others learn to land on the space the frozen ones define
@@ -440,6 +409,18 @@ class LatentSpace:
             "reference" and the free models are centred (their offsets are
             their data means); "cca" solves for them in closed form (a ridge
             regression on the mean latent of the frozen models).
+        refine : bool, default=False
+            Find correspondences between the ``unpaired`` rows of two models
+            (in memory, at most 20,000 x 20,000 of them) and train on them as
+            pairs too. From 100 or more known pairs in ``data``: rounds of
+            self-learning (mutual nearest neighbours under CSLS, refitted),
+            kept only if pairs planted among the unpaired rows rank
+            significantly better. From fewer, or none (``data=None``):
+            alignment with no known pair, from the shape of each model's own
+            similarities; it works between models of the same kind on
+            thousands of shared items, and raises `AlignmentNotFoundError`
+            rather than return an unaligned space. ``result.matching`` says
+            what was found. See docs/matching.md.
         **overrides
             `ProjectionConfig` fields that replace those of ``config``.
 
@@ -457,6 +438,9 @@ class LatentSpace:
             If the loss or the weights became non-finite (nothing changes).
         RuntimeError
             If another writer replaced a trained model meanwhile (nothing changes).
+        AlignmentNotFoundError
+            If ``refine=True`` with no known pair found no correspondence
+            (nothing changes).
         ImportError
             If ``progress=True`` and tqdm is not installed (before any work).
 
@@ -468,6 +452,19 @@ class LatentSpace:
         """
         started = time.perf_counter()
         config = resolve_config(config, overrides)
+        matching = None
+        if refine is not False:
+            if refine is not True:
+                raise InvalidParameterError(f"refine must be True or False, got {refine!r}")
+            if observed is not None or frozen:
+                raise InvalidParameterError(
+                    "refine=True takes neither observed= nor frozen="
+                )
+            data, unpaired, matching = matched_data(
+                self, data, unpaired, self._dtype,
+                self.dim if config.latent_dim is None else config.latent_dim,
+                config.regularization,
+            )
         snapshot = self._snapshot
         dim = snapshot.dim if config.latent_dim is None else config.latent_dim
         # Re-dimensioning draws every model afresh, from a copy of the generator.
@@ -478,15 +475,18 @@ class LatentSpace:
         ) as source:
             names = source.names
             frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
-            if source.streamed and config.solver not in ("cca", "lbfgs"):
+            if source.streamed and not SOLVERS[config.solver].streams:
+                streaming = " or ".join(
+                    repr(name) for name, solver in SOLVERS.items() if solver.streams
+                )
                 raise InvalidParameterError(
                     f"solver={config.solver!r} visits samples; a stream of chunks "
-                    "trains with 'cca' or 'lbfgs' (or pass a mapping of arrays; "
+                    f"trains with {streaming} (or pass a mapping of arrays; "
                     "memory-mapped files work)"
                 )
             if dim != snapshot.dim:  # every model afresh, after the checks
                 start = {
-                    name: _xavier(rng, m.input_dim, dim, self._dtype)
+                    name: xavier(rng, m.input_dim, dim, self._dtype)
                     for name, m in start.items()
                 }
             check_progress_available(config.progress)
@@ -507,7 +507,7 @@ class LatentSpace:
                 source.check_unchanged()  # data changed by another thread?
                 raise
         trained = {
-            name: _make_model(p, r, _offset(start[name].offset, shift))
+            name: make_model(p, r, _offset(start[name].offset, shift))
             for name, p, r, shift in zip(
                 names, outcome.projections, outcome.reconstructions, outcome.shifts
             )
@@ -526,10 +526,12 @@ class LatentSpace:
             converged=outcome.converged,
             agreement=outcome.agreement,
             regularization=outcome.regularization,
+            matching=matching,
         )
         try:
             with self._lock:
-                self._publish(snapshot, dim, start, trained, names, rng, config)
+                self._publish(snapshot, dim, start, trained, names, rng, config,
+                              outcome.pair_maps)
             return result
         except KeyboardInterrupt as exc:
             published = self._snapshot.models
@@ -542,17 +544,15 @@ class LatentSpace:
                 exc.add_note(_INTERRUPTED)
             raise
 
-    def _publish(self, snapshot, dim, start, trained, used, rng, config):
+    def _publish(self, snapshot, dim, start, trained, used, rng, config, pair_maps):
         """Install the ``trained`` models and the ``config`` that made them
         (for `save`), in one assignment; the caller holds the lock.
 
         Refused if a model the training used (``used``: trained or frozen)
         was replaced meanwhile; ``rng`` is the generator of a re-dimensioned
-        space (None: the space's).
+        space (None: the space's); ``pair_maps`` (``(a, b) -> (M_a, M_b)``)
+        those of the training, which replace any of its models'.
         """
-        from ._io import config_record
-
-        record = config_record(config)
         current = self._snapshot
         if current is not snapshot:
             moved = [n for n in used if current.models.get(n) is not start.get(n)]
@@ -563,14 +563,23 @@ class LatentSpace:
                     "the new weights were discarded"
                 )
             start = current.models
-        self._snapshot = _Snapshot(
-            dim, {**start, **trained}, current.rng if rng is None else rng, record
+        models = {**start, **trained}
+        maps = kept_pair_maps(current.pair_maps if dim == current.dim else {}, models)
+        for (a, b), (Ma, Mb) in pair_maps.items():
+            maps[a, b] = (models[a], models[b], read_only(Ma.astype(self._dtype)),
+                          read_only(Mb.astype(self._dtype)))
+        self._snapshot = Snapshot(
+            dim, models, current.rng if rng is None else rng, config, maps
         )
 
     # Persistence, pickling, search and evaluation: thin wrappers over the
     # modules _io, _search and metrics.
 
-    def save(self, path, *, config=None, key=None):
+    def save(
+        self, path: PathOrFile, *,
+        config: ProjectionConfig | TrainingResult | dict[str, Any] | None = None,
+        key: bytes | None = None,
+    ) -> None:
         """Write the space to one ``.npz`` file at ``path``, atomically.
 
         The file holds a JSON header (format version, dtype, dim, the models
@@ -604,10 +613,10 @@ class LatentSpace:
         """
         from . import _io
 
-        _io.save(self, path, config=config, key=key)
+        _io.save(self._snapshot, self._dtype, path, config=config, key=key)
 
     @classmethod
-    def load(cls, path, *, key=None):
+    def load(cls, path: Path, *, key: bytes | None = None) -> LatentSpace:
         """Read a space written by `save`.
 
         The file is treated as untrusted: whatever its content, loading it
@@ -637,22 +646,25 @@ class LatentSpace:
         """
         from . import _io
 
-        return _io.load(cls, path, key=key)
+        space = cls.__new__(cls)
+        space._install(*_io.load(path, key=key))
+        return space
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         from . import _io
 
-        return _io.getstate(self)
+        return _io.getstate(self._snapshot, self._dtype)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         from . import _io
 
-        _io.setstate(self, state)
+        self._install(*_io.setstate(state))
 
     def search(
-        self, source, queries, target, gallery, *, k=10, method="csls", csls_k=10,
-        batch_size=None,
-    ):
+        self, source: str, queries: ArrayLike, target: str, gallery: ArrayLike, *,
+        k: int = 10, method: str = "csls", csls_k: int = 10,
+        batch_size: int | None = None,
+    ) -> SearchResult:
         """The ``k`` items of ``gallery`` (model ``target``) that best match
         each of ``queries`` (model ``source``), best first.
 
@@ -708,9 +720,14 @@ class LatentSpace:
             csls_k=csls_k, batch_size=batch_size,
         )
 
-    def index(self, target, gallery, *, backend="exact", kind="flat", options=None,
-              references=None, csls_k=10, batch_size=None, callback=None,
-              progress=False):
+    def index(
+        self, target: str, gallery: ArrayLike, *, backend: str = "exact",
+        kind: str = "flat", options: Mapping[str, int] | None = None,
+        references: Data | None = None, csls_k: int = 10,
+        batch_size: int | None = None,
+        callback: Callable[[int, int], object] | None = None,
+        progress: bool = False,
+    ) -> GalleryIndex:
         """An index of ``gallery`` (model ``target``) for repeated search.
 
         The gallery is projected and normalised once, with the current
@@ -763,7 +780,10 @@ class LatentSpace:
             callback=callback, progress=progress,
         )
 
-    def evaluate(self, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
+    def evaluate(
+        self, data: Data, *, k: int | Iterable[int] = (1, 10), method: str = "csls",
+        csls_k: int = 10, batch_size: int | None = None,
+    ) -> Evaluation:
         """Cross-model retrieval and reconstruction scores on aligned data.
 
         For every ordered pair of models ``A -> B``: the top-``k`` accuracy

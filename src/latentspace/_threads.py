@@ -69,8 +69,15 @@ def _in_control():
             clear(force=True)
 
 
+# OpenBLAS runs a product on one thread anyway below these sizes (interface/
+# gemv.c: m n < 2304 * 4; ger.c: m n <= 2048 * 4; gemm.c: m n k < 65536 * 4):
+# a problem whose matrices all have fewer entries is not limited (setting and
+# restoring the limits costs more than its whole training, tens of us).
+SMALL_ENTRIES = 8192
+
+
 @contextlib.contextmanager
-def _single_threaded(scipy_only):
+def _single_threaded(scipy_only, entries=None):
     """One thread for the selected BLAS libraries while the context is open.
 
     A library's thread count is a setting of the whole process, so the
@@ -79,8 +86,13 @@ def _single_threaded(scipy_only):
     the order in which threads open and close them (nested contexts count
     too). Every step of the bookkeeping can be repeated, and closing finishes
     it before passing on a Ctrl-C that lands in it: no interrupt leaves a
-    library limited or a context counted.
+    library limited or a context counted. Nothing is limited if
+    ``entries``, the size of the largest matrix the work multiplies, is
+    below `SMALL_ENTRIES`.
     """
+    if entries is not None and entries < SMALL_ENTRIES:
+        yield
+        return
     token = object()
     try:
         with _lock:
@@ -123,14 +135,17 @@ def _restore(token):
             del _open[path]
 
 
-def scipy_blas_single_threaded():
-    """A context in which SciPy's BLAS (if threadpoolctl finds it) has one thread."""
-    return _single_threaded(scipy_only=True)
+def scipy_blas_single_threaded(entries=None):
+    """A context in which SciPy's BLAS (if threadpoolctl finds it) has one
+    thread (unless the largest matrix has fewer than `SMALL_ENTRIES`
+    ``entries``)."""
+    return _single_threaded(True, entries)
 
 
-def blas_single_threaded():
+def blas_single_threaded(entries=None):
     """A context in which every BLAS threadpoolctl finds (NumPy's too) has one
-    thread: for the per-sample SGD, which runs on one core anyway, and whose
-    loss between epochs would otherwise stall on OpenBLAS's threads when the
-    other core is busy."""
-    return _single_threaded(scipy_only=False)
+    thread (unless the largest matrix has fewer than `SMALL_ENTRIES`
+    ``entries``): for the per-sample SGD, which runs on one core anyway, and
+    whose loss between epochs would otherwise stall on OpenBLAS's threads
+    when the other core is busy."""
+    return _single_threaded(False, entries)

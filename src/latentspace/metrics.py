@@ -19,15 +19,26 @@ Everything is computed in blocks of rows: 100 000 items never build a
 100 000 x 100 000 matrix.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import numbers
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ._exceptions import InvalidParameterError
-from ._search import check_batch_size, check_method, score_blocks, unit_latents
+from ._blocks import normalise, unit_latents
+from ._model import refusal
+from ._scoring import check_batch_size, check_method, score_blocks
 from ._data import training_data
 from ._validation import check_int
+
+if TYPE_CHECKING:
+    from ._space import LatentSpace
+    from ._typing import Data, IntArray
 
 __all__ = [
     "Evaluation",
@@ -57,8 +68,11 @@ def _check_ks(k):
     return tuple(sorted(set(ks)))
 
 
-def _ranks(Q, G, method, csls_k, batch_size):
-    """Rank (1-based) of gallery row ``i`` for query row ``i``."""
+def _ranks(Q, G, method, csls_k, batch_size, maps=None):
+    """Rank (1-based) of gallery row ``i`` for query row ``i``; ``maps``:
+    the pair map ``(M_source, M_target)`` through which they are compared."""
+    if maps is not None:
+        Q, G = normalise(Q @ maps[0]), normalise(G @ maps[1])
     ranks = np.empty(len(Q), dtype=np.int64)
     for start, T, _ in score_blocks(Q, G, method, csls_k, None, batch_size):
         rows = np.arange(len(T))
@@ -80,16 +94,19 @@ def _prepare(space, data, k, method, csls_k, batch_size, min_models):
     method = check_method(method)
     csls_k = check_int("csls_k", csls_k, 1)
     batch_size = check_batch_size(batch_size)
-    models, names, blocks = _aligned(space, data, min_models)
+    snapshot, names, blocks = _aligned(space, data, min_models)
     latents = {
-        name: unit_latents(models, space.dtype, name, block)[0]
+        name: unit_latents(snapshot.models, space.dtype, name, block)[0]
         for name, block in zip(names, blocks)
     }
-    return ks, method, csls_k, batch_size, models, names, blocks, latents
+    return ks, method, csls_k, batch_size, snapshot, names, blocks, latents
 
 
 def _aligned(space, data, min_models):
-    models = space._snapshot.models
+    """``(snapshot, names, blocks)``: the space's snapshot and the checked
+    aligned blocks of ``data``."""
+    snapshot = space._snapshot
+    models = snapshot.models
     with training_data(data, models, space.dtype, min_models=min_models) as source:
         blocks, observed = source.samples([None] * len(source.names))
     if observed is not None:  # a masked array's rows with masked entries
@@ -98,20 +115,20 @@ def _aligned(space, data, min_models):
             f"data for model {name!r} has masked entries: scores need every item "
             "of every model (fill them, or drop their rows from every model)"
         )
-    return models, source.names, blocks
+    return snapshot, source.names, blocks
 
 
 def retrieval_ranks(
-    space,
-    source,
-    queries,
-    target,
-    gallery,
+    space: LatentSpace,
+    source: str,
+    queries: ArrayLike,
+    target: str,
+    gallery: ArrayLike,
     *,
-    method="csls",
-    csls_k=10,
-    batch_size=None,
-):
+    method: str = "csls",
+    csls_k: int = 10,
+    batch_size: int | None = None,
+) -> IntArray:
     """Rank of the paired gallery item of every query.
 
     Parameters
@@ -135,10 +152,11 @@ def retrieval_ranks(
     method = check_method(method)
     csls_k = check_int("csls_k", csls_k, 1)
     batch_size = check_batch_size(batch_size)
-    models, _, _ = _aligned(space, {source: queries, target: gallery}, 2)
-    Q, _ = unit_latents(models, space.dtype, source, queries, "queries")
-    G, _ = unit_latents(models, space.dtype, target, gallery, "gallery")
-    return _ranks(Q, G, method, csls_k, batch_size)
+    snapshot, _, _ = _aligned(space, {source: queries, target: gallery}, 2)
+    Q, _ = unit_latents(snapshot.models, space.dtype, source, queries, "queries")
+    G, _ = unit_latents(snapshot.models, space.dtype, target, gallery, "gallery")
+    maps = snapshot.pair_maps_to(target).get(source)
+    return _ranks(Q, G, method, csls_k, batch_size, maps)
 
 
 def _summary(ranks, ks):
@@ -149,8 +167,9 @@ def _summary(ranks, ks):
 
 
 def retrieval_scores(
-    space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None
-):
+    space: LatentSpace, data: Data, *, k: int | Iterable[int] = (1, 10),
+    method: str = "csls", csls_k: int = 10, batch_size: int | None = None,
+) -> dict[tuple[str, str], dict[str, float]]:
     """Cross-model retrieval scores for every ordered pair of models.
 
     Parameters
@@ -170,11 +189,12 @@ def retrieval_scores(
         ``{(source, target): {"top1": ..., "top10": ..., "mrr": ...,
         "median_rank": ...}}``, values in [0, 1] except the median rank.
     """
-    ks, method, csls_k, batch_size, models, names, blocks, latents = _prepare(
+    ks, method, csls_k, batch_size, snapshot, names, blocks, latents = _prepare(
         space, data, k, method, csls_k, batch_size, 2
     )
     return {
-        (a, b): _summary(_ranks(latents[a], latents[b], method, csls_k, batch_size), ks)
+        (a, b): _summary(_ranks(latents[a], latents[b], method, csls_k, batch_size,
+                                snapshot.pair_maps_to(b).get(a)), ks)
         for a in names
         for b in names
         if a != b
@@ -201,18 +221,18 @@ def _r2_blocks(predict, X):
     return _r2(sse, sst)
 
 
-def _map(affine_map, x):
+def _map(affine_map, x, name, what):
     out = affine_map(x)
     if out is None:  # x is a validated block: only overflow remains
-        raise ValueError("a projection overflowed (the weights or data are huge)")
+        raise refusal(x, what, name, x.dtype)
     return out
 
 
 def _reconstruction(models, names, blocks):
     return {
         name: _r2_blocks(
-            lambda rows, m=models[name], X=X: _map(
-                m.retrieve, _map(m.project, X[rows])
+            lambda rows, m=models[name], X=X, n=name: _map(
+                m.retrieve, _map(m.project, X[rows], n, "features"), n, "latent"
             ),
             X,
         )
@@ -224,8 +244,8 @@ def _translation(models, names, blocks):
     X = dict(zip(names, blocks))
     return {
         (a, b): _r2_blocks(
-            lambda rows, A=models[a], B=models[b], Xa=X[a]: _map(
-                B.retrieve, _map(A.project, Xa[rows])
+            lambda rows, A=models[a], B=models[b], Xa=X[a], a=a, b=b: _map(
+                B.retrieve, _map(A.project, Xa[rows], a, "features"), b, "latent"
             ),
             X[b],
         )
@@ -235,7 +255,7 @@ def _translation(models, names, blocks):
     }
 
 
-def reconstruction_r2(space, data):
+def reconstruction_r2(space: LatentSpace, data: Data) -> dict[str, float]:
     """R^2 of every model's reconstruction ``retrieve(m, project(m, x))``.
 
     Parameters
@@ -249,7 +269,8 @@ def reconstruction_r2(space, data):
     dict
         ``{name: r2}``; 1 is perfect, 0 is as good as predicting the mean.
     """
-    return _reconstruction(*_aligned(space, data, 1))
+    snapshot, names, blocks = _aligned(space, data, 1)
+    return _reconstruction(snapshot.models, names, blocks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,18 +292,18 @@ class Evaluation:
 
     n_items: int
     method: str
-    k: tuple
-    retrieval: dict
-    reconstruction_r2: dict
+    k: tuple[int, ...]
+    retrieval: dict[tuple[str, str], dict[str, float]]
+    reconstruction_r2: dict[str, float]
 
-    def mean(self, metric):
+    def mean(self, metric: str) -> float:
         """The mean of one retrieval ``metric`` (e.g. ``"top1"``) over all pairs."""
         values = [scores[metric] for scores in self.retrieval.values()]
         if not values:
             raise ValueError("no pairs of models were evaluated")
         return float(np.mean(values))
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able numbers; pairs are keyed ``"source -> target"``."""
         return {
             "n_items": self.n_items,
@@ -294,7 +315,7 @@ class Evaluation:
             "reconstruction_r2": dict(self.reconstruction_r2),
         }
 
-    def __str__(self):
+    def __str__(self) -> str:
         heads = [f"top{k}" for k in self.k] + ["mrr", "median_rank", "translation_r2"]
         labels = [f"{a} -> {b}" for a, b in self.retrieval] + ["mean"]
         width = max(map(len, labels + ["pair"]))
@@ -331,7 +352,10 @@ def _chance_mrr(n):
     return float(np.sum(1.0 / np.arange(1, n + 1)) / n)
 
 
-def evaluate(space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=None):
+def evaluate(
+    space: LatentSpace, data: Data, *, k: int | Iterable[int] = (1, 10),
+    method: str = "csls", csls_k: int = 10, batch_size: int | None = None,
+) -> Evaluation:
     """Retrieval scores of every ordered pair and reconstruction of every model.
 
     Parameters
@@ -353,15 +377,17 @@ def evaluate(space, data, *, k=(1, 10), method="csls", csls_k=10, batch_size=Non
     -------
     Evaluation
     """
-    ks, method, csls_k, batch_size, models, names, blocks, latents = _prepare(
+    ks, method, csls_k, batch_size, snapshot, names, blocks, latents = _prepare(
         space, data, k, method, csls_k, batch_size, 1
     )
+    models = snapshot.models
     translation = _translation(models, names, blocks)
     retrieval = {}
     for a in names:
         for b in names:
             if a != b:
-                ranks = _ranks(latents[a], latents[b], method, csls_k, batch_size)
+                ranks = _ranks(latents[a], latents[b], method, csls_k, batch_size,
+                               snapshot.pair_maps_to(b).get(a))
                 retrieval[a, b] = {
                     **_summary(ranks, ks),
                     "translation_r2": translation[a, b],

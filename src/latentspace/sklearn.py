@@ -54,8 +54,11 @@ raises an ImportError that says how to install it.
 import dataclasses
 import numbers
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 try:
     from sklearn.base import (
@@ -81,7 +84,7 @@ except ImportError as exc:  # pragma: no cover - tested by monkeypatching
 from . import _exceptions, metrics
 from ._config import ProjectionConfig
 from ._exceptions import InvalidParameterError
-from ._search import check_method
+from ._scoring import check_method
 from ._space import LatentSpace
 from ._validation import check_dim
 
@@ -134,7 +137,7 @@ class Views:
     views : sequence of array-like of shape (n, d_m)
     """
 
-    def __init__(self, views):
+    def __init__(self, views: "Sequence[ArrayLike] | Views") -> None:
         if isinstance(views, Views):
             views = views.views
         self.views = [np.asarray(view) for view in views]
@@ -146,18 +149,18 @@ class Views:
             )
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int]:
         return (len(self), len(self.views))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.views[0]) if self.views else 0
 
-    def __getitem__(self, rows):
+    def __getitem__(self, rows: Any) -> "Views":
         if isinstance(rows, tuple):  # scikit-learn indexes as X[rows, ...]
             rows = rows[0]
         return Views([view[rows] for view in self.views])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         widths = ", ".join(str(view.shape[1:]) for view in self.views)
         return f"Views(n={len(self)}, views=[{widths}])"
 
@@ -279,24 +282,24 @@ alignment_weight, batch_size, tol, callback, progress
 
     def __init__(
         self,
-        latent_dim=16,
+        latent_dim: int = 16,
         *,
-        view_widths=None,
-        solver=_CONFIG["solver"],
-        objective=_CONFIG["objective"],
-        init=_CONFIG["init"],
-        regularization=_CONFIG["regularization"],
-        n_epochs=_CONFIG["n_epochs"],
-        learning_rate=_CONFIG["learning_rate"],
-        alignment_weight=_CONFIG["alignment_weight"],
-        batch_size=_CONFIG["batch_size"],
-        tol=_CONFIG["tol"],
-        callback=_CONFIG["callback"],
-        progress=_CONFIG["progress"],
-        random_state=None,
-        method="csls",
-        csls_k=10,
-    ):
+        view_widths: Sequence[int] | None = None,
+        solver: str = _CONFIG["solver"],
+        objective: str | None = _CONFIG["objective"],
+        init: str | None = _CONFIG["init"],
+        regularization: float | str = _CONFIG["regularization"],
+        n_epochs: int = _CONFIG["n_epochs"],
+        learning_rate: float = _CONFIG["learning_rate"],
+        alignment_weight: float = _CONFIG["alignment_weight"],
+        batch_size: int = _CONFIG["batch_size"],
+        tol: float | None = _CONFIG["tol"],
+        callback: Callable[..., object] | None = _CONFIG["callback"],
+        progress: bool = _CONFIG["progress"],
+        random_state: int | None = None,
+        method: str = "csls",
+        csls_k: int = 10,
+    ) -> None:
         self.latent_dim = latent_dim
         self.view_widths = view_widths
         self.solver = solver
@@ -334,6 +337,12 @@ alignment_weight, batch_size, tol, callback, progress
     def _views(self, X, reset):
         """``(views, listed)``: the validated views of ``X`` and whether ``X``
         was a list of views. ``reset`` (fit) records their widths."""
+        with np.errstate(invalid="ignore", over="ignore"):
+            # scikit-learn's finiteness check sums the values first: inf + -inf
+            # would warn before it raises its own "contains infinity" error.
+            return self._checked_views(X, reset)
+
+    def _checked_views(self, X, reset):
         given = _view_list(X)
         if given is None:
             X = validate_data(
@@ -394,7 +403,7 @@ alignment_weight, batch_size, tol, callback, progress
 
     # -------------------------------------------------------------- fitting
 
-    def fit(self, X, y=None):
+    def fit(self, X: "ArrayLike | Views", y: object = None) -> "SharedLatentSpace":
         """Train the shared space on aligned views.
 
         Parameters
@@ -437,7 +446,7 @@ shape (n, sum of d_m)
         self.loss_history_ = result.loss_history
         return self
 
-    def transform(self, X):
+    def transform(self, X: "ArrayLike | Views") -> Any:
         """Project the views into the shared space.
 
         Parameters
@@ -466,11 +475,11 @@ shape (n, sum of d_m)
         consensus = sum(latents[1:], latents[0]) / len(latents)
         return _wrap_data_with_container("transform", consensus, X, self)
 
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X: "ArrayLike | Views", y: object = None) -> Any:
         """``fit(X).transform(X)``."""
         return self.fit(X, y).transform(X)
 
-    def score(self, X, y=None):
+    def score(self, X: "ArrayLike | Views", y: object = None) -> float:
         """Mean top-1 cross-model retrieval accuracy over all ordered pairs.
 
         For every ordered pair of views ``A -> B`` and every item, is the same
@@ -509,7 +518,9 @@ def _mean_top_k(estimator, X, k, method):
     return float(np.mean([value[f"top{k}"] for value in scores.values()]))
 
 
-def retrieval_scorer(k=1, method=None):
+def retrieval_scorer(
+    k: int = 1, method: str | None = None
+) -> Callable[..., float]:
     """A scorer for model selection: mean top-``k`` retrieval over all pairs.
 
     Parameters

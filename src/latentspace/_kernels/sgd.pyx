@@ -1,100 +1,21 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Compiled kernels of latentspace: affine maps and the reference SGD optimiser.
-
-Every function assumes validated, C-contiguous arrays of one floating dtype with
-matching, non-empty shapes that fit a BLAS ``int``; the Python layer guarantees
-that. Kernels never raise, except that a training epoch lets a pending signal
-(Ctrl-C) interrupt it.
+"""The training kernels: the reference optimiser's per-sample SGD epoch and its
+loss over aligned samples.
 
 Weights of several models are passed as flat concatenations: model ``m`` of
 width ``d_m`` owns ``d_m * k`` consecutive entries of ``P`` (its ``d_m x k``
 projection, row-major) and of ``R`` (its ``k x d_m`` reconstruction), and
 columns ``col_m : col_m + d_m`` of the sample matrix ``X``.
 """
-import numpy as np
-
-cimport numpy as cnp
 from cython cimport floating
 from cpython.exc cimport PyErr_CheckSignals
-from libc.string cimport memcpy
-from scipy.linalg.cython_blas cimport ddot, dgemm, dgemv, sdot, sgemm, sgemv
 
-cnp.import_array()
-
-cdef enum:
-    # Below this many entries a plain loop is faster than a BLAS call.
-    SMALL = 64
-    # Entries of a block of rows streamed by one level-2 BLAS call: small enough
-    # to stay in L2 for the next call on the same rows, and below OpenBLAS's
-    # threshold (m * n < 9216) for threading level-2 calls (its threads make
-    # one-vector calls several times slower when the other core is busy).
-    BLOCK = 8192
+from ._blas cimport dot, gemm, vecmat
 
 
 cdef inline bint _finite(floating x) noexcept nogil:
     """np.isfinite(x)"""
     return x - x == 0
-
-
-cdef inline floating _dot(int n, const floating* x, const floating* y) noexcept nogil:
-    """x @ y"""
-    cdef int i, one = 1
-    cdef floating s = 0
-    if n < SMALL:
-        for i in range(n):
-            s += x[i] * y[i]
-    elif floating is double:
-        s = ddot(&n, <double*> x, &one, <double*> y, &one)
-    else:
-        s = sdot(&n, <float*> x, &one, <float*> y, &one)
-    return s
-
-
-cdef inline void _gevm(int m, int n, floating alpha, const floating* x,
-                       const floating* A, int lda, floating* y) noexcept nogil:
-    """y += alpha * x @ A, for row-major A (m, n) with row stride lda"""
-    cdef int i, j, one = 1
-    cdef char no = b'N'
-    cdef floating beta = 1
-    if m * n < SMALL:
-        for i in range(m):
-            for j in range(n):
-                y[j] += alpha * x[i] * A[i * lda + j]
-    elif floating is double:
-        dgemv(&no, &n, &m, &alpha, <double*> A, &lda, <double*> x, &one, &beta, y,
-              &one)
-    else:
-        sgemv(&no, &n, &m, &alpha, <float*> A, &lda, <float*> x, &one, &beta, y,
-              &one)
-
-
-cdef inline int _block_rows(int n) noexcept nogil:
-    """Rows of length n in one block."""
-    return max(1, BLOCK // n)
-
-
-cdef inline void _vecmat(int p, int q, const floating* x, const floating* W,
-                         floating* out) noexcept nogil:
-    """out += x @ W, for W of shape (p, q)"""
-    cdef int r = 0, step = _block_rows(q)
-    while r < p:
-        _gevm(min(step, p - r), q, 1, x + r, W + <Py_ssize_t> r * q, q, out)
-        r += step
-
-
-cdef inline void _gemm(int m, int n, int p, const floating* A, int lda,
-                       const floating* B, int ldb, floating* C, int ldc) noexcept nogil:
-    """C = A @ B, for row-major A (m, p), B (p, n), C (m, n) with row strides
-    lda, ldb, ldc"""
-    cdef char no = b'N'
-    cdef floating one = 1, zero = 0
-    # Row-major C = A @ B is column-major C.T = B.T @ A.T.
-    if floating is double:
-        dgemm(&no, &no, &n, &m, &p, &one, <double*> B, &ldb, <double*> A, &lda,
-              &zero, C, &ldc)
-    else:
-        sgemm(&no, &no, &n, &m, &p, &one, <float*> B, &ldb, <float*> A, &lda,
-              &zero, C, &ldc)
 
 
 cdef inline void _deviations(const floating* Z, floating* A, const unsigned char* seen,
@@ -121,169 +42,11 @@ cdef inline void _deviations(const floating* Z, floating* A, const unsigned char
                 A[m * k + j] = 0
 
 
-cdef inline bint _all_finite(Py_ssize_t size, const floating* x) noexcept nogil:
-    """np.isfinite(x[:size]).all(), without a branch per entry"""
-    cdef Py_ssize_t i
-    cdef int bad = 0
-    for i in range(size):
-        bad |= x[i] - x[i] != 0  # NaN for NaN and +-Inf
-    return not bad
-
-
-cdef bint _affine(Py_ssize_t n, int p, int q, const floating* X, const floating* W,
-                  const floating* shift, floating* out,
-                  Py_ssize_t block) noexcept nogil:
-    """out = X @ W + shift (no shift if NULL), one GEMM per ``block`` rows;
-    return np.isfinite(out).all()"""
-    cdef Py_ssize_t i, r = 0, rows, size = n * q
-    if n == 1:
-        for i in range(q):
-            out[i] = shift[i] if shift != NULL else 0
-        # out += x @ W
-        _vecmat(p, q, X, W, out)
-    else:
-        while r < n:
-            rows = min(block, n - r)
-            # out[r:r + rows] = X[r:r + rows] @ W
-            _gemm(<int> rows, q, p, X + r * p, p, W, q, out + r * q, q)
-            r += rows
-        if shift != NULL:
-            for i in range(size):
-                out[i] += shift[i % q]
-    return _all_finite(size, out)
-
-
-# Rows of a batch in one GEMM call: BLAS sizes are C ints, so a batch of more
-# rows is computed in blocks (tests lower this to exercise the blocking).
-MAX_ROWS = 2**31 - 1
-
-
-cdef class AffineMap:
-    """The map ``x -> x @ W + shift`` for one vector or a batch of rows.
-
-    Parameters
-    ----------
-    W : (p, q) ndarray
-        C-contiguous float64 or float32 weights, referenced (not copied): they
-        must not change while the map is in use.
-    shift : (q,) ndarray of W's dtype, optional
-        Added to every output row.
-    """
-    cdef readonly cnp.ndarray W
-    cdef readonly object shift
-    cdef int typenum
-    cdef const void* w
-    cdef const void* b
-    cdef int p, q
-
-    def __cinit__(self, cnp.ndarray W not None, cnp.ndarray shift=None):
-        self.W = W
-        self.shift = shift
-        self.typenum = cnp.PyArray_TYPE(W)
-        self.p = W.shape[0]
-        self.q = W.shape[1]
-        self.w = cnp.PyArray_DATA(W)
-        self.b = NULL if shift is None else cnp.PyArray_DATA(shift)
-
-    def __call__(self, x, out=None):
-        """``x @ W + shift``, in ``out`` if given, else in a new array.
-
-        Returns None instead if ``x`` is not a C-contiguous, aligned,
-        native-endian ``(p,)`` or ``(n, p)`` ndarray (not a subclass) of W's
-        dtype, if ``out`` is not such a writeable array of the result's shape,
-        or if the result is not finite: the caller then validates and
-        explains. ``out`` is written only if ``x`` is finite; if the two
-        overlap in memory, the result is computed aside and copied into
-        ``out`` once it is known to be finite.
-        """
-        if not (cnp.PyArray_CheckExact(x) and _is_kernel_array(x, self.typenum, False)):
-            return None
-        cdef cnp.ndarray a = <cnp.ndarray> x
-        cdef int ndim = cnp.PyArray_NDIM(a)
-        if ndim < 1 or ndim > 2 or cnp.PyArray_DIM(a, ndim - 1) != self.p:
-            return None
-        cdef cnp.npy_intp dims[2]
-        cdef Py_ssize_t n = cnp.PyArray_DIM(a, 0) if ndim == 2 else 1
-        dims[0] = n
-        dims[ndim - 1] = self.q
-        cdef cnp.ndarray result, target = None
-        if out is None:
-            result = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
-        elif (
-            _is_kernel_array(out, self.typenum, True)
-            and cnp.PyArray_NDIM(<cnp.ndarray> out) == ndim
-            and cnp.PyArray_DIM(<cnp.ndarray> out, 0) == dims[0]
-            and cnp.PyArray_DIM(<cnp.ndarray> out, ndim - 1) == self.q
-        ):
-            target = <cnp.ndarray> out
-            if _overlap(a, target):
-                result = cnp.PyArray_EMPTY(ndim, dims, self.typenum, 0)
-            else:
-                result = target
-        else:
-            return None
-        if n == 0:
-            return result if target is None else target
-        cdef const void* X = cnp.PyArray_DATA(a)
-        cdef void* o = cnp.PyArray_DATA(result)
-        cdef void* copy_to = NULL
-        cdef Py_ssize_t block = MAX_ROWS if n > 1 else 1
-        cdef bint direct = target is not None and result is target, finite = True
-        # Straight into out only from a finite x (else out stays as it was):
-        # checked in the kernel for one vector, by NumPy's vectorised isfinite
-        # for a batch.
-        cdef bint check_input = direct and n == 1
-        if direct and n > 1 and not np.isfinite(a).all():
-            return None
-        if target is not None and not direct:
-            copy_to = cnp.PyArray_DATA(target)
-        with nogil:
-            if self.typenum == cnp.NPY_DOUBLE:
-                if check_input:
-                    finite = _all_finite(n * self.p, <const double*> X)
-                if finite:
-                    finite = _affine(n, self.p, self.q, <const double*> X,
-                                     <const double*> self.w, <const double*> self.b,
-                                     <double*> o, block)
-            else:
-                if check_input:
-                    finite = _all_finite(n * self.p, <const float*> X)
-                if finite:
-                    finite = _affine(n, self.p, self.q, <const float*> X,
-                                     <const float*> self.w, <const float*> self.b,
-                                     <float*> o, block)
-            if finite and copy_to != NULL:
-                memcpy(copy_to, o, n * self.q * cnp.PyArray_ITEMSIZE(result))
-        if not finite:
-            return None
-        return result if target is None else target
-
-
-cdef inline bint _overlap(cnp.ndarray a, cnp.ndarray b):
-    """Whether the memory of two C-contiguous arrays overlaps."""
-    cdef char* x = <char*> cnp.PyArray_DATA(a)
-    cdef char* y = <char*> cnp.PyArray_DATA(b)
-    return x < y + cnp.PyArray_NBYTES(b) and y < x + cnp.PyArray_NBYTES(a)
-
-
-cdef inline bint _is_kernel_array(object x, int typenum, bint writeable):
-    """Whether x is a C-contiguous, aligned, native-endian ndarray of typenum."""
-    if not cnp.PyArray_Check(x):
-        return False
-    cdef cnp.ndarray a = <cnp.ndarray> x
-    return (
-        cnp.PyArray_TYPE(a) == typenum
-        and cnp.PyArray_ISCARRAY_RO(a)
-        and cnp.PyArray_ISNOTSWAPPED(a)
-        and (not writeable or cnp.PyArray_ISWRITEABLE(a))
-    )
-
-
 def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
              const unsigned char[:, ::1] observed,
              const floating[::1] P, const floating[::1] R, double alignment_weight,
              floating[:, :, ::1] Z, floating[:, ::1] Xhat):
-    """SPEC.md's ``L`` over the rows of ``X``, in chunks of ``Z.shape[1]`` rows.
+    """The reference objective ``L`` (docs/maths.md §2) over the rows of ``X``, in chunks of ``Z.shape[1]`` rows.
 
     ``L = sum_i sum_m 1/2 ||z_mi @ R_m - x_mi||^2 + w/2 ||z_mi - mean_m z_mi||^2``
     with ``z_mi = x_mi @ P_m``, summed in double precision. With ``observed``,
@@ -316,8 +79,8 @@ def loss_sum(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
             for m in range(M):
                 d = widths[m]
                 # Z[m] = X[chunk, cols_m] @ P_m; Xhat = Z[m] @ R_m
-                _gemm(rows, k, d, &X[i0, col], D, &P[off], k, &Z[m, 0, 0], k)
-                _gemm(rows, d, k, &Z[m, 0, 0], k, &R[off], d, xhat, d)
+                gemm(rows, k, d, &X[i0, col], D, &P[off], k, &Z[m, 0, 0], k)
+                gemm(rows, d, k, &Z[m, 0, 0], k, &R[off], d, xhat, d)
                 for r in range(rows):
                     for j in range(d):
                         diff = xhat[r * d + j] - X[i0 + r, col + j]
@@ -416,9 +179,9 @@ def sgd_prime(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
             V[m, :] = 0
             for r in range(d):
                 E[0, col + r] = -x0[col + r]
-            _vecmat(d, k, x0 + col, &P[off], &Z[m, 0])
-            _vecmat(k, d, &Z[m, 0], &R[off], &E[0, col])
-            _vecmat(d, k, x1 + col, &P[off], &V[m, 0])
+            vecmat(d, k, x0 + col, &P[off], &Z[m, 0])
+            vecmat(k, d, &Z[m, 0], &R[off], &E[0, col])
+            vecmat(d, k, x1 + col, &P[off], &V[m, 0])
             col += d
             off += <Py_ssize_t> d * k
 
@@ -429,7 +192,7 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
               floating[:, ::1] E, floating[:, ::1] V, floating[:, ::1] A,
               floating[::1] g, double learning_rate, double alignment_weight,
               Py_ssize_t check_every):
-    """One epoch of SPEC.md's per-sample SGD over the rows of ``X``, in place.
+    """One epoch of the reference per-sample SGD (docs/maths.md §3) over the rows of ``X``, in place.
 
     The update of sample ``i`` is, for every model (``a = z - mean_m z``)::
 
@@ -507,10 +270,10 @@ def sgd_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] widths,
                 e1 = &E[1 - cur, col]
                 for r in range(d):
                     e1[r] = -x1[col + r]
-                _r_pass(avx, k, d, lr, w, lr * _dot(d, x1 + col, x + col),
+                _r_pass(avx, k, d, lr, w, lr * dot(d, x1 + col, x + col),
                         &E[cur, col], &A[m, 0], &V[m, 0], &Z[m, 0], &g[0], &R[off],
                         e1)
-                if not _finite(_dot(k, &g[0], &g[0])):
+                if not _finite(dot(k, &g[0], &g[0])):
                     status = i
                     break
                 V[m, :] = 0

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause
  *
  * The two passes of one sample of the reference SGD over one model's weights,
- * each reading and writing every weight once (see sgd_epoch in _core.pyx):
+ * each reading and writing every weight once (see sgd_epoch in sgd.pyx):
  *
  *   R pass, every row j of R (k x d):  R[j] -= lr * z[j] * e
  *                                      g[j]  = R[j] @ e + w * a[j]

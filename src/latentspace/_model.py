@@ -1,0 +1,173 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Models and snapshots: the weights every service reads.
+
+A `Model` is one model's immutable weights with their compiled maps; a
+`Snapshot` is what a `LatentSpace` publishes (dimension, models, generator,
+recorded configuration, pair maps), replaced as a whole and never modified.
+Files, search, metrics and Dask build on these, never on `LatentSpace`'s
+internals.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._exceptions import InvalidParameterError
+from ._kernels.affine import AffineMap
+from ._validation import unknown_model
+
+__all__ = [
+    "Model",
+    "Snapshot",
+    "kept_pair_maps",
+    "lookup",
+    "make_model",
+    "read_only",
+    "refusal",
+    "xavier",
+]
+
+_ALIGNMENT = 64  # bytes: a cache line, and AVX-512's vector
+
+
+class Model(NamedTuple):
+    """One model's weights; the arrays are read-only and never change."""
+
+    input_dim: int
+    offset: np.ndarray | None  # mu, (d,)
+    project: AffineMap  # x -> x @ P - mu @ P
+    retrieve: AffineMap  # z -> z @ R + mu
+
+    @property
+    def projection(self) -> np.ndarray:
+        return self.project.W
+
+    @property
+    def reconstruction(self) -> np.ndarray:
+        return self.retrieve.W
+
+
+def read_only(array):
+    """A read-only copy of ``array``, C-contiguous, on a 64-byte boundary (the
+    kernels' loads are up to a fifth slower off it), seen through a read-only
+    buffer: NumPy refuses to make it writeable again, so no caller can change
+    arrays that readers share."""
+    array = np.asarray(array)
+    memory = bytearray(array.nbytes + _ALIGNMENT)
+    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
+    view = memoryview(memory)[start : start + array.nbytes]
+    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
+    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
+
+
+def make_model(projection, reconstruction, offset=None):
+    """A `Model` of private, immutable copies of the arrays; ValueError if
+    their shapes or dtypes do not fit together (a crafted file), which the
+    kernels assume."""
+    projection, reconstruction = np.asarray(projection), np.asarray(reconstruction)
+    dtype = projection.dtype
+    if not (
+        dtype in (np.float64, np.float32)
+        and projection.ndim == 2
+        and reconstruction.shape == projection.shape[::-1]
+        and reconstruction.dtype == dtype
+        and (offset is None or (np.shape(offset) == projection.shape[:1]
+                                and np.asarray(offset).dtype == dtype))
+    ):
+        raise ValueError(
+            f"inconsistent model weights: projection {projection.shape} "
+            f"{projection.dtype}, reconstruction {reconstruction.shape} "
+            f"{reconstruction.dtype}, offset "
+            f"{None if offset is None else (np.shape(offset), np.asarray(offset).dtype)}"
+        )
+    projection, reconstruction = read_only(projection), read_only(reconstruction)
+    if offset is not None:
+        offset = read_only(offset)
+    project_shift = None if offset is None else read_only(-(offset @ projection))
+    return Model(
+        len(projection),
+        offset,
+        AffineMap(projection, project_shift),
+        AffineMap(reconstruction, offset),
+    )
+
+
+def xavier(rng, input_dim, dim, dtype):
+    """A model with P then R drawn from ``rng``, each entry from U(-l, l) with
+    l = sqrt(6 / (input_dim + dim))."""
+    limit = np.sqrt(6.0 / (input_dim + dim))
+    projection = rng.uniform(-limit, limit, (input_dim, dim)).astype(dtype, copy=False)
+    reconstruction = rng.uniform(-limit, limit, (dim, input_dim))
+    return make_model(projection, reconstruction.astype(dtype, copy=False))
+
+
+def lookup(models, name):
+    """``models[name]``, or `UnknownModelError` naming the registered models."""
+    try:
+        return models[name]
+    except (KeyError, TypeError):
+        raise unknown_model(name, models) from None
+
+
+def kept_pair_maps(pair_maps, models):
+    """The entries of ``pair_maps`` whose two models are still ``models``'."""
+    return {
+        pair: entry
+        for pair, entry in pair_maps.items()
+        if models.get(pair[0]) is entry[0] and models.get(pair[1]) is entry[1]
+    }
+
+
+def refusal(x, what, name, dtype, first_row=0):
+    """The error to raise when a model's compiled map refused the checked
+    kernel array ``x`` (``what`` for model ``name``): its first row holding
+    NaN or Inf (counted from ``first_row``), else the overflow of ``dtype``.
+
+    Decide on a private copy of ``x`` if another thread may be changing it.
+    """
+    bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
+    if bad.any():
+        return InvalidParameterError(
+            f"{what} for model {name!r}: row {first_row + int(np.flatnonzero(bad)[0])} "
+            f"of the {what} contains NaN or Inf"
+        )
+    return InvalidParameterError(
+        f"{what} for model {name!r}: the result overflowed "
+        f"{np.dtype(dtype)} (features too large for these weights)"
+    )
+
+
+class Snapshot(NamedTuple):
+    """What readers see: replaced as a whole, never modified, so that a
+    writer publishes all it changes in one assignment."""
+
+    dim: int
+    models: dict  # name -> Model, in registration order
+    # The generator the next registration draws from; writers draw from a
+    # copy, which the snapshot they publish holds.
+    rng: np.random.Generator | None = None
+    # The training that made it (for save): a ProjectionConfig, or the record
+    # in the file it was loaded from.
+    config: object = None
+    # (a, b) -> (model a, model b, M_a, M_b): the pair maps of a joint
+    # training, valid while both models are those it was computed for.
+    pair_maps: dict = {}
+
+    def valid_pair_maps(self):
+        """``(a, b) -> (M_a, M_b)`` for the pair maps of the current models."""
+        return {
+            pair: (Ma, Mb)
+            for pair, (ma, mb, Ma, Mb) in self.pair_maps.items()
+            if self.models.get(pair[0]) is ma and self.models.get(pair[1]) is mb
+        }
+
+    def pair_maps_to(self, target):
+        """``source -> (M_source, M_target)`` for every valid pair map of
+        ``target`` (see `docs/maths.md`, pair maps)."""
+        maps = {}
+        for (a, b), (Ma, Mb) in self.valid_pair_maps().items():
+            if a == target:
+                maps[b] = (Mb, Ma)
+            elif b == target:
+                maps[a] = (Ma, Mb)
+        return maps

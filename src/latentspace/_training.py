@@ -1,0 +1,320 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""The steps every training run shares.
+
+`train` prepares the problem (offsets, sufficient statistics, objective,
+starting weights) as the solver's entry of `latentspace._solvers.SOLVERS`
+asks, runs the solver and, for the whitened objective, puts the result in the
+agreement-ordered, weighted basis of the closed form.
+"""
+
+import math
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from ._cca import (
+    canonicalise,
+    fit_cca,
+    fit_to_frozen,
+    least_squares_inverse,
+    pair_maps,
+)
+from ._exceptions import (
+    ConvergenceWarning,
+    DimensionWarning,
+    InvalidParameterError,
+    TrainingDivergedError,
+)
+from ._losses import MomentObjective, sample_scale
+from ._monitor import Monitor
+from ._solvers import SOLVERS
+from ._threads import scipy_blas_single_threaded
+
+__all__ = ["Outcome", "Problem", "train"]
+
+
+class Outcome(NamedTuple):
+    """The result of `train`: new weights and what the run did."""
+
+    projections: list
+    reconstructions: list
+    shifts: list  # per model: added to its offset, or None (offset unchanged)
+    initial_loss: float
+    history: list
+    converged: bool
+    stopped: bool
+    objective: str
+    agreement: tuple | None
+    regularization: tuple | None  # every model's relative ridge, if used
+    pair_maps: dict  # (name_a, name_b) -> (M_a, M_b), spaces of 3+ models
+
+
+class Problem(NamedTuple):
+    """Everything a solver needs besides the starting weights."""
+
+    names: list  # the models, for messages
+    blocks: list | None  # (n, d_m) samples (shifted by the new offsets for "sgd")
+    observed: np.ndarray | None  # (n, M) bool: which model observed which sample
+    shift: np.ndarray | None  # (D,) new offsets the blocks still carry, or None
+    stats: object  # Statistics of the samples before the shift, or None
+    moments: object  # Moments of the shifted samples, or None
+    objective: MomentObjective
+    config: object
+    frozen: tuple  # per model: whether its weights stay
+    entries: int  # of the largest matrix multiplied (see `_threads`)
+
+
+def _finite(arrays):
+    return all(np.isfinite(a).all() for a in arrays)
+
+
+def train(source, offsets, projections, reconstructions, config, monitor_args,
+          frozen):
+    """Run ``config.solver`` on copies of the weights.
+
+    Parameters
+    ----------
+    source : training data
+        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._data`).
+    offsets : list of (d_m,) ndarray or None
+        The models' current offsets.
+    projections, reconstructions : lists of ndarray
+        Starting weights (not modified).
+    config : ProjectionConfig
+    monitor_args : dict
+        ``started`` (perf_counter at the start) for the `Monitor`.
+    frozen : sequence of bool
+        Per model: its weights and offset stay; the others learn to land on
+        the space the frozen ones define, with the reference objective, from
+        centred features.
+
+    Returns
+    -------
+    Outcome
+
+    Raises
+    ------
+    TrainingDivergedError
+        If the statistics, the loss or the weights stopped being finite.
+
+    Warns
+    -----
+    DimensionWarning
+        If the data cannot fill the latent dimension.
+    ConvergenceWarning
+        If a ``tol`` was not met.
+    """
+    # Overflow is detected from the results (non-finite loss or weights).
+    entries = _entries(source.widths, projections[0].shape[1])
+    with (
+        np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+        scipy_blas_single_threaded(entries),
+    ):
+        return _train(source, offsets, projections, reconstructions, config,
+                      monitor_args, tuple(frozen))
+
+
+def _entries(widths, k):
+    """Entries of the largest matrix a training multiplies (the Gram matrix
+    of all features, or a features x latents block)."""
+    width = sum(widths)
+    return width * max(width, k)
+
+
+def _plus(offset, shift):
+    """An offset plus a shift, either possibly None."""
+    if shift is None:
+        return offset
+    return shift if offset is None else offset + shift
+
+
+def _diverged(solver, what):
+    """The error for a run whose ``what`` stopped being finite (the solvers
+    that visit samples name their learning rate themselves)."""
+    return TrainingDivergedError(
+        f"training with solver={solver!r} diverged ({what} not finite); the space "
+        "keeps its previous weights: scale the features or raise regularization"
+    )
+
+
+def _multiview(stats, names):
+    """`Statistics.multiview`, refusing a model that shares no sample."""
+    aligned = stats.multiview()
+    for name, count in zip(names, aligned.counts):
+        if not count:
+            raise InvalidParameterError(
+                f"model {name!r} shares no sample with another model (every row "
+                "it observed is unpaired): nothing aligns it"
+            )
+    return aligned
+
+
+def _inverse(stats, centres, m, projection):
+    """Model ``m``'s least-squares reconstruction over every row it observed,
+    about the mean of ``centres``, the statistics that set its offset."""
+    return least_squares_inverse(stats.about(m, centres.means()[m]), projection)
+
+
+def _paired(stats, blocks, observed):
+    """The number of samples that at least two models observed."""
+    if stats is not None:
+        return sum(sums.count for members, sums in stats.patterns if len(members) > 1)
+    if observed is None:
+        return len(blocks[0])
+    return int(np.count_nonzero(observed.sum(axis=1) > 1))
+
+
+def _check_dimension(k, widths, paired):
+    """Warn if the data cannot fill ``k`` latent dimensions of the closed
+    form's basis: a dimension needs two models (there are at most as many as
+    the second largest width) and centred paired samples (at most their
+    number less one)."""
+    by_width = sorted(widths)[-2]
+    by_pairs = max(paired - 1, 0)
+    supported = min(by_width, by_pairs)
+    if k <= supported:
+        return
+    reason = (
+        f"the second largest model width is {by_width}" if by_width <= by_pairs
+        else f"only {paired} samples are paired (centred, {by_pairs} dimensions)"
+    )
+    warnings.warn(
+        f"latent_dim={k} is more than the data can fill: {reason}, so at most "
+        f"{supported} latent dimensions carry signal shared by two models and the "
+        f"other {k - supported} are zero. Use latent_dim <= {supported}",
+        DimensionWarning,
+        stacklevel=5,
+    )
+
+
+def _train(source, offsets, projections, reconstructions, config, monitor_args,
+           frozen):
+    solver = config.solver
+    spec = SOLVERS[solver]
+    closed = spec.closed_form
+    transfer = any(frozen)
+    kind = config.objective or ("reference" if transfer else spec.objective)
+    tol = config.tol if config.tol is not None else spec.tol
+    init = config.init or ("cca" if transfer else spec.init)
+    dtype = source.dtype
+    widths = source.widths
+    k = projections[0].shape[1]
+    # Centre (new offsets = data means) unless the reference objective is
+    # minimised from the current weights, as the reference optimiser does; the
+    # frozen models keep their offsets.
+    centre = closed or kind == "whitened" or init == "cca" or transfer
+    stats = aligned = moments = pending = None
+    shifts = [None] * len(widths)
+    regularization = (0.0,) * len(widths)
+    if centre or spec.statistics:
+        stats = source.statistics(offsets)
+        # The alignment comes from the samples two or more models observed; a
+        # sample one model observed alone only improves its reconstruction.
+        aligned = _multiview(stats, source.names)
+        regularization = aligned.ridges(config.regularization)
+        # The closed form centres on the shared samples; the objectives of
+        # the gradient solvers average over every observed sample.
+        centres = aligned if closed else stats
+        if centre:
+            shifts = [
+                None if f else mu.astype(dtype)
+                for f, mu in zip(frozen, centres.means())
+            ]
+        shift = np.concatenate(
+            [np.zeros(d) if s is None else s for d, s in zip(widths, shifts)]
+        )
+        moments = stats.moments(shift)
+        if not np.isfinite(moments.gram).all():
+            raise TrainingDivergedError(
+                f"the features' second moments overflow {dtype} (the statistics "
+                f"of solver={solver!r} are not finite); the space keeps its "
+                "previous weights: scale the features down"
+            )
+        if centre and spec.shifts_batches:
+            pending = shift.astype(dtype)
+    blocks = observed = None
+    if spec.needs == "samples":
+        if not spec.shifts_batches:  # the blocks carry the new offsets
+            offsets = [_plus(o, s) for o, s in zip(offsets, shifts)]
+        blocks, observed = source.samples(offsets)
+    if closed or kind == "whitened":  # the closed form's basis
+        _check_dimension(k, widths, _paired(stats, blocks, observed))
+    objective = MomentObjective(
+        kind,
+        widths,
+        k,
+        config.alignment_weight,
+        regularization,
+        sample_scale(moments, widths) if moments is not None else 1.0,
+        dtype,
+        frozen,
+    )
+    agreement = None
+    Ps = [np.array(P, dtype=dtype) for P in projections]
+    Rs = [np.array(R, dtype=dtype) for R in reconstructions]
+    if closed or init == "cca":
+        if transfer:
+            Ps = fit_to_frozen(moments, widths, Ps, frozen, regularization)
+        else:
+            Ps, agreement = fit_cca(aligned, k, regularization)
+        Rs = [
+            R if f else _inverse(stats, centres, m, P)
+            for m, (f, P, R) in enumerate(zip(frozen, Ps, Rs))
+        ]
+    problem = Problem(source.names, blocks, observed, pending, stats, moments,
+                       objective, config, frozen, _entries(widths, k))
+    total = 1 if closed else config.n_epochs
+    with Monitor(
+        total, tol, config.callback, config.progress, **monitor_args
+    ) as monitor:
+        if closed:
+            monitor.start(
+                objective(
+                    [np.asarray(P, dtype=dtype) for P in projections],
+                    [np.asarray(R, dtype=dtype) for R in reconstructions],
+                    moments,
+                    gradient=False,
+                )
+            )
+        Ps, Rs, finished = spec.run(problem, Ps, Rs, monitor)
+        if not (_finite(Ps) and _finite(Rs)):
+            raise _diverged(solver, "loss or weights")
+        if kind == "whitened" and not closed:
+            Ps, agreement = canonicalise(stats, Ps, k, regularization)
+            Rs = [_inverse(stats, centres, m, P) for m, P in enumerate(Ps)]
+            monitor.replace_last(objective(Ps, Rs, moments, gradient=False))
+        if not math.isfinite(monitor.history[-1] if monitor.history else 0.0):
+            raise _diverged(solver, "loss")
+    converged = bool(finished or monitor.converged)
+    if tol is not None and not (converged or monitor.stopped):
+        # Before publishing: warnings turned into errors leave the space as it was.
+        warnings.warn(
+            f"solver={solver!r} stopped after {monitor.iterations} iterations "
+            f"(n_epochs) before the loss settled to tol={tol}; raise n_epochs "
+            "or tol",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    if kind == "reference" and not closed:
+        agreement = None  # that of the start, if init="cca": no longer true
+    maps = {}
+    if agreement is not None and len(widths) > 2:
+        names = source.names
+        maps = {
+            (names[a], names[b]): value
+            for (a, b), value in pair_maps(aligned, Ps, config.regularization).items()
+        }
+    return Outcome(
+        projections=[np.ascontiguousarray(P, dtype=dtype) for P in Ps],
+        reconstructions=[np.ascontiguousarray(R, dtype=dtype) for R in Rs],
+        shifts=shifts,
+        initial_loss=monitor.initial_loss,
+        history=monitor.history,
+        converged=converged,
+        stopped=monitor.stopped,
+        objective=kind,
+        agreement=None if agreement is None else tuple(float(a) for a in agreement),
+        regularization=None if stats is None else regularization,
+        pair_maps=maps,
+    )
