@@ -31,9 +31,10 @@ the pages of the files mapped into memory (page cache the kernel may reclaim
 at any time), ``peak anon`` only the process's own memory (RSS minus
 file-backed and shared pages), which is what a fit needs. Throughput is rows
 per second of the whole `train_projections` call, against the in-memory Gram
-throughput measured by the same process just before, so under the same load:
-``X.T @ X`` of one in-memory chunk of ``--chunk-rows`` rows of both models'
-features (640 columns), BLAS on its default threads (median of 5; its
+throughput measured by the same process just before and just after, so under
+the same load: ``X.T @ X`` of one in-memory chunk of ``--chunk-rows`` rows of
+both models' features (640 columns), repeated for ``--gram-seconds`` on each
+side, BLAS on its default threads (rows over seconds of both windows; its
 GFLOP/s count ``n D^2`` flops). ``CPU`` is the same ratio per CPU second
 (the fit's: every process of the tree, Dask's scheduler and workers
 included; the Gram's: this process), which leaves out the share of the
@@ -229,36 +230,35 @@ def read_rows(directory, n, chunk_rows):
             f.close()
 
 
-def gram_rows_per_second(files, chunk_rows, repeats=5):
-    """Rows per second and per CPU second of ``X.T @ X`` on one in-memory
-    chunk (all columns)."""
-    X = np.concatenate([np.array(x[:chunk_rows]) for x in files.values()], axis=1)
-    times, cpu = [], []
-    for _ in range(repeats):
-        started, used = time.perf_counter(), time.process_time()
+def gram_products(X, seconds):
+    """Rows, seconds and CPU seconds of ``X.T @ X`` repeated for ``seconds``."""
+    rows = 0
+    started, used = time.perf_counter(), time.process_time()
+    while not rows or time.perf_counter() - started < seconds:
         X.T @ X
-        times.append(time.perf_counter() - started)
-        cpu.append(time.process_time() - used)
-    return len(X) / statistics.median(times), len(X) / statistics.median(cpu)
+        rows += len(X)
+    return np.array([rows, time.perf_counter() - started, time.process_time() - used])
 
 
-def fit(path, directory, n, chunk_rows, dask_rows, workers):
-    """One fit in this process, after measuring the Gram throughput: rows per
-    second of both, seconds, peak RSS and peak anonymous bytes of the fit."""
+def fit(path, directory, n, chunk_rows, dask_rows, workers, gram_seconds):
+    """One fit in this process, between two windows of Gram products: rows
+    per second of both, seconds, peak RSS and peak anonymous bytes of the fit."""
     import latentspace
 
     space = latentspace.LatentSpace(DIM, dtype="float32")
     for name, width in WIDTHS.items():
         space.register(name, width)
     files = open_files(directory)
-    gram, gram_cpu = gram_rows_per_second(files, chunk_rows)
+    # One in-memory chunk of all the columns.
+    X = np.concatenate([np.array(x[:chunk_rows]) for x in files.values()], axis=1)
+    gram = gram_products(X, gram_seconds)
     context = None
     if path == "dask":
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
         )
         context = Client(cluster)
         context.run(importlib.import_module, "latentspace")  # not on the clock
@@ -285,8 +285,9 @@ def fit(path, directory, n, chunk_rows, dask_rows, workers):
     if context is not None:
         context.close()
         cluster.close()
-    return {"rate": n / seconds, "seconds": seconds, "gram": gram,
-            "cpu_ratio": n / sampler.cpu / gram_cpu, "rss": sampler.rss,
+    rows, gram_time, gram_cpu = gram + gram_products(X, gram_seconds)
+    return {"rate": n / seconds, "seconds": seconds, "gram": rows / gram_time,
+            "cpu_ratio": n / sampler.cpu / (rows / gram_cpu), "rss": sampler.rss,
             "anon": sampler.anon}
 
 
@@ -298,6 +299,7 @@ def run_child(path, directory, n, args):
         sys.executable, os.path.abspath(__file__), "--child", path,
         "--dir", directory, "--rows", str(n), "--chunk-rows", str(args.chunk_rows),
         "--dask-rows", str(args.dask_rows), "--threads", str(args.threads),
+        "--gram-seconds", str(args.gram_seconds),
     ]
     env = dict(os.environ)
     if args.threads == 1:
@@ -323,6 +325,9 @@ def main():
     parser.add_argument("--tmp", default=None, help="where to make the temp dir")
     parser.add_argument("--cold", action="store_true",
                         help="drop the files' pages from the page cache before each run")
+    parser.add_argument("--gram-seconds", type=float, default=3.0,
+                        help="length of each window of Gram products, before and "
+                        "after a fit")
     parser.add_argument("--threads", type=int, choices=(1, 2), default=2,
                         help="1: BLAS on one thread, one Dask worker (or thread), "
                         "so each side of a ratio runs on one core")
@@ -333,7 +338,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         print(json.dumps(fit(args.child, args.dir, args.rows[0], args.chunk_rows,
-                             args.dask_rows, args.threads)))
+                             args.dask_rows, args.threads, args.gram_seconds)))
         return
 
     rows = max(args.rows)
@@ -363,7 +368,8 @@ def main():
               f"of {args.dask_rows} rows, {'cold' if args.cold else 'warm'} page cache, "
               f"{args.threads} thread(s) (BLAS, Dask workers): "
               f"median of {args.repeats} interleaved runs; Gram: X.T @ X of "
-              f"{args.chunk_rows} x {sum(WIDTHS.values())} in memory, just before each")
+              f"{args.chunk_rows} x {sum(WIDTHS.values())} in memory, {args.gram_seconds:g} s "
+              "just before and just after each")
         flops = sum(WIDTHS.values()) ** 2
         for n in args.rows:
             runs = {path: [] for path in args.paths}
