@@ -814,18 +814,18 @@ def test_pair_maps_are_the_two_model_cca_of_the_latents(monkeypatch):
     # A NumPy transcription of docs/maths.md 5.6 on the statistics of complete
     # data: C_a = P_a' (G_aa + r_a I) P_a, C_ab = P_a' G_ab P_b; the maps are
     # C_a^-1/2 U S and C_b^-1/2 V S.
-    import latentspace._space
+    import latentspace._training
 
     widths, k = (7, 6, 5), 4
     Xs = correlated(widths, 400, shared=4, seed=52)
     captured = {}
-    train = latentspace._space.train
+    train = latentspace._training.train
 
     def spy(*args, **kwargs):
         captured["outcome"] = outcome = train(*args, **kwargs)
         return outcome
 
-    monkeypatch.setattr(latentspace._space, "train", spy)
+    monkeypatch.setattr(latentspace._training, "train", spy)
     space, names = make_space(k, widths)
     space.train_projections(dict(zip(names, Xs)))
     maps = captured["outcome"].pair_maps

@@ -22,6 +22,7 @@ __all__ = [
     "kept_pair_maps",
     "lookup",
     "make_model",
+    "published",
     "read_only",
     "refusal",
     "xavier",
@@ -171,3 +172,30 @@ class Snapshot(NamedTuple):
             elif b == target:
                 maps[a] = (Ma, Mb)
         return maps
+
+
+def published(current, snapshot, fit, config, dtype):
+    """The snapshot that publishes ``fit`` (a `latentspace._training.Fit` of
+    a training that started from ``snapshot``) over ``current``, the space's
+    snapshot now, with the ``config`` that made it (for `save`).
+
+    Refused (RuntimeError) if a model the training used (trained or frozen)
+    was replaced meanwhile; pair maps of ``fit`` replace any of its models'.
+    """
+    start = fit.start
+    if current is not snapshot:
+        moved = [n for n in fit.used if current.models.get(n) is not start.get(n)]
+        if fit.dim != snapshot.dim or current.dim != snapshot.dim or moved:
+            raise RuntimeError(
+                "the space changed while training (models re-registered or "
+                f"trained concurrently: {', '.join(map(repr, moved)) or 'all'}); "
+                "the new weights were discarded"
+            )
+        start = current.models
+    models = {**start, **fit.trained}
+    maps = kept_pair_maps(current.pair_maps if fit.dim == current.dim else {}, models)
+    for (a, b), (Ma, Mb) in fit.pair_maps.items():
+        maps[a, b] = (models[a], models[b], read_only(Ma.astype(dtype)),
+                      read_only(Mb.astype(dtype)))
+    rng = current.rng if fit.rng is None else fit.rng
+    return Snapshot(fit.dim, models, rng, config, maps)

@@ -21,18 +21,15 @@ from ._config import (
 from ._losses import whitened_loss
 from ._matching import matched_data
 from ._objective import mean_loss
-from ._monitor import check_progress_available
-from ._solvers import SOLVERS
-from ._training import train
+from ._training import INTERRUPTED, fit
 from ._data import training_data
 from ._sources import is_dask_array
-from ._exceptions import InvalidParameterError, TrainingDivergedError
+from ._exceptions import InvalidParameterError
 from ._model import (
     Snapshot,
     kept_pair_maps,
     lookup,
-    make_model,
-    read_only,
+    published,
     refusal,
     xavier,
 )
@@ -42,7 +39,6 @@ from ._validation import (
     check_alignment_weight,
     check_dim,
     check_dtype,
-    check_frozen,
     check_name,
     check_seed,
 )
@@ -55,16 +51,6 @@ if TYPE_CHECKING:
     from .metrics import Evaluation
 
 __all__ = ["LatentSpace"]
-
-_INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
-
-
-def _offset(offset, shift):
-    """The new offset of a model: ``offset + shift`` (None: unchanged)."""
-    if shift is None:
-        return offset
-    return shift if offset is None else offset + shift
-
 
 class LatentSpace:
     """A shared latent space into which registered models project.
@@ -466,111 +452,28 @@ class LatentSpace:
                 config.regularization,
             )
         snapshot = self._snapshot
-        dim = snapshot.dim if config.latent_dim is None else config.latent_dim
-        # Re-dimensioning draws every model afresh, from a copy of the generator.
-        rng = copy.deepcopy(snapshot.rng) if dim != snapshot.dim else None
-        start = snapshot.models
-        with training_data(
-            data, start, self._dtype, observed=observed, unpaired=unpaired
-        ) as source:
-            names = source.names
-            frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
-            if source.streamed and not SOLVERS[config.solver].streams:
-                streaming = " or ".join(
-                    repr(name) for name, solver in SOLVERS.items() if solver.streams
-                )
-                raise InvalidParameterError(
-                    f"solver={config.solver!r} visits samples; a stream of chunks "
-                    f"trains with {streaming} (or pass a mapping of arrays; "
-                    "memory-mapped files work)"
-                )
-            if dim != snapshot.dim:  # every model afresh, after the checks
-                start = {
-                    name: xavier(rng, m.input_dim, dim, self._dtype)
-                    for name, m in start.items()
-                }
-            check_progress_available(config.progress)
-            try:
-                outcome = train(
-                    source,
-                    [start[n].offset for n in names],
-                    [start[n].projection for n in names],
-                    [start[n].reconstruction for n in names],
-                    config,
-                    {"started": started},
-                    [n in frozen for n in names],
-                )
-            except KeyboardInterrupt as exc:
-                exc.add_note(_INTERRUPTED)
-                raise
-            except TrainingDivergedError:
-                source.check_unchanged()  # data changed by another thread?
-                raise
-        trained = {
-            name: make_model(p, r, _offset(start[name].offset, shift))
-            for name, p, r, shift in zip(
-                names, outcome.projections, outcome.reconstructions, outcome.shifts
-            )
-            if name not in frozen
-        }
+        run = fit(
+            snapshot, self._dtype, data, config, observed=observed,
+            unpaired=unpaired, frozen=frozen, matching=matching, started=started,
+        )
         # Everything is ready before publishing, the last step: an interrupt
         # before it changes nothing, and after it only returns.
-        result = TrainingResult(
-            n_epochs=len(outcome.history),
-            initial_loss=outcome.initial_loss,
-            loss_history=tuple(outcome.history),
-            seconds=time.perf_counter() - started,
-            config=config,
-            solver=config.solver,
-            objective=outcome.objective,
-            converged=outcome.converged,
-            agreement=outcome.agreement,
-            regularization=outcome.regularization,
-            matching=matching,
-        )
         try:
             with self._lock:
-                self._publish(snapshot, dim, start, trained, names, rng, config,
-                              outcome.pair_maps)
-            return result
+                self._snapshot = published(
+                    self._snapshot, snapshot, run, config, self._dtype
+                )
+            return run.result
         except KeyboardInterrupt as exc:
-            published = self._snapshot.models
-            if any(published.get(name) is model for name, model in trained.items()):
+            models = self._snapshot.models
+            if any(models.get(name) is model for name, model in run.trained.items()):
                 exc.add_note(
                     "latentspace: interrupted after training finished; its "
                     "weights are published"
                 )
             else:
-                exc.add_note(_INTERRUPTED)
+                exc.add_note(INTERRUPTED)
             raise
-
-    def _publish(self, snapshot, dim, start, trained, used, rng, config, pair_maps):
-        """Install the ``trained`` models and the ``config`` that made them
-        (for `save`), in one assignment; the caller holds the lock.
-
-        Refused if a model the training used (``used``: trained or frozen)
-        was replaced meanwhile; ``rng`` is the generator of a re-dimensioned
-        space (None: the space's); ``pair_maps`` (``(a, b) -> (M_a, M_b)``)
-        those of the training, which replace any of its models'.
-        """
-        current = self._snapshot
-        if current is not snapshot:
-            moved = [n for n in used if current.models.get(n) is not start.get(n)]
-            if dim != snapshot.dim or current.dim != snapshot.dim or moved:
-                raise RuntimeError(
-                    "the space changed while training (models re-registered or "
-                    f"trained concurrently: {', '.join(map(repr, moved)) or 'all'}); "
-                    "the new weights were discarded"
-                )
-            start = current.models
-        models = {**start, **trained}
-        maps = kept_pair_maps(current.pair_maps if dim == current.dim else {}, models)
-        for (a, b), (Ma, Mb) in pair_maps.items():
-            maps[a, b] = (models[a], models[b], read_only(Ma.astype(self._dtype)),
-                          read_only(Mb.astype(self._dtype)))
-        self._snapshot = Snapshot(
-            dim, models, current.rng if rng is None else rng, config, maps
-        )
 
     # Persistence, pickling, search and evaluation: thin wrappers over the
     # modules _io, _search and metrics.
