@@ -40,7 +40,7 @@ from ._sources import (
     unpaired_pools,
 )
 from ._statistics import merge_sums, statistics
-from ._validation import as_kernel_array, as_numeric, check_finite, check_scale
+from ._validation import as_kernel_array, as_numeric, check_values
 
 __all__ = ["training_data"]
 
@@ -233,8 +233,7 @@ class _DaskArrays(Source):
             what = f"data for model {name!r}"
             mask = None if observed is None else observed[:, m]
             block = as_kernel_array(array, self.dtype, what, mask)
-            check_finite(block, what, mask)
-            check_scale(array, what, self.dtype, mask)
+            check_values(block, what, self.dtype, mask)
             blocks.append(block)
         if observed is not None and observed.all():
             observed = None

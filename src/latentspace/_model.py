@@ -8,6 +8,7 @@ Files, search, metrics and Dask build on these, never on `LatentSpace`'s
 internals.
 """
 
+import ctypes
 from typing import NamedTuple
 
 import numpy as np
@@ -53,12 +54,29 @@ def read_only(array):
     kernels' loads are up to a fifth slower off it), seen through a read-only
     buffer: NumPy refuses to make it writeable again, so no caller can change
     arrays that readers share."""
-    array = np.asarray(array)
-    memory = bytearray(array.nbytes + _ALIGNMENT)
-    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
-    view = memoryview(memory)[start : start + array.nbytes]
-    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
-    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
+    return _read_only_copies([array])[0]
+
+
+def _read_only_copies(arrays):
+    """`read_only` copies of ``arrays`` (None stays None), in one buffer."""
+    arrays = [None if a is None else np.asarray(a) for a in arrays]
+    starts, size = [], 0
+    for a in arrays:
+        starts.append(size)
+        if a is not None:
+            size += -(-a.nbytes // _ALIGNMENT) * _ALIGNMENT
+    memory = bytearray(size + _ALIGNMENT)
+    base = -ctypes.addressof(ctypes.c_char.from_buffer(memory)) % _ALIGNMENT
+    writeable, frozen = memoryview(memory), memoryview(memory).toreadonly()
+    copies = []
+    for a, start in zip(arrays, starts):
+        if a is None:
+            copies.append(None)
+            continue
+        span = slice(base + start, base + start + a.nbytes)
+        np.frombuffer(writeable[span], a.dtype).reshape(a.shape)[...] = a
+        copies.append(np.frombuffer(frozen[span], a.dtype).reshape(a.shape))
+    return copies
 
 
 def make_model(projection, reconstruction, offset=None):
@@ -81,9 +99,9 @@ def make_model(projection, reconstruction, offset=None):
             f"{reconstruction.dtype}, offset "
             f"{None if offset is None else (np.shape(offset), np.asarray(offset).dtype)}"
         )
-    projection, reconstruction = read_only(projection), read_only(reconstruction)
-    if offset is not None:
-        offset = read_only(offset)
+    projection, reconstruction, offset = _read_only_copies(
+        [projection, reconstruction, offset]
+    )
     project_shift = None if offset is None else read_only(-(offset @ projection))
     return Model(
         len(projection),

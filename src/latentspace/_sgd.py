@@ -22,12 +22,13 @@ _WORK_PER_SIGNAL_CHECK = 2**23
 DECAY = 0.999
 
 
-
 def _split(flat, widths, k, transpose):
     """Per-model matrices (views) of a flat concatenation of weights."""
-    bounds = np.cumsum([0, *widths]) * k
-    shapes = [(k, d) if transpose else (d, k) for d in widths]
-    return [flat[a:b].reshape(s) for a, b, s in zip(bounds, bounds[1:], shapes)]
+    widths = widths.tolist()
+    return [
+        flat[cols].reshape((k, d) if transpose else (d, k))
+        for cols, d in zip(slices([d * k for d in widths]), widths)
+    ]
 
 
 def _diverged(epoch, loss, learning_rate, blocks, names):

@@ -19,7 +19,7 @@ from ._validation import (
     as_kernel_array,
     as_numeric,
     check_finite,
-    check_scale,
+    check_values,
     unknown_model,
 )
 
@@ -270,8 +270,7 @@ class Arrays(Source):
         what = f"data for model {self.names[m]!r}"
         mask = None if self.observed is None else self.observed[:, m]
         block = as_kernel_array(self.arrays[m], self.dtype, what, mask)
-        check_finite(block, what, mask)
-        check_scale(self.arrays[m], what, self.dtype, mask)
+        check_values(block, what, self.dtype, mask)
         return block
 
     def check_unchanged(self):
@@ -335,5 +334,5 @@ def checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
             checked = as_kernel_array(block, dtype, what, mask, first_row)
             if not finite:
                 check_finite(checked, what, mask, first_row)
-        check_scale(block, what, dtype, mask)
+        check_values(block, what, dtype, mask, first_row)
     return sums
