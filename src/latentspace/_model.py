@@ -67,7 +67,7 @@ def _read_only_copies(arrays):
             size += -(-a.nbytes // _ALIGNMENT) * _ALIGNMENT
     memory = bytearray(size + _ALIGNMENT)
     base = -ctypes.addressof(ctypes.c_char.from_buffer(memory)) % _ALIGNMENT
-    writeable, frozen = memoryview(memory), memoryview(memory).toreadonly()
+    writeable, readonly = memoryview(memory), memoryview(memory).toreadonly()
     copies = []
     for a, start in zip(arrays, starts):
         if a is None:
@@ -75,7 +75,7 @@ def _read_only_copies(arrays):
             continue
         span = slice(base + start, base + start + a.nbytes)
         np.frombuffer(writeable[span], a.dtype).reshape(a.shape)[...] = a
-        copies.append(np.frombuffer(frozen[span], a.dtype).reshape(a.shape))
+        copies.append(np.frombuffer(readonly[span], a.dtype).reshape(a.shape))
     return copies
 
 
