@@ -38,10 +38,10 @@ from scipy.linalg import blas
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import latentspace
-from latentspace import _sgd
-from latentspace._data import training_data
+from latentspace._training import sgd as _sgd
+from latentspace._training.data import training_data
 from latentspace._model import make_model
-from latentspace._objective import ReferenceLoss
+from latentspace._training.objective import ReferenceLoss
 from latentspace._kernels.sgd import sgd_avx
 
 

@@ -226,7 +226,7 @@ def zero_filled(Xs, observed):
 def statistics_of(Xs, observed=None, chunks=1):
     """The `Statistics` of in-memory blocks (every sample observed by every
     model if ``observed`` is None), merged over ``chunks`` chunks of rows."""
-    from latentspace._statistics import chunk_sums, merge_sums, statistics
+    from latentspace._training.statistics import chunk_sums, merge_sums, statistics
 
     names = list(range(len(Xs)))
     sums = {}

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 import pytest
 
-from latentspace import LatentSpace, _io
+from latentspace import LatentSpace
+from latentspace._files import space_file
 from latentspace.cli import main
 
 
@@ -693,8 +694,8 @@ def test_info_calls_crafted_files_invalid(trained, capsys):
     for key, value in crafted.items():
         bad = json.loads(json.dumps(header))
         bad[key] = value
-        names = list(_io._expected_arrays(bad)) if key != "dim" else []
-        bad["checksum"]["digest"] = _io._checksum(bad, arrays, names)
+        names = list(space_file._expected_arrays(bad)) if key != "dim" else []
+        bad["checksum"]["digest"] = space_file._checksum(bad, arrays, names)
         raw = np.frombuffer(json.dumps(bad).encode(), np.uint8)
         np.savez(trained / "crafted.npz", header=raw, **arrays)
         for command in (["info"], ["info", "--json"]):

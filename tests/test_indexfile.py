@@ -9,7 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from latentspace import GalleryIndex, LatentSpace, SpaceFileError, _indexfile
+from latentspace import GalleryIndex, LatentSpace, SpaceFileError
+from latentspace._files import index_file
 
 HAVE_FAISS = importlib.util.find_spec("faiss") is not None
 needs_faiss = pytest.mark.skipif(not HAVE_FAISS, reason="faiss is not installed")
@@ -148,7 +149,7 @@ def test_a_failed_save_leaves_the_old_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(_indexfile.np.lib.format, "write_array", broken)
+    monkeypatch.setattr(index_file.np.lib.format, "write_array", broken)
     with pytest.raises(OSError, match="disk full"):
         index.save(path)
     assert path.read_bytes() == before
@@ -166,7 +167,7 @@ def test_an_edited_index_with_a_valid_checksum_and_inconsistent_weights_is_refus
     import zipfile
 
     from latentspace import SpaceFileError
-    from latentspace._indexfile import _canonical
+    from latentspace._files.index_file import _canonical
 
     space = _space()
     rng = np.random.default_rng(1)

@@ -352,9 +352,9 @@ def test_dask_training_with_observed_masks(client, solver, lazy_masks):
 
 def test_dask_blocks_of_any_rows(client, monkeypatch):
     """Models in different row blocks, each block read a few rows at a time."""
-    import latentspace._sources
+    import latentspace._training.sources
 
-    monkeypatch.setattr(latentspace._sources, "CHUNK_ENTRIES", 40)  # a few rows
+    monkeypatch.setattr(latentspace._training.sources, "CHUNK_ENTRIES", 40)  # a few rows
     arrays = views()
     expected, _ = trained(dict(zip(NAMES, arrays)), "cca")
     lazy = [da.from_array(x, chunks=(rows, -1)) for x, rows in zip(arrays, (37, 50, 64))]

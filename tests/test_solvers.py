@@ -33,7 +33,7 @@ from latentspace import (
     TrainingDivergedError,
     TrainingState,
 )
-from latentspace._losses import MomentObjective, sample_scale
+from latentspace._training.losses import MomentObjective, sample_scale
 
 TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-4}
 
@@ -264,7 +264,7 @@ def test_cca_redimensions_and_keeps_other_models():
 
 
 def test_canonicalising_the_closed_form_changes_nothing_but_signs():
-    from latentspace._cca import canonicalise, fit_cca
+    from latentspace._training.cca import canonicalise, fit_cca
 
     Xs = correlated((6, 5, 4), 300, seed=30)
     stats = statistics_of([X - X.mean(axis=0) for X in Xs])
@@ -402,7 +402,7 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
 def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     from reference import reference_sgd
 
-    from latentspace import _sgd, _training
+    from latentspace._training import fitting, sgd
     from latentspace._monitor import Monitor
 
     widths, k, lr, w, reg = (4, 3), 2, 0.01, 1.0, 0.01
@@ -416,12 +416,12 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _training.Problem(
+    problem = fitting.Problem(
         ["m0", "m1"], Xs, None, None, stats, moments, objective, config, (False, False),
         entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
+        P1, R1, _ = sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []
@@ -790,7 +790,7 @@ def test_cca_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
     # matrix is 2 MB, so the failure is simulated here.
     import scipy.linalg
 
-    from latentspace import _cca
+    from latentspace._training import cca
 
     svd = scipy.linalg.svd
     drivers = []
@@ -803,7 +803,7 @@ def test_cca_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
 
     Xs = correlated((6, 5), 200, seed=47)
     expected = trained((6, 5), 3, Xs)[0]
-    monkeypatch.setattr(_cca.scipy.linalg, "svd", gesdd_fails)
+    monkeypatch.setattr(cca.scipy.linalg, "svd", gesdd_fails)
     space, names, _ = trained((6, 5), 3, Xs)
     assert drivers == ["gesdd", "gesvd"]
     for name in names:
@@ -814,18 +814,18 @@ def test_pair_maps_are_the_two_model_cca_of_the_latents(monkeypatch):
     # A NumPy transcription of docs/maths.md 5.6 on the statistics of complete
     # data: C_a = P_a' (G_aa + r_a I) P_a, C_ab = P_a' G_ab P_b; the maps are
     # C_a^-1/2 U S and C_b^-1/2 V S.
-    import latentspace._training
+    import latentspace._training.fitting
 
     widths, k = (7, 6, 5), 4
     Xs = correlated(widths, 400, shared=4, seed=52)
     captured = {}
-    train = latentspace._training.train
+    train = latentspace._training.fitting.train
 
     def spy(*args, **kwargs):
         captured["outcome"] = outcome = train(*args, **kwargs)
         return outcome
 
-    monkeypatch.setattr(latentspace._training, "train", spy)
+    monkeypatch.setattr(latentspace._training.fitting, "train", spy)
     space, names = make_space(k, widths)
     space.train_projections(dict(zip(names, Xs)))
     maps = captured["outcome"].pair_maps

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The one-pass statistics (`latentspace._statistics`): per observation
+"""The one-pass statistics (`latentspace._training.statistics`): per observation
 pattern, merged over chunks, against per-sample sums in NumPy."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose
 from support import correlated, masked, random_observed, statistics_of, zero_filled
 
-from latentspace._gradient import _batch_moments
+from latentspace._training.gradient import _batch_moments
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 40])

@@ -193,7 +193,7 @@ class Snapshot(NamedTuple):
 
 
 def published(current, snapshot, fit, config, dtype):
-    """The snapshot that publishes ``fit`` (a `latentspace._training.Fit` of
+    """The snapshot that publishes ``fit`` (a `latentspace._training.fitting.Fit` of
     a training that started from ``snapshot``) over ``current``, the space's
     snapshot now, with the ``config`` that made it (for `save`).
 

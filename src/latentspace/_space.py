@@ -12,18 +12,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._config import (
+from ._training.config import (
     TrainingResult,
     check_objective,
     check_regularization,
     resolve_config,
 )
-from ._losses import whitened_loss
-from ._matching import matched_data
-from ._objective import mean_loss
-from ._training import INTERRUPTED, fit
-from ._data import training_data
-from ._sources import is_dask_array
+from ._training.losses import whitened_loss
+from ._training.matching import matched_data
+from ._training.objective import mean_loss
+from ._training.fitting import INTERRUPTED, fit
+from ._training.data import training_data
+from ._training.sources import is_dask_array
 from ._exceptions import InvalidParameterError
 from ._model import (
     Snapshot,
@@ -44,9 +44,9 @@ from ._validation import (
 )
 
 if TYPE_CHECKING:
-    from ._config import ProjectionConfig
-    from ._index import GalleryIndex
-    from ._scoring import SearchResult
+    from ._training.config import ProjectionConfig
+    from ._search.exact_index import GalleryIndex
+    from ._search.scoring import SearchResult
     from ._typing import Data, FloatArray, Path, PathOrFile
     from .metrics import Evaluation
 
@@ -476,7 +476,7 @@ class LatentSpace:
             raise
 
     # Persistence, pickling, search and evaluation: thin wrappers over the
-    # modules _io, _search and metrics.
+    # modules _files.space_file, _search and metrics.
 
     def save(
         self, path: PathOrFile, *,
@@ -514,9 +514,9 @@ class LatentSpace:
             detects accidental damage, not deliberate edits; see
             docs/reliability.md).
         """
-        from . import _io
+        from ._files import space_file
 
-        _io.save(self._snapshot, self._dtype, path, config=config, key=key)
+        space_file.save(self._snapshot, self._dtype, path, config=config, key=key)
 
     @classmethod
     def load(cls, path: Path, *, key: bytes | None = None) -> LatentSpace:
@@ -547,21 +547,21 @@ class LatentSpace:
         OSError
             If the file cannot be opened.
         """
-        from . import _io
+        from ._files import space_file
 
         space = cls.__new__(cls)
-        space._install(*_io.load(path, key=key))
+        space._install(*space_file.load(path, key=key))
         return space
 
     def __getstate__(self) -> dict[str, Any]:
-        from . import _io
+        from ._files import space_file
 
-        return _io.getstate(self._snapshot, self._dtype)
+        return space_file.getstate(self._snapshot, self._dtype)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from . import _io
+        from ._files import space_file
 
-        self._install(*_io.setstate(state))
+        self._install(*space_file.setstate(state))
 
     def search(
         self, source: str, queries: ArrayLike, target: str, gallery: ArrayLike, *,

@@ -3,7 +3,7 @@
 
 import argparse
 
-from .._scoring import METHODS
+from .._search.scoring import METHODS
 
 
 def positive_int(text):

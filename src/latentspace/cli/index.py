@@ -3,7 +3,7 @@
 
 import time
 
-from .._faiss import KINDS
+from .._search.faiss_index import KINDS
 from .._search import BACKENDS
 from ._args import key_value, model_file, positive_int
 from ._arrays import read_matrix

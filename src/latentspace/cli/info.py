@@ -4,8 +4,8 @@
 import json
 import os
 
-from .._io import read_header
-from .._solvers import SOLVERS
+from .._files.space_file import read_header
+from .._training.solvers import SOLVERS
 from ._common import Command, UsageError
 
 

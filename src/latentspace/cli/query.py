@@ -3,7 +3,7 @@
 
 import os
 
-from .._index import GalleryIndex
+from .._search.exact_index import GalleryIndex
 from ._args import add_hits_output, add_method, model_file, positive_int
 from ._arrays import read_matrix, show_hits
 from ._common import Command, UsageError, progress

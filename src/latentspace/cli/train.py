@@ -4,8 +4,8 @@
 import dataclasses
 import time
 
-from .._config import INITS, OBJECTIVES, ProjectionConfig
-from .._solvers import SOLVERS
+from .._training.config import INITS, OBJECTIVES, ProjectionConfig
+from .._training.solvers import SOLVERS
 from .._space import LatentSpace
 from ._args import model_file, non_negative_float, positive_float, positive_int
 from ._args import regularization

@@ -33,7 +33,7 @@ anything that a crafted file could make expensive or unsafe:
 - the path is a regular file (not a FIFO, a device or a directory), opened
   without blocking;
 - the zip directory: every member stored uncompressed, unencrypted and once;
-- the header member, at most `latentspace._archive.MAX_HEADER_BYTES`, parsed as JSON with
+- the header member, at most `latentspace._files.archive.MAX_HEADER_BYTES`, parsed as JSON with
   integers of at most 40 digits and no NaN, then every field's type and
   range (dims and widths fit a BLAS ``int``); the generator state must be
   that of a supported bit generator with every integer in range and every
@@ -67,7 +67,7 @@ import zipfile
 
 import numpy as np
 
-from ._archive import (
+from .archive import (
     fail,
     npy_members,
     open_regular,
@@ -76,11 +76,11 @@ from ._archive import (
     write_atomically,
     write_npz,
 )
-from ._exceptions import InvalidParameterError, SpaceFileError
-from ._model import Snapshot, make_model
-from ._rng_state import encode_rng_state, is_int, make_generator
-from ._validation import BLAS_INT_MAX, check_dtype
-from ._version import __version__
+from .._exceptions import InvalidParameterError, SpaceFileError
+from .._model import Snapshot, make_model
+from .rng_state import encode_rng_state, is_int, make_generator
+from .._validation import BLAS_INT_MAX, check_dtype
+from .._version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
@@ -125,7 +125,7 @@ def config_record(config):
     a TrainingResult or a dict)."""
     if config is None:
         return None
-    from ._config import ProjectionConfig, TrainingResult
+    from .._training.config import ProjectionConfig, TrainingResult
 
     if isinstance(config, TrainingResult):
         config = config.config

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """`GalleryIndex`: a gallery's unit latents, searched exactly (BLAS GEMM in
-blocks of queries; the methods are those of `latentspace._scoring`)."""
+blocks of queries; the methods are those of `latentspace._search.scoring`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._blocks import is_rows, normalise, unit_latent_blocks, unit_latents
-from ._exceptions import InvalidParameterError
-from ._model import lookup, make_model, read_only
-from ._scoring import (
+from .blocks import is_rows, normalise, unit_latent_blocks, unit_latents
+from .._exceptions import InvalidParameterError
+from .._model import lookup, make_model, read_only
+from .scoring import (
     SearchResult,
     check_batch_size,
     check_k,
@@ -22,11 +22,11 @@ from ._scoring import (
     neighbourhood,
     search_latents,
 )
-from ._validation import check_int
+from .._validation import check_int
 
 if TYPE_CHECKING:
-    from ._space import LatentSpace
-    from ._typing import Path
+    from .._space import LatentSpace
+    from .._typing import Path
 
 __all__ = ["GalleryIndex", "check_callback"]
 
@@ -200,9 +200,9 @@ class GalleryIndex:
         ----------
         path : str or os.PathLike
         """
-        from . import _indexfile
+        from .._files import index_file
 
-        _indexfile.save(self, path)
+        index_file.save(self, path)
 
     @staticmethod
     def load(path: Path) -> GalleryIndex:
@@ -215,9 +215,9 @@ class GalleryIndex:
             A ``ValueError``: the file is truncated, corrupted, edited or
             not a saved index.
         """
-        from . import _indexfile
+        from .._files import index_file
 
-        return _indexfile.load(path, GalleryIndex._backends)
+        return index_file.load(path, GalleryIndex._backends)
 
     # ---------------------------------------------------------------- search
 

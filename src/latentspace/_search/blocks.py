@@ -9,10 +9,10 @@ one block and the result only.
 
 import numpy as np
 
-from ._sources import is_dask_array
-from ._exceptions import InvalidParameterError
-from ._model import lookup
-from ._validation import as_kernel_array, as_numeric, as_rows, check_finite
+from .._training.sources import is_dask_array
+from .._exceptions import InvalidParameterError
+from .._model import lookup
+from .._validation import as_kernel_array, as_numeric, as_rows, check_finite
 
 __all__ = [
     "BLOCK_BYTES",

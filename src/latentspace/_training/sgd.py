@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 
-from ._kernels.sgd import sgd_epoch, sgd_prime
-from ._exceptions import TrainingDivergedError
-from ._losses import whitening
-from ._monitor import Run
-from ._objective import ReferenceLoss
-from ._statistics import ridge, slices
-from ._threads import blas_single_threaded
+from .._kernels.sgd import sgd_epoch, sgd_prime
+from .._exceptions import TrainingDivergedError
+from .losses import whitening
+from .._monitor import Run
+from .objective import ReferenceLoss
+from .statistics import ridge, slices
+from .._threads import blas_single_threaded
 
 __all__ = ["DECAY", "run", "train_sgd"]
 
@@ -162,7 +162,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
 
 def run(problem, Ps, Rs, monitor):
     """The solver "sgd": the reference per-sample SGD (docs/maths.md §3) on
-    ``problem`` (a `latentspace._training.Problem`) from ``Ps``, ``Rs``; the
+    ``problem`` (a `latentspace._training.fitting.Problem`) from ``Ps``, ``Rs``; the
     whitened objective re-whitens every epoch.
 
     Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ._exceptions import InvalidParameterError
-from ._solvers import SOLVERS
-from ._sources import (
+from .._exceptions import InvalidParameterError
+from .solvers import SOLVERS
+from .sources import (
     Arrays,
     Source,
     aligned_rows,
@@ -39,8 +39,8 @@ from ._sources import (
     shifted,
     unpaired_pools,
 )
-from ._statistics import merge_sums, statistics
-from ._validation import as_kernel_array, as_numeric, check_values
+from .statistics import merge_sums, statistics
+from .._validation import as_kernel_array, as_numeric, check_values
 
 __all__ = ["training_data"]
 

@@ -3,7 +3,7 @@
 
 `fit` reads the data, checks what the call asks against it, runs `train` on
 copies of the weights and makes the new models; `train` prepares the problem (offsets, sufficient statistics, objective,
-starting weights) as the solver's entry of `latentspace._solvers.SOLVERS`
+starting weights) as the solver's entry of `latentspace._training.solvers.SOLVERS`
 asks, runs the solver and, for the whitened objective, puts the result in the
 agreement-ordered, weighted basis of the closed form.
 """
@@ -16,27 +16,27 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._cca import (
+from .cca import (
     canonicalise,
     fit_cca,
     fit_to_frozen,
     least_squares_inverse,
     pair_maps,
 )
-from ._exceptions import (
+from .._exceptions import (
     ConvergenceWarning,
     DimensionWarning,
     InvalidParameterError,
     TrainingDivergedError,
 )
-from ._config import TrainingResult
-from ._data import training_data
-from ._losses import MomentObjective, sample_scale
-from ._model import make_model, xavier
-from ._monitor import Monitor, check_progress_available
-from ._solvers import SOLVERS
-from ._threads import scipy_blas_single_threaded
-from ._validation import check_frozen
+from .config import TrainingResult
+from .data import training_data
+from .losses import MomentObjective, sample_scale
+from .._model import make_model, xavier
+from .._monitor import Monitor, check_progress_available
+from .solvers import SOLVERS
+from .._threads import scipy_blas_single_threaded
+from .._validation import check_frozen
 
 __all__ = ["Fit", "Outcome", "Problem", "fit", "train"]
 
@@ -186,7 +186,7 @@ def train(source, offsets, projections, reconstructions, config, monitor_args,
     Parameters
     ----------
     source : training data
-        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._data`).
+        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._training.data`).
     offsets : list of (d_m,) ndarray or None
         The models' current offsets.
     projections, reconstructions : lists of ndarray

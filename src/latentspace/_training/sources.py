@@ -3,7 +3,7 @@
 
 Checks of model names, alignment, masks of observed samples and unpaired
 rows; `checked_sums`, the statistics of a chunk with its values checked;
-`Source`, the base of the sources of `latentspace._data.training_data`; and
+`Source`, the base of the sources of `latentspace._training.data.training_data`; and
 `Arrays`, the source of a mapping of array-likes (NumPy arrays,
 memory-mapped files), read a chunk of rows at a time.
 """
@@ -12,9 +12,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._exceptions import InvalidParameterError
-from ._statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, statistics
-from ._validation import (
+from .._exceptions import InvalidParameterError
+from .statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, statistics
+from .._validation import (
     BLAS_INT_MAX,
     as_kernel_array,
     as_numeric,

@@ -37,10 +37,10 @@ import zipfile
 
 import numpy as np
 
-from ._archive import write_atomically
-from ._exceptions import SpaceFileError
-from ._model import make_model
-from ._version import __version__
+from .archive import write_atomically
+from .._exceptions import SpaceFileError
+from .._model import make_model
+from .._version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "load", "save"]
 

@@ -55,14 +55,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._exceptions import InvalidParameterError
-from ._blocks import is_rows, unit_latent_blocks, unit_latents
-from ._index import GalleryIndex, check_callback
-from ._scoring import METHODS, SearchResult, check_method, neighbourhood
-from ._validation import check_int
+from .._exceptions import InvalidParameterError
+from .blocks import is_rows, unit_latent_blocks, unit_latents
+from .exact_index import GalleryIndex, check_callback
+from .scoring import METHODS, SearchResult, check_method, neighbourhood
+from .._validation import check_int
 
 if TYPE_CHECKING:
-    from ._space import LatentSpace
+    from .._space import LatentSpace
 
 __all__ = ["KINDS", "FaissIndex"]
 

@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from ._exceptions import SpaceFileError
+from .._exceptions import SpaceFileError
 
 __all__ = [
     "MAX_HEADER_BYTES",
