@@ -471,6 +471,6 @@ def test_dask_project_errors(client, fitted):
     bad = x.copy()
     bad[173, 4] = np.nan
     lazy = fitted.translate("m0", "m1", da.from_array(bad, chunks=50))  # not yet
-    message = "features for model 'm0': row 173 of the features contains NaN or Inf"
+    message = "features for model 'm0' contains NaN or Inf (first in row 173)"
     with pytest.raises(ValueError, match=re.escape(message)):
         lazy.compute()

@@ -146,9 +146,9 @@ def refusal(x, what, name, dtype, first_row=0):
     """
     bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
     if bad.any():
+        row = first_row + int(np.flatnonzero(bad)[0])
         return InvalidParameterError(
-            f"{what} for model {name!r}: row {first_row + int(np.flatnonzero(bad)[0])} "
-            f"of the {what} contains NaN or Inf"
+            f"{what} for model {name!r} contains NaN or Inf (first in row {row})"
         )
     return InvalidParameterError(
         f"{what} for model {name!r}: the result overflowed "
