@@ -350,21 +350,26 @@ def test_dask_training_with_observed_masks(client, solver, lazy_masks):
     assert_same_space(space, expected, TOL[np.dtype(np.float64)])
 
 
-def test_dask_blocks_of_any_rows(client, monkeypatch):
-    """Models in different row blocks, each block read a few rows at a time."""
-    import latentspace._training.sources
+@pytest.mark.parametrize("scheduler", ["distributed", "sync"])
+def test_dask_blocks_of_any_rows(client, monkeypatch, scheduler):
+    """Models in different row blocks, each block read a few rows at a time
+    (in this process: the workers import the module unchanged)."""
+    import dask
 
-    monkeypatch.setattr(latentspace._training.sources, "CHUNK_ENTRIES", 40)  # a few rows
+    import latentspace._training.statistics
+
+    monkeypatch.setattr(latentspace._training.statistics, "CHUNK_ENTRIES", 40)  # 2 rows
     arrays = views()
     expected, _ = trained(dict(zip(NAMES, arrays)), "cca")
     lazy = [da.from_array(x, chunks=(rows, -1)) for x, rows in zip(arrays, (37, 50, 64))]
-    space, _ = trained(dict(zip(NAMES, lazy)), "cca")
-    assert_same_space(space, expected, TOL[np.dtype(np.float64)])
-    arrays[1][123, 0] = np.nan
-    lazy[1] = da.from_array(arrays[1], chunks=(50, -1))
-    message = "data for model 'm1' contains NaN or Inf (first in row 123)"
-    with pytest.raises(InvalidParameterError, match=re.escape(message)):
-        trained(dict(zip(NAMES, lazy)), "cca")
+    with dask.config.set(scheduler=scheduler):
+        space, _ = trained(dict(zip(NAMES, lazy)), "cca")
+        assert_same_space(space, expected, TOL[np.dtype(np.float64)])
+        arrays[1][123, 0] = np.nan
+        lazy[1] = da.from_array(arrays[1], chunks=(50, -1))
+        message = "data for model 'm1' contains NaN or Inf (first in row 123)"
+        with pytest.raises(InvalidParameterError, match=re.escape(message)):
+            trained(dict(zip(NAMES, lazy)), "cca")
 
 
 def test_dask_training_nan_names_model_and_row(client):

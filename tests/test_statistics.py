@@ -1,13 +1,40 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The one-pass statistics (`latentspace._training.statistics`): per observation
-pattern, merged over chunks, against per-sample sums in NumPy."""
+"""One-pass statistics (`latentspace._training.statistics`) against a plain NumPy
+computation of the same sums.
 
+Per observation pattern, merged over chunks, against per-sample sums. The
+sums are taken a chunk of rows at a time into one buffer, about a centre
+sampled from the rows: every count, mean and scatter must equal NumPy's
+float64 computation on the same values (float64 to ~1e-12 of the spread,
+float32 to its precision), across chunk boundaries, for float32 features far
+from zero (where ``E[xx'] - E[x]E[x]'`` would lose every digit), and whatever
+the source of the rows (mapping, stream, memory-mapped file, Dask array).
+"""
+
+import tracemalloc
+from types import SimpleNamespace
+
+import dask
+import dask.array as da
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
-from support import correlated, masked, random_observed, statistics_of, zero_filled
+from numpy.testing import assert_allclose, assert_array_equal
+from support import (
+    correlated,
+    dtype_params,
+    masked,
+    random_observed,
+    statistics_of,
+    zero_filled,
+)
 
+import latentspace._training.data
+import latentspace._training.sources
+import latentspace._training.statistics
+from latentspace._training.data import training_data
 from latentspace._training.gradient import _batch_moments
+from latentspace._training.sources import magnitude_bounds
+from latentspace._training.statistics import chunk_sums
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 40])
@@ -59,3 +86,196 @@ def test_statistics_of_features_far_from_zero(dtype, tol):
     assert_allclose(stats.mean, mean, rtol=1e-13, atol=tol / 100)
     cov = (both - mean).T @ (both - mean) / n
     assert_allclose(stats.gram, cov, rtol=tol, atol=tol * np.abs(cov).max())
+
+
+# -- chunked sums against NumPy --------------------------------------------------
+
+NAMES = ("a", "b")
+WIDTHS = (5, 3)
+# Error of a scatter entry (i, j) over sqrt(scatter_ii scatter_jj), and of a
+# mean over the feature's standard deviation plus its magnitude (the rounding
+# of the values themselves). Measured on data as below: at most 5e-14
+# (float64) and 2e-6 (float32, offset 1e5, 20 000 rows in one chunk).
+TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-5}
+
+
+def views(n, offset=0.0, seed=0):
+    """Two correlated views, ``offset`` added to every feature."""
+    rng = np.random.default_rng(seed)
+    shared = rng.standard_normal((n, 2))
+    return [
+        shared @ rng.standard_normal((2, d)) + rng.standard_normal((n, d))
+        + offset + rng.uniform(-1, 1, d)
+        for d in WIDTHS
+    ]
+
+
+def numpy_sums(blocks):
+    """Count, mean and scatter of the concatenated rows, in float64."""
+    X = np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
+    mean = X.mean(axis=0)
+    return len(X), mean, (X - mean).T @ (X - mean)
+
+
+def assert_sums_match(sums, blocks, dtype):
+    count, mean, scatter = numpy_sums(blocks)
+    assert sums.count == count
+    std = np.sqrt(np.diag(scatter))
+    tol = TOL[np.dtype(dtype)]
+    assert np.all(np.abs(sums.mean - mean) <= tol * (std / np.sqrt(count) + np.abs(mean)))
+    assert np.all(np.abs(sums.scatter - scatter) <= tol * np.outer(std, std))
+
+
+def chunk_rows(monkeypatch, rows):
+    """Make the statistics copy ``rows`` rows (of both views) at a time."""
+    monkeypatch.setattr(latentspace._training.statistics, "CHUNK_ENTRIES", rows * (sum(WIDTHS) + 1))
+
+
+@dtype_params
+@pytest.mark.parametrize("offset", [0.0, 1e3, 1e5], ids=["centred", "1e3", "1e5"])
+@pytest.mark.parametrize("rows", [1, 7, 250, 1000, 2000], ids=lambda r: f"{r}rows")
+def test_sums_match_numpy_across_chunks(monkeypatch, dtype, offset, rows):
+    # 1000 rows in chunks of 1 (every row a chunk), 7 (a partial last chunk),
+    # 250 (whole chunks), 1000 and 2000 (one chunk, the buffer of all rows
+    # or more).
+    blocks = [x.astype(dtype) for x in views(1000, offset)]
+    chunk_rows(monkeypatch, rows)
+    sums = chunk_sums(NAMES, blocks, None)
+    assert list(sums) == [NAMES]
+    assert sums[NAMES].mean.dtype == sums[NAMES].scatter.dtype == np.float64
+    assert_sums_match(sums[NAMES], blocks, dtype)
+
+
+def test_float32_far_from_zero_needs_the_centre():
+    # The comparison above can fail: the same sums without centring (the
+    # moments E[xx'] - E[x]E[x]' in float32) lose every digit at offset 1e3.
+    X = np.hstack(views(1000, 1e3)).astype(np.float32)
+    raw = (X.T @ X) / 1000 - np.outer(X.mean(axis=0), X.mean(axis=0))
+    _, _, scatter = numpy_sums([X])
+    std = np.sqrt(np.diag(scatter / 1000))
+    assert np.max(np.abs(raw - scatter / 1000) / np.outer(std, std)) > 1e-2
+
+
+@dtype_params
+@pytest.mark.parametrize("rows", [999, 100_000], ids=lambda r: f"{r}rows")
+def test_sums_recentre_when_the_sampled_rows_are_not_typical(monkeypatch, dtype, rows):
+    # The centre is the mean of every 1000th row of 256 000: make those rows
+    # 1000 away from the others, so that the centre is 30 standard deviations
+    # from the mean (about it, float32 would lose 3 digits): the rows are
+    # summed again about the mean.
+    blocks = [x.astype(dtype) for x in views(256_000)]
+    for x in blocks:
+        x[::1000] += 1000
+    chunk_rows(monkeypatch, rows)
+    count, mean, scatter = numpy_sums(blocks)
+    centre = np.hstack([x[::1000].mean(axis=0) for x in blocks])
+    assert np.all((mean - centre) ** 2 > 900 * np.diag(scatter) / count)
+    assert_sums_match(chunk_sums(NAMES, blocks, None)[NAMES], blocks, dtype)
+
+
+@dtype_params
+@pytest.mark.parametrize("rows", [1, 7, 1000], ids=lambda r: f"{r}rows")
+def test_sums_of_patterns_of_missing_views_match_numpy(monkeypatch, dtype, rows):
+    blocks = [x.astype(dtype) for x in views(600, 1e3)]
+    rng = np.random.default_rng(3)
+    observed = rng.random((600, 2)) < [0.7, 0.8]
+    chunk_rows(monkeypatch, rows)
+    sums = chunk_sums(NAMES, blocks, observed)
+    patterns = {(): ~observed.any(axis=1), ("a",): observed[:, 0] & ~observed[:, 1],
+                ("b",): ~observed[:, 0] & observed[:, 1], NAMES: observed.all(axis=1)}
+    assert set(sums) == set(patterns)
+    for key, rows_of in patterns.items():
+        assert sums[key].count == rows_of.sum()
+        if key:
+            assert_sums_match(
+                sums[key], [x[rows_of] for x, n in zip(blocks, NAMES) if n in key], dtype
+            )
+
+
+def test_sums_of_no_rows_are_empty():
+    assert chunk_sums(NAMES, [np.zeros((0, d)) for d in WIDTHS], None) == {}
+
+
+def test_sums_copy_one_chunk_at_a_time():
+    # 25 MB of float32 features: the statistics allocate the 16 MB buffer of
+    # a chunk and the products, not a copy of the rows.
+    blocks = [np.ones((2**19, 8), np.float32), np.zeros((2**19, 4), np.float32)]
+    tracemalloc.start()
+    try:
+        chunk_sums(["a", "b"], blocks, None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 18 * 2**20
+
+
+def test_magnitude_bounds_are_at_most_the_largest_magnitude():
+    # A model whose sums do not show a large enough magnitude is read again
+    # (`check_scale`): the bounds must never exceed the true magnitude.
+    rng = np.random.default_rng(7)
+    for scale in (1e-30, 1e-12, 1.0, 1e15):
+        for offset in (0.0, 3.0, -40.0):
+            blocks = [(rng.standard_normal((50, d)) + offset).astype(np.float32) * scale
+                      for d in WIDTHS]
+            blocks[1][:, 0] = 0.0
+            observed = rng.random((50, 2)) < 0.7
+            for mask in (None, observed):
+                sums = chunk_sums(NAMES, blocks, mask, np.float32)
+                bounds = magnitude_bounds(NAMES, WIDTHS, sums)
+                for m, name in enumerate(NAMES):
+                    rows = slice(None) if mask is None else mask[:, m]
+                    largest = np.abs(blocks[m][rows]).max(initial=0.0)
+                    assert bounds[name] <= largest
+                    if scale > 1e-30:  # squares that float32 holds: shown
+                        assert bounds[name] >= largest / 100
+
+
+# -- every source: the same statistics ----------------------------------------
+
+
+def _statistics(data, dtype):
+    models = {name: SimpleNamespace(input_dim=d) for name, d in zip(NAMES, WIDTHS)}
+    with training_data(data, models, np.dtype(dtype)) as source:
+        return source.statistics([None, None])
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Chunks of 7 rows in blocks of 3 chunks (a mapping's and Dask's)."""
+    chunk_rows(monkeypatch, 7)
+    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES", 21 * sum(WIDTHS))
+    monkeypatch.setattr(latentspace._training.data, "MERGED_PER_TASK", 3)
+
+
+@dtype_params
+def test_every_source_gives_the_statistics_of_numpy(small_blocks, tmp_path, dtype):
+    arrays = [x.astype(dtype) for x in views(500, 1e3)]
+    for name, x in zip(NAMES, arrays):
+        np.save(tmp_path / f"{name}.npy", x)
+    maps = [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in NAMES]
+    bounds = [0, 1, 60, 61, 300, 500]
+    sources = {
+        "mapping": dict(zip(NAMES, arrays)),
+        "memmap": dict(zip(NAMES, maps)),
+        "stream": [{n: x[a:b] for n, x in zip(NAMES, maps)}
+                   for a, b in zip(bounds, bounds[1:])],
+        # The Dask blocks of the two models differ (rechunked to the first's).
+        "dask": {n: da.from_array(x, chunks=(rows, -1))
+                 for n, x, rows in zip(NAMES, arrays, (45, 64))},
+    }
+    count, mean, scatter = numpy_sums(arrays)
+    gram = scatter / count
+    std = np.sqrt(np.diag(gram))
+    found = {}
+    with dask.config.set(scheduler="sync"):  # the small chunks above apply
+        for kind, data in sources.items():
+            stats = _statistics(data, dtype)
+            assert stats.n_samples == count and stats.gram.dtype == dtype, kind
+            assert np.all(np.abs(stats.mean - mean)
+                          <= TOL[np.dtype(dtype)] * (std + np.abs(mean))), kind
+            assert np.all(np.abs(stats.gram - gram)
+                          <= TOL[np.dtype(dtype)] * np.outer(std, std)), kind
+            found[kind] = stats
+    # The mapping and the memory-mapped file are summed in the same order.
+    assert_array_equal(found["memmap"].gram, found["mapping"].gram)
+    assert_array_equal(found["memmap"].mean, found["mapping"].mean)

@@ -210,18 +210,24 @@ def as_kernel_array(array, dtype, what, rows=None, first_row=0):
     return out
 
 
-def check_values(array, what, dtype, rows=None, first_row=0):
+def check_values(array, what, dtype, rows=None, first_row=0, bound=0.0):
     """Raise if the 2-D ``array`` (in the rows where the bool mask ``rows``,
     if given) holds NaN or Inf, naming the first such row (counted from
     ``first_row``), or if its largest magnitude is not zero but so small that
-    products of its values underflow ``dtype``: training would see zeros."""
+    products of its values underflow ``dtype``: training would see zeros.
+
+    ``bound``, a lower bound of that magnitude known already (from finite
+    sums of the values, whose finiteness the caller checked), spares reading
+    ``array`` if it is large enough."""
+    floor = _underflow_floor(np.dtype(dtype))
+    if bound >= floor or array.dtype.kind != "f":
+        return
     values = array if rows is None else array[rows]
-    if not values.size or values.dtype.kind != "f":
+    if not values.size:
         return
     largest = max(float(values.max()), -float(values.min()))
     if not math.isfinite(largest):
         check_finite(array, what, rows, first_row)
-    floor = _underflow_floor(np.dtype(dtype))
     if 0 < largest < floor:
         raise InvalidParameterError(
             f"{what} is at most {largest:.3g} in magnitude: too small for "

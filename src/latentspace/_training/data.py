@@ -18,6 +18,7 @@ for the solvers that visit samples. Values are checked (finite where observed)
 as they are read, so a memory-mapped file larger than memory is never loaded.
 """
 
+import functools
 import inspect
 import itertools
 from collections.abc import Iterable, Mapping
@@ -43,6 +44,9 @@ from .statistics import merge_sums, statistics
 from .._validation import as_kernel_array, as_numeric, check_values
 
 __all__ = ["training_data"]
+
+# Partial sums of Dask blocks merged by one task.
+MERGED_PER_TASK = 8
 
 
 class _Stream(Source):
@@ -140,18 +144,25 @@ class _Stream(Source):
         )
 
 
-def _dask_block_sums(names, blocks, observed, offsets, dtype, first_row, step):
-    """`chunk_sums` of one block of rows of Dask arrays, ``step`` rows at a
-    time, checked."""
+def _dask_block_sums(names, offsets, dtype, *blocks, block_info=None):
+    """`checked_sums` of one block of rows of Dask arrays (the mask of
+    observed views last, if there is one more block than ``names``), in a
+    (1, 1) object array."""
+    first_row = block_info[0]["array-location"][0][0]
     blocks = [np.asarray(block) for block in blocks]
-    sums = {}
-    for start in range(0, len(blocks[0]), step):
-        rows = slice(start, start + step)
-        mask = None if observed is None else observed[rows]
-        sums = merge_sums(sums, checked_sums(
-            names, [X[rows] for X in blocks], mask, offsets, dtype, "", first_row + start
-        ))
-    return sums
+    observed = blocks[len(names)] if len(blocks) > len(names) else None
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = checked_sums(
+        names, blocks[: len(names)], observed, offsets, dtype, "", first_row
+    )
+    return out
+
+
+def _merged(*parts):
+    """The merge of the (1, 1) object arrays of `_dask_block_sums`, in one."""
+    out = np.empty((1, 1), dtype=object)
+    out[0, 0] = functools.reduce(merge_sums, (part[0, 0] for part in parts))
+    return out
 
 
 class _DaskArrays(Source):
@@ -183,7 +194,7 @@ class _DaskArrays(Source):
 
     def _aligned_blocks(self):
         """Arrays (and mask) in blocks of whole rows, the first array's row
-        blocks (each read a chunk of rows at a time by `_dask_block_sums`)."""
+        blocks."""
         rows = self.arrays[0].chunks[0]
         arrays = [a.rechunk((rows, -1)) for a in self.arrays]
         observed = self.observed
@@ -195,31 +206,25 @@ class _DaskArrays(Source):
 
     def statistics(self, offsets):
         import dask
+        import dask.array as da
 
         arrays, observed = self._aligned_blocks()
-        parts = []
-        start = 0
-        for i, size in enumerate(arrays[0].chunks[0]):
-            mask = None if observed is None else observed.blocks[i]
-            parts.append(
-                dask.delayed(_dask_block_sums)(
-                    self.names,
-                    [a.blocks[i] for a in arrays],
-                    mask,
-                    offsets,
-                    self.dtype,
-                    start,
-                    self._chunk_rows(),
-                )
-            )
-            start += size
-        # A binary tree of exact merges: the reduction runs on the workers.
+        # One task per block of rows, which graph optimisation fuses with the
+        # tasks that make the blocks where it can (a block is not moved to
+        # another worker), then a tree of exact merges, on the workers.
+        parts = da.map_blocks(
+            functools.partial(_dask_block_sums, self.names, offsets, self.dtype),
+            *arrays, *([] if observed is None else [observed]),
+            chunks=((1,) * len(arrays[0].chunks[0]), (1,)),
+            dtype=object, meta=np.empty((0, 0), dtype=object),
+        )
+        parts = list(parts.to_delayed(optimize_graph=True).ravel())
         while len(parts) > 1:
-            merged = [
-                dask.delayed(merge_sums)(a, b) for a, b in zip(parts[::2], parts[1::2])
+            parts = [
+                dask.delayed(_merged)(*parts[i : i + MERGED_PER_TASK])
+                for i in range(0, len(parts), MERGED_PER_TASK)
             ]
-            parts = merged + ([parts[-1]] if len(parts) % 2 else [])
-        sums = merge_sums(parts[0].compute(), self._pool_sums(offsets))
+        sums = merge_sums(parts[0].compute()[0, 0], self._pool_sums(offsets))
         stats = statistics(self.names, self.widths, self.dtype, sums)
         check_counts(self.names, stats.counts)
         return stats

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._exceptions import InvalidParameterError
-from .statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, statistics
+from .statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, slices, statistics
 from .._validation import (
     BLAS_INT_MAX,
     as_kernel_array,
@@ -31,11 +31,18 @@ __all__ = [
     "check_model_count",
     "checked_sums",
     "is_dask_array",
+    "magnitude_bounds",
     "masks",
     "model_names",
     "shifted",
     "unpaired_pools",
 ]
+
+# Entries (rows x D) of the blocks of a mapping's rows summed at once (each
+# a chunk of CHUNK_ENTRIES at a time), then merged: it bounds the memory of
+# the row indices of the patterns of missing views and of the rows of a model
+# that `check_values` reads.
+BLOCK_ENTRIES = 2**25
 
 
 def is_dask_array(value):
@@ -182,7 +189,7 @@ class Source:
     def _pool_sums(self, offsets):
         """Per-pattern `Sums` of the unpaired rows: one pattern per model."""
         sums = {}
-        step = self._chunk_rows()
+        step = self._block_rows()
         for m, pool in self.pools.items():
             where = " (unpaired rows)"
             for start in range(0, len(pool), step):
@@ -218,8 +225,8 @@ class Source:
             at += len(rows)
         return out, mask
 
-    def _chunk_rows(self):
-        return max(1, CHUNK_ENTRIES // sum(self.widths))
+    def _block_rows(self):
+        return max(1, BLOCK_ENTRIES // sum(self.widths))
 
     def __enter__(self):
         return self
@@ -286,7 +293,7 @@ class Arrays(Source):
 
     def statistics(self, offsets):
         sums = self._pool_sums(offsets)
-        step = self._chunk_rows()
+        step = self._block_rows()
         for start in range(0, self.n_samples, step):
             rows = slice(start, start + step)
             blocks = [array[rows] for array in self.arrays]
@@ -319,20 +326,53 @@ def shifted(blocks, observed, offsets):
 
 
 def checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
-    """`chunk_sums` of a chunk, its values checked where observed: a value
-    that ``dtype`` cannot hold is named (found by converting the chunk if it
-    is of a wider dtype), as is the first row with NaN or Inf if the sums
-    are not finite (without one, the features overflow the dtype, which the
-    solvers report), and features too small for ``dtype``."""
-    sums = chunk_sums(names, blocks, observed, offsets, dtype)
+    """`chunk_sums` of some rows less ``offsets`` (a model's None: nothing),
+    their values checked where observed: a value that ``dtype`` cannot hold
+    is named (found by converting the rows, a chunk at a time, if they are of
+    a wider dtype), as is the first row with NaN or Inf if the sums are not
+    finite (without one, the features overflow the dtype, which the solvers
+    report), and features too small for ``dtype`` (read only if the sums do
+    not show a magnitude large enough)."""
+    sums = chunk_sums(names, blocks, observed, dtype)
     finite = all(np.isfinite(s.scatter.diagonal()).all() for s in sums.values())
+    widths = [block.shape[1] for block in blocks]
+    bounds = magnitude_bounds(names, widths, sums)
+    step = max(1, CHUNK_ENTRIES // sum(widths))
     for m, (name, block) in enumerate(zip(names, blocks)):
         what = f"data for model {name!r}{where}"
         mask = None if observed is None else observed[:, m]
         narrowing = block.dtype.kind == "f" and block.dtype.itemsize > dtype.itemsize
-        if narrowing or not finite:
-            checked = as_kernel_array(block, dtype, what, mask, first_row)
+        for start in range(0, len(block), step) if narrowing or not finite else ():
+            rows = slice(start, start + step)
+            part = None if mask is None else mask[rows]
+            checked = as_kernel_array(block[rows], dtype, what, part, first_row + start)
             if not finite:
-                check_finite(checked, what, mask, first_row)
-        check_values(block, what, dtype, mask, first_row)
+                check_finite(checked, what, part, first_row + start)
+        check_values(block, what, dtype, mask, first_row, bounds[name])
+    index = {name: m for m, name in enumerate(names)}
+    for key, value in sums.items():
+        shifts = [offsets[index[name]] for name in key]
+        if any(shift is not None for shift in shifts):
+            sums[key] = value._replace(mean=value.mean - np.concatenate([
+                np.zeros(widths[index[name]]) if shift is None else shift
+                for name, shift in zip(key, shifts)
+            ]))
     return sums
+
+
+def magnitude_bounds(names, widths, sums):
+    """Model name to a lower bound of the largest magnitude of its features
+    in the rows of ``sums``: a quarter of the largest ``|mean|`` or standard
+    deviation of a feature. Each is at most that magnitude; as summed about a
+    rounded centre, the mean at most three times it, the deviation twice; not
+    finite, they give 0."""
+    bounds = dict.fromkeys(names, 0.0)
+    index = {name: m for m, name in enumerate(names)}
+    for key, value in sums.items():
+        if not key:
+            continue
+        spread = np.sqrt(np.maximum(value.scatter.diagonal(), 0) / value.count)
+        lower = np.maximum(np.abs(value.mean), spread) / 4
+        for name, cols in zip(key, slices([widths[index[name]] for name in key])):
+            bounds[name] = max(bounds[name], float(lower[cols].max()))
+    return bounds

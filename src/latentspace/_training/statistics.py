@@ -79,60 +79,69 @@ _CENTRE_ROWS = 256
 
 
 def _sums(columns, rows, dtype):
-    """The `Sums` of some rows of feature blocks, in one copy and one product.
+    """The `Sums` of some rows of feature blocks, a few thousand rows at a time.
 
     The features are copied next to a column of ones, less a provisional
-    centre ``c`` (the mean of a few hundred rows spread over the chunk), and
-    one symmetric product ``Y.T @ Y`` of that ``(rows, w + 1)`` matrix gives
-    the scatter about ``c``, the sums of ``x - c`` and the count at once. The
-    scatter about the exact mean is then ``Y.T Y - rows * outer(e, e)`` with
-    ``e = mean(x) - c`` small: no ``E[xx'] - E[x]E[x]'`` cancellation, which
-    float32 features far from zero would not survive. If ``e`` is not small
-    next to the spread of a feature (the sampled rows were not typical), the
-    copy is re-centred on the mean and the product taken again.
+    centre ``c`` (the mean of a few hundred rows spread over all of them),
+    ``CHUNK_ENTRIES`` at a time into one buffer, and one symmetric product
+    ``Y.T @ Y`` of every copy, summed in float64, gives the scatter about
+    ``c``, the sums of ``x - c`` and the count at once. The scatter about the
+    exact mean is then ``Y.T Y - count * outer(e, e)`` with ``e = mean(x) - c``
+    small: no ``E[xx'] - E[x]E[x]'`` cancellation, which float32 features far
+    from zero would not survive. If ``e`` is not small next to the spread of a
+    feature (the sampled rows were not typical), the rows are summed again
+    about the mean.
 
     Parameters
     ----------
     columns : list of (n, d) ndarray
         Real numbers, of any dtype that casts to ``dtype``.
     rows : slice or (r,) int ndarray
-        The rows of ``columns`` to summarise.
+        The rows of ``columns`` to summarise (any number: the memory used is
+        one copy of ``CHUNK_ENTRIES`` entries).
     dtype : dtype
-        Of the copy and the product.
+        Of the copy and the products.
     """
-    parts = [X[rows] for X in columns]
-    count = len(parts[0])
-    width = sum(X.shape[1] for X in parts)
-    Y = np.empty((count, width + 1), dtype)
-    Y[:, width] = 1
-    step = max(1, count // _CENTRE_ROWS)
+    if isinstance(rows, slice):
+        rows = range(len(columns[0]))[rows]
+    count = len(rows)
+    width = sum(X.shape[1] for X in columns)
     # The centre as subtracted, rounded to the dtype.
+    sample = rows[:: max(1, count // _CENTRE_ROWS)]
     centre = np.concatenate(
-        [X[::step].mean(axis=0, dtype=np.float64) for X in parts]
+        [X[sample].mean(axis=0, dtype=np.float64) for X in columns]
     ).astype(dtype)
-    at = 0
-    for X in parts:
-        d = X.shape[1]
-        np.subtract(X, centre[at : at + d], out=Y[:, at : at + d],
-                    casting="same_kind")
-        at += d
-    centre = centre.astype(np.float64)
+    step = max(1, CHUNK_ENTRIES // (width + 1))
+    Y = np.empty((min(count, step), width + 1), dtype)
+    Y[:, width] = 1
+    product = np.empty((width + 1, width + 1), dtype)
+    total = np.empty((width + 1, width + 1))
     for attempt in range(2):
-        # Y.T @ Y (NumPy calls syrk for a product with its transpose)
-        product = (Y.T @ Y).astype(np.float64)
-        excess = product[width, :width] / count  # mean(x) - centre
-        scatter = product[:width, :width] - np.outer(excess, excess * count)
+        total[:] = 0
+        for start in range(0, count, step):
+            taken = rows[start : start + step]
+            copy = Y[: len(taken)]
+            if isinstance(taken, range):  # a view, not a copy
+                taken = slice(taken.start, taken.stop, taken.step)
+            at = 0
+            for X in columns:
+                d = X.shape[1]
+                np.subtract(X[taken], centre[at : at + d], out=copy[:, at : at + d],
+                            casting="same_kind")
+                at += d
+            # copy.T @ copy (NumPy calls syrk for a product with its transpose)
+            total += np.matmul(copy.T, copy, out=product)
+        excess = total[width, :width] / count  # mean(x) - centre
+        scatter = total[:width, :width] - np.outer(excess, excess * count)
         spread = np.diag(scatter) / count
         if attempt or np.all(excess * excess <= spread) or not np.isfinite(spread).all():
             break
-        shift = excess.astype(dtype)
-        Y[:, :width] -= shift
-        centre += shift
-    return Sums(count, centre + excess, scatter)
+        centre = (centre + excess).astype(dtype)
+    return Sums(count, centre.astype(np.float64) + excess, scatter)
 
 
-def chunk_sums(names, blocks, observed, offsets, dtype=None):
-    """Per-pattern `Sums` of one chunk of aligned rows.
+def chunk_sums(names, blocks, observed, dtype=None):
+    """Per-pattern `Sums` of aligned rows (any number: see `_sums`).
 
     Parameters
     ----------
@@ -143,8 +152,6 @@ def chunk_sums(names, blocks, observed, offsets, dtype=None):
         finite makes the `Sums` of its pattern not finite.
     observed : (rows, M) bool ndarray or None
         Which model observed which row (None: every model every row).
-    offsets : sequence of (d_m,) ndarray or None, optional
-        Subtracted from every model's features (None: nothing).
     dtype : floating dtype, optional
         Of the products (default that of the first block).
 
@@ -153,8 +160,10 @@ def chunk_sums(names, blocks, observed, offsets, dtype=None):
     dict
         Tuple of the names of a pattern's models to the `Sums` of the rows
         with that pattern over their concatenated features; rows observed by
-        no model count under the empty tuple.
+        no model count under the empty tuple. Empty if there are no rows.
     """
+    if not len(blocks[0]):
+        return {}
     if observed is None:
         groups = [(tuple(range(len(names))), slice(None))]
     else:
@@ -171,15 +180,7 @@ def chunk_sums(names, blocks, observed, offsets, dtype=None):
         if not members:
             out[key] = Sums(len(taken), np.zeros(0), np.zeros((0, 0)))
             continue
-        sums = _sums([blocks[m] for m in members], taken, dtype)
-        shift = [None if offsets is None else offsets[m] for m in members]
-        if any(s is not None for s in shift):
-            shift = np.concatenate([
-                np.zeros(blocks[m].shape[1]) if s is None else s
-                for m, s in zip(members, shift)
-            ])
-            sums = sums._replace(mean=sums.mean - shift)
-        out[key] = sums
+        out[key] = _sums([blocks[m] for m in members], taken, dtype)
     return out
 
 
