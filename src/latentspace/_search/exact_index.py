@@ -188,36 +188,52 @@ class GalleryIndex:
 
     # ----------------------------------------------------------- save, load
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, *, key: bytes | None = None) -> None:
         """Write the index to one file at ``path``, atomically.
 
         The file holds the gallery's latents (or the FAISS index), the
         reference statistics of CSLS and the weights of the space the index
-        was built with, with a SHA-256 checksum over all of it: `load` needs
-        no space. Keep it next to the space it was built from.
+        was built with, with a SHA-256 checksum over all of it (an
+        HMAC-SHA256 signature with a ``key``, as `LatentSpace.save`): `load`
+        needs no space. Keep it next to the space it was built from.
 
         Parameters
         ----------
         path : str or os.PathLike
+        key : bytes, optional
+            Sign the file under this secret key (see docs/reliability.md).
         """
         from .._files import index_file
 
-        index_file.save(self, path)
+        index_file.save(self, path, key)
 
     @staticmethod
-    def load(path: Path) -> GalleryIndex:
+    def load(path: Path, *, key: bytes | None = None) -> GalleryIndex:
         """Read an index written by `save` (a `GalleryIndex` or a
         `latentspace.FaissIndex`, as saved).
+
+        The file is treated as untrusted (see docs/reliability.md): FAISS
+        parses its index only after the checksum matched, and a plain
+        checksum can be recomputed by whoever edits the file, so load a
+        FAISS index from a source you do not trust only if it is signed.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A regular file.
+        key : bytes, optional
+            The key the file was signed with; required for a signed file,
+            and a file without a signature is then refused.
 
         Raises
         ------
         SpaceFileError
-            A ``ValueError``: the file is truncated, corrupted, edited or
-            not a saved index.
+            A ``ValueError``: the file is truncated, corrupted, edited, not
+            a saved index, or its signature does not match ``key``.
         """
         from .._files import index_file
 
-        return index_file.load(path, GalleryIndex._backends)
+        return index_file.load(path, GalleryIndex._backends, key)
 
     # ---------------------------------------------------------------- search
 

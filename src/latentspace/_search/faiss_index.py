@@ -194,6 +194,14 @@ class FaissIndex(GalleryIndex):
 
     # ---------------------------------------------------------------- build
 
+    def _restore(self, kind, options, references, faiss_index):
+        """Complete a loaded index (after `_setup`) with what its file holds;
+        its kind and options are checked as when an index is built."""
+        self.options = check_options(kind, options, faiss_index.ntotal)
+        self.kind = kind
+        self._sources = tuple(references)
+        self.faiss_index = faiss_index
+
     def _build_faiss(self, faiss, gallery, options, references, callback):
         if is_rows(gallery):
             self._check_gallery(gallery, False)
