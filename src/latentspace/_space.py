@@ -14,15 +14,10 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from ._training.config import (
     TrainingResult,
-    check_objective,
-    check_regularization,
     resolve_config,
 )
-from ._training.losses import whitened_loss
 from ._training.matching import matched_data
-from ._training.objective import mean_loss
-from ._training.fitting import INTERRUPTED, fit
-from ._training.data import training_data
+from ._training.fitting import INTERRUPTED, evaluate_loss, fit
 from ._training.sources import is_dask_array
 from ._exceptions import InvalidParameterError
 from ._model import (
@@ -36,7 +31,6 @@ from ._model import (
 from ._validation import (
     as_rows,
     check_out,
-    check_alignment_weight,
     check_dim,
     check_dtype,
     check_name,
@@ -323,22 +317,8 @@ class LatentSpace:
         -------
         float
         """
-        w = check_alignment_weight(alignment_weight)
-        check_objective(objective)
-        models = self._snapshot.models
-        with training_data(
-            data, models, self._dtype, observed=observed,
-            min_models=1 if objective == "reference" else 2,
-        ) as source:
-            names = source.names
-            offsets = [models[n].offset for n in names]
-            Ps = [models[n].projection for n in names]
-            Rs = [models[n].reconstruction for n in names]
-            if objective == "whitened":
-                return whitened_loss(source.statistics(offsets), Ps, Rs, w,
-                                     check_regularization(regularization))
-            blocks, mask = source.samples(offsets)
-        return mean_loss(blocks, Ps, Rs, w, mask)
+        return evaluate_loss(self._snapshot.models, self._dtype, data,
+                             alignment_weight, observed, objective, regularization)
 
     def train_projections(
         self,

@@ -29,16 +29,17 @@ from .._exceptions import (
     InvalidParameterError,
     TrainingDivergedError,
 )
-from .config import TrainingResult
+from .config import TrainingResult, check_objective, check_regularization
 from .data import training_data
-from .losses import MomentObjective, sample_scale
+from .losses import MomentObjective, sample_scale, whitened_loss
+from .objective import mean_loss
 from .._model import make_model, xavier
 from .._monitor import Monitor, check_progress_available
 from .solvers import SOLVERS
 from .._threads import scipy_blas_single_threaded
-from .._validation import check_frozen
+from .._validation import check_alignment_weight, check_frozen
 
-__all__ = ["Fit", "Outcome", "Problem", "fit", "train"]
+__all__ = ["Fit", "Outcome", "Problem", "evaluate_loss", "fit", "train"]
 
 INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
 
@@ -173,6 +174,26 @@ def fit(snapshot, dtype, data, config, *, observed=None, unpaired=None,
         matching=matching,
     )
     return Fit(dim, start, trained, names, rng, outcome.pair_maps, result)
+
+
+def evaluate_loss(models, dtype, data, alignment_weight, observed, objective,
+                  regularization):
+    """`LatentSpace.loss` of ``models`` (a snapshot's) of ``dtype``."""
+    w = check_alignment_weight(alignment_weight)
+    check_objective(objective)
+    with training_data(
+        data, models, dtype, observed=observed,
+        min_models=1 if objective == "reference" else 2,
+    ) as source:
+        names = source.names
+        offsets = [models[n].offset for n in names]
+        Ps = [models[n].projection for n in names]
+        Rs = [models[n].reconstruction for n in names]
+        if objective == "whitened":
+            return whitened_loss(source.statistics(offsets), Ps, Rs, w,
+                                 check_regularization(regularization))
+        blocks, mask = source.samples(offsets)
+    return mean_loss(blocks, Ps, Rs, w, mask)
 
 
 def _finite(arrays):
