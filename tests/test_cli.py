@@ -715,7 +715,6 @@ def test_info_calls_crafted_files_invalid(trained, capsys):
 
 @pytest.fixture
 def corpus(trained):
-    rng = np.random.default_rng(7)
     a, b = _aligned(300, seed=3)
     np.save(trained / "corpus_b.npy", b.astype(np.float64))
     np.save(trained / "queries_a.npy", a[-50:])

@@ -217,7 +217,7 @@ def reference_missing_cca(Xs, observed, k, regularization):
     directions of unit observed variance."""
     shared = observed.sum(axis=1) > 1
     Xs, observed = [X[shared] for X in Xs], observed[shared]
-    n, M = len(Xs[0]), len(Xs)
+    M = len(Xs)
     counts = observed.sum(axis=0)
     size = np.maximum(observed.sum(axis=1), 1)
     mus = [X[o].mean(axis=0) for X, o in zip(Xs, observed.T)]
