@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""One training run, from validated inputs to the models to publish.
+"""One training call, from its inputs to the models to publish.
 
 `fit` reads the data, checks what the call asks against it, runs `train` on
-copies of the weights and makes the new models; `train` prepares the problem (offsets, sufficient statistics, objective,
-starting weights) as the solver's entry of `latentspace._training.solvers.SOLVERS`
-asks, runs the solver and, for the whitened objective, puts the result in the
-agreement-ordered, weighted basis of the closed form.
+copies of the weights and makes the new models. `train` prepares the problem
+(offsets, sufficient statistics, objective, starting weights) as the solver's
+entry of `latentspace._training.solvers.SOLVERS` asks, runs the solver and,
+for the whitened objective, puts the result in the agreement-ordered,
+weighted basis of the closed form. `evaluate_loss` is `LatentSpace.loss`.
 """
 
 import copy
@@ -45,7 +46,7 @@ INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
 
 
 class Fit(NamedTuple):
-    """The result of `fit`: what a space publishes (`Snapshot.published`)."""
+    """The result of `fit`: what a space publishes (`latentspace._model.published`)."""
 
     dim: int
     start: dict  # name -> Model: the models training started from
@@ -85,7 +86,6 @@ class Problem(NamedTuple):
     config: object
     frozen: tuple  # per model: whether its weights stay
     entries: int  # of the largest matrix multiplied (see `_threads`)
-
 
 
 def fit(snapshot, dtype, data, config, *, observed=None, unpaired=None,
