@@ -18,7 +18,6 @@ from ._training.config import (
 )
 from ._training.matching import matched_data
 from ._training.fitting import INTERRUPTED, evaluate_loss, fit
-from ._training.sources import is_dask_array
 from ._exceptions import InvalidParameterError
 from ._model import (
     Snapshot,
@@ -30,6 +29,7 @@ from ._model import (
 )
 from ._validation import (
     as_rows,
+    is_dask_array,
     check_out,
     check_dim,
     check_dtype,

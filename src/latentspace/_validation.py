@@ -24,8 +24,9 @@ __all__ = [
     "check_dtype",
     "check_name",
     "check_out",
-    "check_values",
     "check_seed",
+    "check_values",
+    "is_dask_array",
     "unknown_model",
 ]
 
@@ -57,6 +58,11 @@ def check_float(name, value, *, positive):
         allowed = "finite and > 0" if positive else "finite and >= 0"
         raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+def is_dask_array(value):
+    """Whether ``value`` is a Dask array (without importing Dask)."""
+    return type(value).__module__.startswith("dask.") and hasattr(value, "chunks")
 
 
 def check_dtype(dtype):

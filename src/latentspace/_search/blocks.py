@@ -9,10 +9,9 @@ one block and the result only.
 
 import numpy as np
 
-from .._training.sources import is_dask_array
 from .._exceptions import InvalidParameterError
 from .._model import lookup, refusal
-from .._validation import as_kernel_array, as_numeric, as_rows
+from .._validation import as_kernel_array, as_numeric, as_rows, is_dask_array
 
 __all__ = [
     "BLOCK_BYTES",

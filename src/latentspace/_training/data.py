@@ -34,14 +34,13 @@ from .sources import (
     check_counts,
     check_model_count,
     checked_sums,
-    is_dask_array,
     masks,
     model_names,
     shifted,
     unpaired_pools,
 )
 from .statistics import merge_sums, statistics
-from .._validation import as_kernel_array, as_numeric, check_values
+from .._validation import as_kernel_array, as_numeric, check_values, is_dask_array
 
 __all__ = ["training_data"]
 

@@ -20,6 +20,7 @@ from .._validation import (
     as_numeric,
     check_finite,
     check_values,
+    is_dask_array,
     unknown_model,
 )
 
@@ -30,7 +31,6 @@ __all__ = [
     "check_counts",
     "check_model_count",
     "checked_sums",
-    "is_dask_array",
     "magnitude_bounds",
     "masks",
     "model_names",
@@ -43,11 +43,6 @@ __all__ = [
 # the row indices of the patterns of missing views and of the rows of a model
 # that `check_values` reads.
 BLOCK_ENTRIES = 2**25
-
-
-def is_dask_array(value):
-    """Whether ``value`` is a Dask array (without importing Dask)."""
-    return type(value).__module__.startswith("dask.") and hasattr(value, "chunks")
 
 
 def check_model_count(data, min_models):
