@@ -612,6 +612,43 @@ def test_pictures_without_matplotlib_fail_before_training(files, capsys, monkeyp
     assert not os.path.exists(files / "s.npz")
 
 
+def test_signed_files_with_a_key_file(files, capsys):
+    """--key-file signs what train and index write, and the commands that
+    read those files need it (and refuse a wrong one) in one line."""
+    key = files / "key.bin"
+    key.write_bytes(bytes(range(32)))
+    data = [f"a={files / 'a.npy'}", f"b={files / 'b.npz'}"]
+    space, index = str(files / "signed.npz"), str(files / "signed.index")
+    assert main(["train", space, *data, "--dim", "4", "-q", "--key-file", str(key)]) == 0
+    assert LatentSpace.load(space, key=bytes(range(32))).models == {"a": 6, "b": 9}
+    assert main(["project", space, "a", str(files / "a.npy"), "-o",
+                 str(files / "z.npy"), "--key-file", str(key)]) == 0
+    np.testing.assert_array_equal(
+        np.load(files / "z.npy"),
+        LatentSpace.load(space, key=bytes(range(32))).project("a", np.load(files / "a.npy")),
+    )
+    assert main(["info", space, "--key-file", str(key)]) == 0
+    assert main(["index", space, f"b={files / 'b.npz'}", "-o", index, "-q",
+                 "--key-file", str(key)]) == 0
+    assert main(["query", index, f"a={files / 'a.npy'}", "--show", "1",
+                 "--key-file", str(key)]) == 0
+    capsys.readouterr()
+    err = _error(capsys, ["project", space, "a", str(files / "a.npy"), "-o",
+                          str(files / "z2.npy")])
+    assert "signed with a key" in err
+    err = _error(capsys, ["query", index, f"a={files / 'a.npy'}"])
+    assert "signed with a key" in err
+    wrong = files / "wrong.bin"
+    wrong.write_bytes(b"w" * 32)
+    err = _error(capsys, ["info", space, "--key-file", str(wrong)])
+    assert "signature mismatch" in err
+    (files / "empty.bin").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        main(["info", space, "--key-file", str(files / "empty.bin")])
+    assert exc.value.code == 2
+    assert "is empty" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ reliability
 
 
