@@ -6,7 +6,7 @@
 - Training on the whitened objective does not depend on the scale of the start
   (the objectives themselves: test_losses.py).
 - "lbfgs", "minibatch" and the whitened "sgd" against references.
-- Early stopping, callback, progress bar, BLAS thread limits, refused input.
+- Early stopping, callback, progress bar, refused input.
 """
 
 import sys
@@ -615,66 +615,7 @@ def test_progress_without_tqdm_fails_before_any_work(monkeypatch):
     assert_unchanged(space, before)
 
 
-# --------------------------------------------------------- threads, refused input
-
-
-@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
-def test_blas_thread_limits_are_restored_after_concurrent_training():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    from concurrent.futures import ThreadPoolExecutor
-
-    before = [info["num_threads"] for info in threadpoolctl.threadpool_info()]
-    Xs = correlated((6, 5), 200, seed=31)
-
-    def fit(solver):
-        return trained((6, 5), 3, Xs, solver=solver, n_epochs=20)[2].final_loss
-
-    solvers = ["cca", "lbfgs", "sgd"]
-    with ThreadPoolExecutor(4) as pool:
-        losses = list(pool.map(fit, solvers * 3))
-    for i in range(3):
-        assert losses[i::3] == [losses[i]] * 3, solvers[i]
-    assert [info["num_threads"] for info in threadpoolctl.threadpool_info()] == before
-
-
-def test_blas_limits_of_overlapping_trainings_are_restored_in_any_order():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    import threading
-
-    from latentspace._threads import blas_single_threaded
-
-    def threads():
-        # NumPy's and SciPy's BLAS (FAISS, if a test loaded it, brings its own).
-        return [info["num_threads"] for info in threadpoolctl.threadpool_info()
-                if info["user_api"] == "blas"
-                and ("numpy" in info["filepath"] or "scipy" in info["filepath"])]
-
-    before = threads()
-    first_in, second_in, first_out = (threading.Event() for _ in range(3))
-    seen = {}
-
-    def first():
-        with blas_single_threaded():
-            first_in.set()
-            second_in.wait(10)
-        first_out.set()
-
-    def second():
-        first_in.wait(10)
-        with blas_single_threaded():
-            second_in.set()
-            first_out.wait(10)
-            seen["while the second trains"] = threads()
-
-    workers = [threading.Thread(target=f) for f in (first, second)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    # The first opened first and closed first: the limit held until the
-    # second closed, and then the original numbers came back.
-    assert seen["while the second trains"] == [1] * len(before)
-    assert threads() == before
+# ---------------------------------------------------------------- refused input
 
 
 @pytest.mark.parametrize("n", [1, 2])
