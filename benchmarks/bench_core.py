@@ -18,7 +18,10 @@ contender once, so that a change in the machine's load hits all alike):
    and written once) at three rates measured in the same rounds: a STREAM-like
    copy and an in-place update of as many bytes, and a single-vector gemv of
    a matrix that stays in L2.
-2. `LatentSpace.project` of one vector against NumPy's ``x @ P``, with
+2. The fixed cost of a training call: a 1-epoch `train_projections` with
+   solver="sgd" at the Go package tests' size (3+5 -> 4, 200 samples), against
+   the epoch it runs, and what each of its steps costs alone.
+3. `LatentSpace.project` of one vector against NumPy's ``x @ P``, with
    NumPy's BLAS on its default threads and on one thread, timed in
    interleaved rounds; plus the cost of a call at (4, 4), and the ratio that
    this call overhead alone would allow at each size.
@@ -35,7 +38,10 @@ from scipy.linalg import blas
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import latentspace
-from latentspace import _sgd
+from latentspace._training import sgd as _sgd
+from latentspace._training.data import training_data
+from latentspace._model import make_model
+from latentspace._training.objective import ReferenceLoss
 from latentspace._kernels.sgd import sgd_avx
 
 
@@ -119,7 +125,8 @@ def _sgd_case(widths, k, n, epochs, dtype, repeats, clock):
     numpy_epochs = max(1, epochs // 20)
     fns = {
         "epoch": (epoch, epochs),
-        "train": (lambda: space.train_projections(data, n_epochs=epochs), 1),
+        "train": (lambda: space.train_projections(data, solver="sgd",
+                                                  n_epochs=epochs), 1),
         "numpy": (lambda: numpy_sgd_epoch(Xs, Ps, Rs, 0.01, 1.0), numpy_epochs),
     }
     itemsize = np.dtype(dtype).itemsize
@@ -208,6 +215,58 @@ def bench_sgd(repeats, clock):
           "sample.")
 
 
+def bench_call(repeats, clock):
+    """The 1-epoch call at the Go tests' size and its steps, interleaved."""
+    rows = []
+    for dtype in (np.float64, np.float32):
+        rng = np.random.default_rng(0)
+        data = {"a": rng.standard_normal((200, 3)).astype(dtype),
+                "b": rng.standard_normal((200, 5)).astype(dtype)}
+        space = latentspace.LatentSpace(4, dtype=dtype)
+        space.register("a", 3)
+        space.register("b", 5)
+        config = latentspace.ProjectionConfig(n_epochs=1, solver="sgd")
+        weights = [space.weights(name) for name in data]
+        Ps, Rs = [w[0] for w in weights], [w[1] for w in weights]
+        blocks = list(data.values())
+        widths = np.array([3, 5], dtype=np.intp)
+        loss = ReferenceLoss(np.concatenate(blocks, axis=1), widths, 4)
+        P = np.concatenate([p.ravel() for p in Ps])
+        R = np.concatenate([r.ravel() for r in Rs])
+        models = space._snapshot.models
+
+        def validate():
+            with training_data(data, models, space.dtype) as source:
+                source.samples([None, None])
+
+        fns = {
+            "call": lambda: space.train_projections(data, config),
+            "epoch": _compiled_epoch(blocks, Ps, Rs, 0.01, 1.0),
+            "loss": lambda: loss(P, R, 1.0),
+            "validate": validate,
+            "solver": lambda: _sgd.train_sgd(blocks, Ps, Rs, config, names=["a", "b"]),
+            "models": lambda: [make_model(p, r) for p, r in zip(Ps, Rs)],
+        }
+        with threadpool_limits(1, user_api="blas"):
+            t = _rounds({label: (fn, 200) for label, fn in fns.items()}, repeats, clock)
+        med = {label: statistics.median(v) * 1e6 for label, v in t.items()}
+        ratio = statistics.median(c / e for c, e in zip(t["call"], t["epoch"]))
+        rows.append((np.dtype(dtype).name, *(med[label] for label in fns), ratio))
+    print(f"\nA 1-epoch train_projections(solver='sgd') at 3+5->4, n=200: "
+          f"microseconds,\nmedians of {repeats} interleaved rounds of 200 calls")
+    header = ("dtype", "call", "epoch", "loss", "validate", "solver", "models",
+              "call/epoch")
+    print("{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>11}".format(*header))
+    for r in rows:
+        print("{:<8} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f} {:>8.1f} {:>8.1f} {:>10.2f}x"
+              .format(*r))
+    print("epoch: the compiled epoch alone; loss: one evaluation of the reference "
+          "loss (a\ncall evaluates it before and after the epoch); validate: "
+          "reading and checking\nthe data; solver: the SGD driver (copies, two "
+          "losses, the epoch, checks);\nmodels: making the two trained models "
+          "(read-only copies, compiled maps).")
+
+
 def interleaved_medians(fns, repeats, number):
     """Median seconds per call of every ``fns`` value over ``repeats`` rounds,
     each round timing ``number`` calls of each in turn (so that a change in
@@ -273,7 +332,8 @@ def bench_project(repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["sgd", "project"], help="one table")
+    parser.add_argument("--only", choices=["sgd", "call", "project"],
+                        help="one table")
     parser.add_argument("--repeats", type=int, help="rounds (default 7, quick 3)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this thread's CPU time, which leaves out the "
@@ -297,9 +357,11 @@ def main():
         if var in os.environ:
             print(f"  {var}={os.environ[var]}")
     print(f"clock: {args.clock}")
-    if args.only != "project":
+    if args.only in (None, "sgd"):
         bench_sgd(repeats, clock)
-    if args.only != "sgd":
+    if args.only in (None, "call"):
+        bench_call(repeats, clock)
+    if args.only in (None, "project"):
         bench_project(repeats)
 
 

@@ -121,8 +121,9 @@ class LineInterrupter:
     - a ``try:`` line (a no-op before the protected block starts);
     - the first line of a ``finally:`` block (reached after the try block's
       last call, with no call in between);
-    - any line of a ``__del__`` method (Python does not propagate an
-      exception raised in a finaliser).
+    - any line run by a ``__del__`` method, its own or those of the calls
+      it makes (Python does not propagate an exception raised in a
+      finaliser).
     """
 
     def __init__(self, *roots):
@@ -139,7 +140,16 @@ class LineInterrupter:
                 if previous and not previous.startswith("#"):
                     break
             self._skipped[key] = line == "try:" or previous == "finally:"
-        return code.co_name == "__del__" or self._skipped[key]
+        return self._skipped[key]
+
+    @staticmethod
+    def _in_finaliser(frame):
+        """Whether ``frame`` runs inside a ``__del__`` method."""
+        while frame is not None:
+            if frame.f_code.co_name == "__del__":
+                return True
+            frame = frame.f_back
+        return False
 
     def _trace(self, on_line):
         def start(frame, event, arg):
@@ -151,7 +161,8 @@ class LineInterrupter:
                 lineno = frame.f_lineno
                 if event == "line" and lineno not in seen:
                     seen.add(lineno)
-                    if not self._skip(frame.f_code, lineno):
+                    if not (self._skip(frame.f_code, lineno)
+                            or self._in_finaliser(frame)):
                         on_line(frame.f_code.co_filename)
                 return local
 
@@ -226,7 +237,7 @@ def zero_filled(Xs, observed):
 def statistics_of(Xs, observed=None, chunks=1):
     """The `Statistics` of in-memory blocks (every sample observed by every
     model if ``observed`` is None), merged over ``chunks`` chunks of rows."""
-    from latentspace._statistics import chunk_sums, merge_sums, statistics
+    from latentspace._training.statistics import chunk_sums, merge_sums, statistics
 
     names = list(range(len(Xs)))
     sums = {}

@@ -16,7 +16,8 @@ import warnings
 import numpy as np
 import pytest
 
-from latentspace import LatentSpace, _io
+from latentspace import LatentSpace
+from latentspace._files import space_file
 from latentspace.cli import main
 
 
@@ -611,6 +612,43 @@ def test_pictures_without_matplotlib_fail_before_training(files, capsys, monkeyp
     assert not os.path.exists(files / "s.npz")
 
 
+def test_signed_files_with_a_key_file(files, capsys):
+    """--key-file signs what train and index write, and the commands that
+    read those files need it (and refuse a wrong one) in one line."""
+    key = files / "key.bin"
+    key.write_bytes(bytes(range(32)))
+    data = [f"a={files / 'a.npy'}", f"b={files / 'b.npz'}"]
+    space, index = str(files / "signed.npz"), str(files / "signed.index")
+    assert main(["train", space, *data, "--dim", "4", "-q", "--key-file", str(key)]) == 0
+    assert LatentSpace.load(space, key=bytes(range(32))).models == {"a": 6, "b": 9}
+    assert main(["project", space, "a", str(files / "a.npy"), "-o",
+                 str(files / "z.npy"), "--key-file", str(key)]) == 0
+    np.testing.assert_array_equal(
+        np.load(files / "z.npy"),
+        LatentSpace.load(space, key=bytes(range(32))).project("a", np.load(files / "a.npy")),
+    )
+    assert main(["info", space, "--key-file", str(key)]) == 0
+    assert main(["index", space, f"b={files / 'b.npz'}", "-o", index, "-q",
+                 "--key-file", str(key)]) == 0
+    assert main(["query", index, f"a={files / 'a.npy'}", "--show", "1",
+                 "--key-file", str(key)]) == 0
+    capsys.readouterr()
+    err = _error(capsys, ["project", space, "a", str(files / "a.npy"), "-o",
+                          str(files / "z2.npy")])
+    assert "signed with a key" in err
+    err = _error(capsys, ["query", index, f"a={files / 'a.npy'}"])
+    assert "signed with a key" in err
+    wrong = files / "wrong.bin"
+    wrong.write_bytes(b"w" * 32)
+    err = _error(capsys, ["info", space, "--key-file", str(wrong)])
+    assert "signature mismatch" in err
+    (files / "empty.bin").write_bytes(b"")
+    with pytest.raises(SystemExit) as exc:
+        main(["info", space, "--key-file", str(files / "empty.bin")])
+    assert exc.value.code == 2
+    assert "is empty" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ reliability
 
 
@@ -693,8 +731,8 @@ def test_info_calls_crafted_files_invalid(trained, capsys):
     for key, value in crafted.items():
         bad = json.loads(json.dumps(header))
         bad[key] = value
-        names = list(_io._expected_arrays(bad)) if key != "dim" else []
-        bad["checksum"]["digest"] = _io._checksum(bad, arrays, names)
+        names = list(space_file._expected_arrays(bad)) if key != "dim" else []
+        bad["checksum"]["digest"] = space_file._checksum(bad, arrays, names)
         raw = np.frombuffer(json.dumps(bad).encode(), np.uint8)
         np.savez(trained / "crafted.npz", header=raw, **arrays)
         for command in (["info"], ["info", "--json"]):
@@ -714,7 +752,6 @@ def test_info_calls_crafted_files_invalid(trained, capsys):
 
 @pytest.fixture
 def corpus(trained):
-    rng = np.random.default_rng(7)
     a, b = _aligned(300, seed=3)
     np.save(trained / "corpus_b.npy", b.astype(np.float64))
     np.save(trained / "queries_a.npy", a[-50:])

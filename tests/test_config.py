@@ -40,7 +40,7 @@ def test_config_values_out_of_range(overrides, match):
 
 
 def test_solver_names_come_from_the_registry():
-    from latentspace._solvers import SOLVERS
+    from latentspace._training.solvers import SOLVERS
 
     for name, solver in SOLVERS.items():
         assert ProjectionConfig(solver=name).solver == name

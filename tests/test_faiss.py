@@ -33,7 +33,7 @@ def test_ivf_probing_every_cell_is_exact(method):
     exact = space.index("b", gallery, references={"a": queries})
     ivf = space.index("b", gallery, backend="faiss", kind="ivf",
                       options={"nlist": 8}, references={"a": queries})
-    assert ivf.options == {"nlist": 8, "nprobe": 32, "train_size": 320, "seed": 0}
+    assert ivf.options == {"nlist": 8, "nprobe": 64, "train_size": 320, "seed": 0}
     want = exact.search("a", queries, k=10, method=method)
     got = ivf.search("a", queries, k=10, method=method, nprobe=8)
     np.testing.assert_array_equal(got.indices, want.indices)

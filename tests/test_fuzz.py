@@ -44,7 +44,7 @@ from latentspace import (
     UnknownModelError,
     metrics,
 )
-from latentspace import _io
+from latentspace._files import space_file
 from latentspace.cli import main
 
 # What a refused call may raise (InvalidParameterError, UnknownModelError and
@@ -1809,8 +1809,8 @@ def crafted_files(draw, space, directory):
             arrays = {name[:-4]: np.load(io.BytesIO(raw), allow_pickle=False)
                       for name, raw in members.items()
                       if name.endswith(".npy") and name != "header.npy"}
-            names_ = list(_io._expected_arrays(header))
-            header["checksum"]["digest"] = _io._checksum(
+            names_ = list(space_file._expected_arrays(header))
+            header["checksum"]["digest"] = space_file._checksum(
                 header, arrays, names_)
             note("re-signed")
         except Exception:  # noqa: BLE001 - a header or members too broken to sign
@@ -1838,7 +1838,7 @@ def test_crafted_files(space, data):
     directory = tempfile.mkdtemp(dir=_TMP)
     path = data.draw(crafted_files(space, directory), label="file")
     status, loaded = _refused(lambda: LatentSpace.load(path), SpaceFileError)
-    header_status, _ = _refused(lambda: _io.read_header(path), SpaceFileError)
+    header_status, _ = _refused(lambda: space_file.read_header(path), SpaceFileError)
     assert header_status == status
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):

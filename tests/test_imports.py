@@ -96,8 +96,8 @@ def cycles(graph):
 
 def test_the_graph_finds_lazy_imports():
     graph = import_graph()
-    # LatentSpace.save imports _io inside the method.
-    assert "latentspace._io" in graph["latentspace._space"]
+    # LatentSpace.save imports _files.space_file inside the method.
+    assert "latentspace._files.space_file" in graph["latentspace._space"]
     assert "latentspace._model" in graph["latentspace._space"]
 
 
@@ -114,3 +114,37 @@ def test_cycles_are_found():
 
 def test_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+# The layers of README.md's layout, bottom up: a module imports only modules
+# of its own layer or of the layers before it.
+LAYERS = [
+    ["_exceptions", "_validation", "_typing", "_threads", "_monitor", "_version"],
+    ["_kernels"],
+    ["_model"],
+    ["_training"],
+    ["_files"],
+    ["_search"],
+    ["metrics", "_dask"],
+    ["_space"],
+    ["sklearn", "_plots", "_demo", "cli", "__main__", ""],
+]
+
+
+def _layer(module):
+    """The position in `LAYERS` of a module of the package."""
+    top = module.removeprefix("latentspace").removeprefix(".").split(".")[0]
+    for position, members in enumerate(LAYERS):
+        if top in members:
+            return position
+    raise AssertionError(f"{module} is in no layer of LAYERS")
+
+
+def test_imports_run_down_the_layers():
+    upward = [
+        (module, target)
+        for module, targets in import_graph().items()
+        for target in targets
+        if _layer(target) > _layer(module)
+    ]
+    assert not upward, upward

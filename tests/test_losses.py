@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The objectives on sufficient statistics (`latentspace._losses`): values and
+"""The objectives on sufficient statistics (`latentspace._training.losses`): values and
 gradients against per-sample transcriptions (docs/maths.md §2, §4, §6), the
 whitened objective's scale invariance, frozen models' zero gradients."""
 
@@ -9,7 +9,7 @@ from numpy.testing import assert_allclose
 from reference import masked_sample_loss, sample_loss
 from support import correlated, random_observed, statistics_of, zero_filled
 
-from latentspace._losses import MomentObjective, sample_scale
+from latentspace._training.losses import MomentObjective, sample_scale
 
 
 @pytest.mark.parametrize("kind", ["reference", "whitened"])

@@ -5,7 +5,7 @@ import pytest
 
 import latentspace
 from latentspace import AlignmentNotFoundError, LatentSpace
-from latentspace import _matching
+from latentspace._training import matching
 
 
 def _views(n, widths=(24, 20), factors=8, noise=0.3, seed=0, clusters=40):
@@ -160,7 +160,7 @@ def test_refine_errors_name_the_problem_and_change_nothing(call, message):
 
 
 def test_pools_too_large_to_compare_are_refused(monkeypatch):
-    monkeypatch.setattr(_matching, "MAX_POOL_PRODUCT", 100)
+    monkeypatch.setattr(matching, "MAX_POOL_PRODUCT", 100)
     X = _views(20)
     with pytest.raises(ValueError, match=r"400 similarities, more than 100"):
         _space().train_projections(None, unpaired={"a": X[0], "b": X[1]}, refine=True)
@@ -186,11 +186,11 @@ def test_csls_neighbours_and_candidates_match_a_plain_computation():
     ZA = _unit(rng.standard_normal((90, 5))).astype(np.float32)
     ZB = _unit(rng.standard_normal((70, 5))).astype(np.float32)
     C = _csls(ZA.astype(np.float64), ZB.astype(np.float64))
-    fwd, bwd, S, r_a = _matching._csls_neighbours(ZA, ZB)
+    fwd, bwd, S, r_a = matching._csls_neighbours(ZA, ZB)
     np.testing.assert_array_equal(fwd, C.argmax(axis=1))
     np.testing.assert_array_equal(bwd, C.argmax(axis=0))
     np.testing.assert_allclose(S - r_a[:, None], C, atol=1e-5)
-    fi, bi = _matching._csls_candidates(ZA, ZB, T=20)
+    fi, bi = matching._csls_candidates(ZA, ZB, T=20)
     np.testing.assert_array_equal(fi[:, 0], C.argmax(axis=1))
     np.testing.assert_array_equal(bi[:, 0], C.argmax(axis=0))
     # Best first, among each row's 20 nearest by cosine.
@@ -202,10 +202,10 @@ def test_check_ranks_count_better_candidates_both_ways():
     rng = np.random.default_rng(7)
     ZA = _unit(rng.standard_normal((30, 4)))
     ZB = _unit(rng.standard_normal((25, 4)))
-    _, _, S, r_a = _matching._csls_neighbours(ZA, ZB)
+    _, _, S, r_a = matching._csls_neighbours(ZA, ZB)
     C = _csls(ZA, ZB)
     na, nb, n = 20, 15, 5
-    ranks = _matching._check_ranks(S, r_a, na, nb, n)
+    ranks = matching._check_ranks(S, r_a, na, nb, n)
     h = np.arange(n)
     true = C[na + h, nb + h]
     expected_ab = (C[na + h] > true[:, None]).sum(axis=1)
@@ -217,12 +217,12 @@ def test_sorted_profiles_do_not_depend_on_the_coordinates():
     rng = np.random.default_rng(8)
     Z = rng.standard_normal((300, 12))
     Q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
-    np.testing.assert_allclose(_matching._sorted_profiles(Z),
-                               _matching._sorted_profiles(Z @ Q), atol=1e-4)
+    np.testing.assert_allclose(matching._sorted_profiles(Z),
+                               matching._sorted_profiles(Z @ Q), atol=1e-4)
 
 
 def test_quadrature_preserves_dot_products_of_smooth_rows():
-    positions, weights = _matching._quadrature(1000, 256, 64)
+    positions, weights = matching._quadrature(1000, 256, 64)
     a = np.sort(np.random.default_rng(9).standard_normal(1000))
     b = np.sort(np.random.default_rng(10).standard_normal(1000))
     approx = np.sum(weights**2 * a[positions] * b[positions])

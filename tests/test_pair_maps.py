@@ -151,7 +151,7 @@ def test_save_load_and_pickle_keep_the_maps(tmp_path, dtype):
     [{"a": "a", "b": "b", "width": 2}, {"a": "b", "b": "a", "width": 2}],
 ])
 def test_crafted_pair_map_headers_are_refused(tmp_path, entry):
-    from latentspace import _io
+    from latentspace._files import space_file
 
     space = _joint()
     space.save(tmp_path / "s.npz")
@@ -159,8 +159,8 @@ def test_crafted_pair_map_headers_are_refused(tmp_path, entry):
         arrays = {name: archive[name] for name in archive.files}
     header = json.loads(arrays.pop("header").tobytes())
     header["pair_maps"] = entry
-    names = list(_io._expected_arrays({**header, "pair_maps": []}))
-    header["checksum"]["digest"] = _io._checksum(header, arrays, names)
+    names = list(space_file._expected_arrays({**header, "pair_maps": []}))
+    header["checksum"]["digest"] = space_file._checksum(header, arrays, names)
     raw = np.frombuffer(json.dumps(header).encode(), np.uint8)
     np.savez(tmp_path / "crafted.npz", header=raw, **arrays)
     with pytest.raises(SpaceFileError, match="pair.map"):

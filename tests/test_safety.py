@@ -418,8 +418,9 @@ def test_ctrl_c_at_any_line_of_training(solver, latent_dim):
     """Publishing is the last step of training: Ctrl-C on any line before it
     leaves the space as it was (weights, generator, recorded configuration)
     and says so; on a line after it, the new weights are all there and the
-    interrupt says so. Every line of `_space` and `_io`, every 20th of the
-    other modules (the solvers, which the callback tests interrupt too)."""
+    interrupt says so. Every line of `_space`, `_training.fitting`, `_model`
+    and `_files.space_file`, every 20th of the other modules (the solvers,
+    which the callback tests interrupt too)."""
     pristine = pickle.dumps(make_space(3, (4, 5), seed=3)[0])
     data = dict(zip(["m0", "m1"], random_data((4, 5), 12, seed=2)))
 
@@ -433,7 +434,8 @@ def test_ctrl_c_at_any_line_of_training(solver, latent_dim):
     interrupter = LineInterrupter(_PACKAGE)
     files = interrupter.lines(training(pickle.loads(pristine)))
     outcomes = Counter()
-    for at in interrupter.chosen(files, ("_space.py", "_io.py"), 20):
+    for at in interrupter.chosen(
+            files, ("_space.py", "fitting.py", "_model.py", "space_file.py"), 20):
         space = pickle.loads(pristine)
         before, probe = snapshot(space), _probe(space)
         exc = interrupter.run(training(space), at)

@@ -356,9 +356,9 @@ def test_dask_blocks_of_any_rows(client, monkeypatch, scheduler):
     (in this process: the workers import the module unchanged)."""
     import dask
 
-    import latentspace._statistics
+    import latentspace._training.statistics
 
-    monkeypatch.setattr(latentspace._statistics, "CHUNK_ENTRIES", 40)  # 2 rows
+    monkeypatch.setattr(latentspace._training.statistics, "CHUNK_ENTRIES", 40)  # 2 rows
     arrays = views()
     expected, _ = trained(dict(zip(NAMES, arrays)), "cca")
     lazy = [da.from_array(x, chunks=(rows, -1)) for x, rows in zip(arrays, (37, 50, 64))]
@@ -476,6 +476,6 @@ def test_dask_project_errors(client, fitted):
     bad = x.copy()
     bad[173, 4] = np.nan
     lazy = fitted.translate("m0", "m1", da.from_array(bad, chunks=50))  # not yet
-    message = "features for model 'm0': row 173 of the features contains NaN or Inf"
+    message = "features for model 'm0' contains NaN or Inf (first in row 173)"
     with pytest.raises(ValueError, match=re.escape(message)):
         lazy.compute()

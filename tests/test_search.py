@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Cross-model search (`LatentSpace.search`, `LatentSpace.index`, `_search`, `_index`, `_scoring`).
+"""Cross-model search (`LatentSpace.search`, `LatentSpace.index`, and `_search`:
+its exact index, blocks and scoring).
 
 The index tests run on every backend: the exact `GalleryIndex` and FAISS's
 flat index (`FaissIndex`), which must find the same items.
@@ -21,11 +22,10 @@ from latentspace import (
     LatentSpace,
     SearchResult,
     UnknownModelError,
-    _blocks,
     _monitor,
-    _scoring,
 )
-from latentspace._index import GalleryIndex as ExactIndex
+from latentspace._search import blocks, scoring
+from latentspace._search.exact_index import GalleryIndex as ExactIndex
 from latentspace._model import make_model
 
 # Score tolerance: FAISS computes in float32 whatever the space's dtype (and
@@ -101,7 +101,7 @@ def _assert_top(result, S, k, tol, exact_indices):
 
 def test_public_names_and_result_order():
     assert latentspace.GalleryIndex is ExactIndex
-    assert latentspace.SearchResult is _scoring.SearchResult
+    assert latentspace.SearchResult is scoring.SearchResult
     assert SearchResult._fields == ("scores", "indices")
     space = _space()
     queries, gallery = _data()
@@ -194,8 +194,8 @@ def test_small_blocks_by_memory_budget(monkeypatch):
     space = _space()
     queries, gallery = _data()
     reference = space.search("a", queries, "b", gallery, k=3)
-    monkeypatch.setattr(_scoring, "CHUNK_BYTES", 3 * 53 * 8)  # 3 rows per block
-    assert _scoring.chunk_rows(53, np.float64) == 3
+    monkeypatch.setattr(scoring, "CHUNK_BYTES", 3 * 53 * 8)  # 3 rows per block
+    assert scoring.chunk_rows(53, np.float64) == 3
     result = space.search("a", queries, "b", gallery, k=3)
     np.testing.assert_array_equal(result.indices, reference.indices)
 
@@ -427,7 +427,7 @@ def test_memory_mapped_gallery_is_read_in_blocks(backend, tmp_path, monkeypatch)
     np.save(tmp_path / "gallery.npy", gallery.astype(np.float32))
     mapped = np.load(tmp_path / "gallery.npy", mmap_mode="r")
     want = _index(space, backend, gallery, references={"a": queries})
-    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 50 * 10 * 4)  # 50 rows a block
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 50 * 10 * 4)  # 50 rows a block
     calls = []
     index = _index(space, backend, mapped, references={"a": queries},
                    callback=lambda *a: calls.append(a))
@@ -466,7 +466,7 @@ def test_bad_rows_in_a_block_name_the_row(monkeypatch):
     space = _space()
     queries, gallery = _data()
     gallery[41, 2] = np.inf
-    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 10 * 10 * 8)  # 10 rows a block
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 10 * 10 * 8)  # 10 rows a block
     with pytest.raises(ValueError, match=r"gallery for model 'b' contains NaN or "
                        r"Inf \(first in row 41\)"):
         space.index("b", gallery)
@@ -551,7 +551,7 @@ def test_index_progress_bar(capsys, monkeypatch):
     space = _space()
     gallery = _data()[1]
     calls = []
-    monkeypatch.setattr(_blocks, "BLOCK_BYTES", 20 * 10 * 8)  # 20 rows a block
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 20 * 10 * 8)  # 20 rows a block
     space.index("b", gallery, progress=True, callback=lambda *a: calls.append(a))
     assert calls == [(20, 53), (40, 53), (53, 53)]  # the callback still runs
     assert "53/53" in capsys.readouterr().err

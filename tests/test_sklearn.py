@@ -290,7 +290,9 @@ def test_convergence_warning_is_caught_by_scikit_learns_filters():
 
 def test_score_is_mean_top1_retrieval():
     views = _views()
-    model = SharedLatentSpace(**FAST).fit(views)
+    # Seeded: from some random starts the SGD of FAST aligns these views less
+    # (over 60 seeds the score ranged from 0.51 to above 0.9).
+    model = SharedLatentSpace(**FAST, random_state=0).fit(views)
     score = model.score(views)
     evaluation = model.space_.evaluate(dict(zip(model.view_names_, views)), k=1)
     assert score == pytest.approx(evaluation.mean("top1"))
@@ -322,7 +324,7 @@ def test_fitted_estimator_pickles():
 def test_grid_search_with_the_retrieval_scorer():
     views = _views(60)
     grid = GridSearchCV(
-        SharedLatentSpace(**{**FAST, "n_epochs": 20}),
+        SharedLatentSpace(**{**FAST, "n_epochs": 20}, random_state=0),
         {"alignment_weight": [0.0, 5.0]},
         scoring=retrieval_scorer(k=1),
         cv=KFold(3),

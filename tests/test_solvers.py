@@ -6,7 +6,7 @@
 - Training on the whitened objective does not depend on the scale of the start
   (the objectives themselves: test_losses.py).
 - "lbfgs", "minibatch" and the whitened "sgd" against references.
-- Early stopping, callback, progress bar, BLAS thread limits, refused input.
+- Early stopping, callback, progress bar, refused input.
 """
 
 import sys
@@ -33,7 +33,7 @@ from latentspace import (
     TrainingDivergedError,
     TrainingState,
 )
-from latentspace._losses import MomentObjective, sample_scale
+from latentspace._training.losses import MomentObjective, sample_scale
 
 TOL = {np.dtype(np.float64): 1e-9, np.dtype(np.float32): 2e-4}
 
@@ -264,7 +264,7 @@ def test_cca_redimensions_and_keeps_other_models():
 
 
 def test_canonicalising_the_closed_form_changes_nothing_but_signs():
-    from latentspace._cca import canonicalise, fit_cca
+    from latentspace._training.cca import canonicalise, fit_cca
 
     Xs = correlated((6, 5, 4), 300, seed=30)
     stats = statistics_of([X - X.mean(axis=0) for X in Xs])
@@ -402,7 +402,7 @@ def test_minibatch_steps_are_adam_on_batch_gradients():
 def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     from reference import reference_sgd
 
-    from latentspace import _sgd, _training
+    from latentspace._training import fitting, sgd
     from latentspace._monitor import Monitor
 
     widths, k, lr, w, reg = (4, 3), 2, 0.01, 1.0, 0.01
@@ -416,12 +416,12 @@ def test_whitened_sgd_epoch_is_rewhiten_then_reference_epoch():
     objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _training.Problem(
+    problem = fitting.Problem(
         ["m0", "m1"], Xs, None, None, stats, moments, objective, config, (False, False),
         entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
+        P1, R1, _ = sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []
@@ -615,66 +615,7 @@ def test_progress_without_tqdm_fails_before_any_work(monkeypatch):
     assert_unchanged(space, before)
 
 
-# --------------------------------------------------------- threads, refused input
-
-
-@pytest.mark.filterwarnings("ignore::latentspace.ConvergenceWarning")
-def test_blas_thread_limits_are_restored_after_concurrent_training():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    from concurrent.futures import ThreadPoolExecutor
-
-    before = [info["num_threads"] for info in threadpoolctl.threadpool_info()]
-    Xs = correlated((6, 5), 200, seed=31)
-
-    def fit(solver):
-        return trained((6, 5), 3, Xs, solver=solver, n_epochs=20)[2].final_loss
-
-    solvers = ["cca", "lbfgs", "sgd"]
-    with ThreadPoolExecutor(4) as pool:
-        losses = list(pool.map(fit, solvers * 3))
-    for i in range(3):
-        assert losses[i::3] == [losses[i]] * 3, solvers[i]
-    assert [info["num_threads"] for info in threadpoolctl.threadpool_info()] == before
-
-
-def test_blas_limits_of_overlapping_trainings_are_restored_in_any_order():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    import threading
-
-    from latentspace._threads import blas_single_threaded
-
-    def threads():
-        # NumPy's and SciPy's BLAS (FAISS, if a test loaded it, brings its own).
-        return [info["num_threads"] for info in threadpoolctl.threadpool_info()
-                if info["user_api"] == "blas"
-                and ("numpy" in info["filepath"] or "scipy" in info["filepath"])]
-
-    before = threads()
-    first_in, second_in, first_out = (threading.Event() for _ in range(3))
-    seen = {}
-
-    def first():
-        with blas_single_threaded():
-            first_in.set()
-            second_in.wait(10)
-        first_out.set()
-
-    def second():
-        first_in.wait(10)
-        with blas_single_threaded():
-            second_in.set()
-            first_out.wait(10)
-            seen["while the second trains"] = threads()
-
-    workers = [threading.Thread(target=f) for f in (first, second)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    # The first opened first and closed first: the limit held until the
-    # second closed, and then the original numbers came back.
-    assert seen["while the second trains"] == [1] * len(before)
-    assert threads() == before
+# ---------------------------------------------------------------- refused input
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -790,7 +731,7 @@ def test_cca_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
     # matrix is 2 MB, so the failure is simulated here.
     import scipy.linalg
 
-    from latentspace import _cca
+    from latentspace._training import cca
 
     svd = scipy.linalg.svd
     drivers = []
@@ -803,7 +744,7 @@ def test_cca_falls_back_to_gesvd_where_gesdd_does_not_converge(monkeypatch):
 
     Xs = correlated((6, 5), 200, seed=47)
     expected = trained((6, 5), 3, Xs)[0]
-    monkeypatch.setattr(_cca.scipy.linalg, "svd", gesdd_fails)
+    monkeypatch.setattr(cca.scipy.linalg, "svd", gesdd_fails)
     space, names, _ = trained((6, 5), 3, Xs)
     assert drivers == ["gesdd", "gesvd"]
     for name in names:
@@ -814,18 +755,18 @@ def test_pair_maps_are_the_two_model_cca_of_the_latents(monkeypatch):
     # A NumPy transcription of docs/maths.md 5.6 on the statistics of complete
     # data: C_a = P_a' (G_aa + r_a I) P_a, C_ab = P_a' G_ab P_b; the maps are
     # C_a^-1/2 U S and C_b^-1/2 V S.
-    import latentspace._space
+    import latentspace._training.fitting
 
     widths, k = (7, 6, 5), 4
     Xs = correlated(widths, 400, shared=4, seed=52)
     captured = {}
-    train = latentspace._space.train
+    train = latentspace._training.fitting.train
 
     def spy(*args, **kwargs):
         captured["outcome"] = outcome = train(*args, **kwargs)
         return outcome
 
-    monkeypatch.setattr(latentspace._space, "train", spy)
+    monkeypatch.setattr(latentspace._training.fitting, "train", spy)
     space, names = make_space(k, widths)
     space.train_projections(dict(zip(names, Xs)))
     maps = captured["outcome"].pair_maps

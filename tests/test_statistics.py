@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""One-pass statistics (`latentspace._statistics`) against a plain NumPy
+"""One-pass statistics (`latentspace._training.statistics`) against a plain NumPy
 computation of the same sums.
 
 Per observation pattern, merged over chunks, against per-sample sums. The
@@ -28,13 +28,14 @@ from support import (
     zero_filled,
 )
 
-import latentspace._data
-import latentspace._sources
-import latentspace._statistics
-from latentspace._data import training_data
-from latentspace._gradient import _batch_moments
-from latentspace._sources import magnitude_bounds
-from latentspace._statistics import chunk_sums
+import latentspace._training.data
+import latentspace._training.sources
+import latentspace._training.statistics
+from latentspace._training.data import training_data
+from latentspace._training.gradient import _batch_moments
+from latentspace._training.sources import magnitude_bounds
+from latentspace._training.statistics import chunk_sums
+
 
 @pytest.mark.parametrize("chunks", [1, 3, 40])
 def test_statistics_with_missing_views_match_per_sample_sums(chunks):
@@ -127,7 +128,7 @@ def assert_sums_match(sums, blocks, dtype):
 
 def chunk_rows(monkeypatch, rows):
     """Make the statistics copy ``rows`` rows (of both views) at a time."""
-    monkeypatch.setattr(latentspace._statistics, "CHUNK_ENTRIES", rows * (sum(WIDTHS) + 1))
+    monkeypatch.setattr(latentspace._training.statistics, "CHUNK_ENTRIES", rows * (sum(WIDTHS) + 1))
 
 
 @dtype_params
@@ -242,8 +243,8 @@ def _statistics(data, dtype):
 def small_blocks(monkeypatch):
     """Chunks of 7 rows in blocks of 3 chunks (a mapping's and Dask's)."""
     chunk_rows(monkeypatch, 7)
-    monkeypatch.setattr(latentspace._sources, "BLOCK_ENTRIES", 21 * sum(WIDTHS))
-    monkeypatch.setattr(latentspace._data, "MERGED_PER_TASK", 3)
+    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES", 21 * sum(WIDTHS))
+    monkeypatch.setattr(latentspace._training.data, "MERGED_PER_TASK", 3)
 
 
 @dtype_params

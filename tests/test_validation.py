@@ -226,16 +226,16 @@ MAP_FAILURES = [
      r"latent for model 'c' must hold real numbers, got dtype object"),
     ("project-nan-row", lambda s: s.project("a", with_value(np.ones((5, 3)), 2, 1,
                                                             np.nan)),
-     ValueError, r"features for model 'a': row 2 of the features contains NaN or Inf"),
+     ValueError, r"features for model 'a' contains NaN or Inf \(first in row 2\)"),
     ("project-inf-vector",
      lambda s: s.project("a", np.array([1.0, np.inf, 0.0])), ValueError,
-     r"features for model 'a': row 0 of the features contains NaN or Inf"),
+     r"features for model 'a' contains NaN or Inf \(first in row 0\)"),
     ("retrieve-nan-row", lambda s: s.retrieve("b", with_value(np.ones((3, 4)), 1, 3,
                                                               np.nan)),
-     ValueError, r"latent for model 'b': row 1 of the latent contains NaN or Inf"),
+     ValueError, r"latent for model 'b' contains NaN or Inf \(first in row 1\)"),
     ("translate-nan-row",
      lambda s: s.translate("a", "c", with_value(np.ones((4, 3)), 3, 0, -np.inf)),
-     ValueError, r"features for model 'a': row 3 of the features contains NaN or Inf"),
+     ValueError, r"features for model 'a' contains NaN or Inf \(first in row 3\)"),
 ]
 
 REGISTER_FAILURES = [
@@ -602,8 +602,9 @@ def test_a_refused_call_leaves_out_alone(dtype, call, aliased):
     x[1, 2] = np.nan
     out = x if aliased else np.full((3, 4), 7.0, dtype)
     before = out.copy()
-    with pytest.raises(ValueError, match="row 1 of the features contains NaN"
-                       if call != "retrieve" else "row 1 of the latent"):
+    what = "latent" if call == "retrieve" else "features"
+    with pytest.raises(ValueError, match=rf"{what} for model .* contains NaN or Inf "
+                                         r"\(first in row 1\)"):
         _CALLS[call](space, x, out)
     assert np.array_equal(out, before, equal_nan=True)
 

@@ -31,7 +31,7 @@ from support import (
 )
 
 from latentspace import InvalidParameterError, ProjectionConfig
-from latentspace._losses import MomentObjective, sample_scale
+from latentspace._training.losses import MomentObjective, sample_scale
 
 
 def shared_mean(X, observed, m):
@@ -210,14 +210,14 @@ def test_lbfgs_with_missing_views_reaches_a_stationary_point():
 
 
 def reference_missing_cca(Xs, observed, k, regularization):
-    """GCCA with missing rows in plain NumPy (`latentspace._cca.consensus_blocks`)
+    """GCCA with missing rows in plain NumPy (`latentspace._training.cca.consensus_blocks`)
     on the samples two or more models observed: whiten every model over the
     samples it observed, eigendecompose the whitened ``M sum_i o_m o_l x_m
     x_l' / |S_i| / sqrt(n_m n_l)`` with the ridge on the diagonal blocks;
     directions of unit observed variance."""
     shared = observed.sum(axis=1) > 1
     Xs, observed = [X[shared] for X in Xs], observed[shared]
-    n, M = len(Xs[0]), len(Xs)
+    M = len(Xs)
     counts = observed.sum(axis=0)
     size = np.maximum(observed.sum(axis=1), 1)
     mus = [X[o].mean(axis=0) for X, o in zip(Xs, observed.T)]
@@ -469,7 +469,7 @@ def test_config_object_and_keywords_together():
 
 
 def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch():
-    from latentspace import _sgd, _training
+    from latentspace._training import fitting, sgd
     from latentspace._monitor import Monitor
 
     widths, k, n, lr, w, reg = (4, 3), 2, 30, 0.01, 1.0, 0.01
@@ -486,12 +486,12 @@ def test_whitened_sgd_with_missing_views_is_rewhiten_then_masked_reference_epoch
     objective = MomentObjective("whitened", widths, k, w, (reg,) * len(widths), tau,
                           np.float64)
     config = ProjectionConfig(n_epochs=1, learning_rate=lr, regularization=reg)
-    problem = _training.Problem(
+    problem = fitting.Problem(
         ["m0", "m1"], Xs, observed, None, stats, moments, objective, config, (False, False),
         entries=0,
     )
     with Monitor(1, None, None, False, started=0.0) as monitor:
-        P1, R1, _ = _sgd.run(problem, Ps, Rs, monitor)
+        P1, R1, _ = sgd.run(problem, Ps, Rs, monitor)
 
     def whiten(Ps, Rs):
         out = []

@@ -7,7 +7,7 @@ can be compared with, retrieved by, or translated into another model's
 representation.
 """
 
-from ._config import ProjectionConfig, TrainingResult, TrainingState
+from ._training.config import ProjectionConfig, TrainingResult, TrainingState
 from ._exceptions import (
     AlignmentNotFoundError,
     ConvergenceWarning,
@@ -17,10 +17,10 @@ from ._exceptions import (
     TrainingDivergedError,
     UnknownModelError,
 )
-from ._faiss import FaissIndex
-from ._matching import Matching
-from ._index import GalleryIndex
-from ._scoring import SearchResult
+from ._search.faiss_index import FaissIndex
+from ._training.matching import Matching
+from ._search.exact_index import GalleryIndex
+from ._search.scoring import SearchResult
 from ._space import LatentSpace
 from ._version import __version__ as __version__
 

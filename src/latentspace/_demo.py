@@ -33,7 +33,7 @@ import warnings
 import numpy as np
 
 from . import _plots, metrics
-from ._solvers import SOLVERS
+from ._training.solvers import SOLVERS
 from ._space import LatentSpace
 
 __all__ = ["MissingDependencyError", "format_report", "run"]

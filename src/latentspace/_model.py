@@ -8,6 +8,7 @@ Files, search, metrics and Dask build on these, never on `LatentSpace`'s
 internals.
 """
 
+import ctypes
 from typing import NamedTuple
 
 import numpy as np
@@ -22,6 +23,7 @@ __all__ = [
     "kept_pair_maps",
     "lookup",
     "make_model",
+    "published",
     "read_only",
     "refusal",
     "xavier",
@@ -52,12 +54,29 @@ def read_only(array):
     kernels' loads are up to a fifth slower off it), seen through a read-only
     buffer: NumPy refuses to make it writeable again, so no caller can change
     arrays that readers share."""
-    array = np.asarray(array)
-    memory = bytearray(array.nbytes + _ALIGNMENT)
-    start = -np.frombuffer(memory, np.uint8).ctypes.data % _ALIGNMENT
-    view = memoryview(memory)[start : start + array.nbytes]
-    np.frombuffer(view, array.dtype).reshape(array.shape)[...] = array
-    return np.frombuffer(view.toreadonly(), array.dtype).reshape(array.shape)
+    return _read_only_copies([array])[0]
+
+
+def _read_only_copies(arrays):
+    """`read_only` copies of ``arrays`` (None stays None), in one buffer."""
+    arrays = [None if a is None else np.asarray(a) for a in arrays]
+    starts, size = [], 0
+    for a in arrays:
+        starts.append(size)
+        if a is not None:
+            size += -(-a.nbytes // _ALIGNMENT) * _ALIGNMENT
+    memory = bytearray(size + _ALIGNMENT)
+    base = -ctypes.addressof(ctypes.c_char.from_buffer(memory)) % _ALIGNMENT
+    writeable, readonly = memoryview(memory), memoryview(memory).toreadonly()
+    copies = []
+    for a, start in zip(arrays, starts):
+        if a is None:
+            copies.append(None)
+            continue
+        span = slice(base + start, base + start + a.nbytes)
+        np.frombuffer(writeable[span], a.dtype).reshape(a.shape)[...] = a
+        copies.append(np.frombuffer(readonly[span], a.dtype).reshape(a.shape))
+    return copies
 
 
 def make_model(projection, reconstruction, offset=None):
@@ -80,9 +99,9 @@ def make_model(projection, reconstruction, offset=None):
             f"{reconstruction.dtype}, offset "
             f"{None if offset is None else (np.shape(offset), np.asarray(offset).dtype)}"
         )
-    projection, reconstruction = read_only(projection), read_only(reconstruction)
-    if offset is not None:
-        offset = read_only(offset)
+    projection, reconstruction, offset = _read_only_copies(
+        [projection, reconstruction, offset]
+    )
     project_shift = None if offset is None else read_only(-(offset @ projection))
     return Model(
         len(projection),
@@ -127,9 +146,9 @@ def refusal(x, what, name, dtype, first_row=0):
     """
     bad = ~np.isfinite(np.atleast_2d(x)).all(axis=1)
     if bad.any():
+        row = first_row + int(np.flatnonzero(bad)[0])
         return InvalidParameterError(
-            f"{what} for model {name!r}: row {first_row + int(np.flatnonzero(bad)[0])} "
-            f"of the {what} contains NaN or Inf"
+            f"{what} for model {name!r} contains NaN or Inf (first in row {row})"
         )
     return InvalidParameterError(
         f"{what} for model {name!r}: the result overflowed "
@@ -171,3 +190,30 @@ class Snapshot(NamedTuple):
             elif b == target:
                 maps[a] = (Ma, Mb)
         return maps
+
+
+def published(current, snapshot, fit, config, dtype):
+    """The snapshot that publishes ``fit`` (a `latentspace._training.fitting.Fit` of
+    a training that started from ``snapshot``) over ``current``, the space's
+    snapshot now, with the ``config`` that made it (for `save`).
+
+    Refused (RuntimeError) if a model the training used (trained or frozen)
+    was replaced meanwhile; pair maps of ``fit`` replace any of its models'.
+    """
+    start = fit.start
+    if current is not snapshot:
+        moved = [n for n in fit.used if current.models.get(n) is not start.get(n)]
+        if fit.dim != snapshot.dim or current.dim != snapshot.dim or moved:
+            raise RuntimeError(
+                "the space changed while training (models re-registered or "
+                f"trained concurrently: {', '.join(map(repr, moved)) or 'all'}); "
+                "the new weights were discarded"
+            )
+        start = current.models
+    models = {**start, **fit.trained}
+    maps = kept_pair_maps(current.pair_maps if fit.dim == current.dim else {}, models)
+    for (a, b), (Ma, Mb) in fit.pair_maps.items():
+        maps[a, b] = (models[a], models[b], read_only(Ma.astype(dtype)),
+                      read_only(Mb.astype(dtype)))
+    rng = current.rng if fit.rng is None else fit.rng
+    return Snapshot(fit.dim, models, rng, config, maps)

@@ -12,59 +12,39 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ._config import (
+from ._training.config import (
     TrainingResult,
-    check_objective,
-    check_regularization,
     resolve_config,
 )
-from ._losses import whitened_loss
-from ._matching import matched_data
-from ._objective import mean_loss
-from ._monitor import check_progress_available
-from ._solvers import SOLVERS
-from ._training import train
-from ._data import training_data
-from ._sources import is_dask_array
-from ._exceptions import InvalidParameterError, TrainingDivergedError
+from ._training.matching import matched_data
+from ._training.fitting import INTERRUPTED, evaluate_loss, fit
+from ._exceptions import InvalidParameterError
 from ._model import (
     Snapshot,
     kept_pair_maps,
     lookup,
-    make_model,
-    read_only,
+    published,
     refusal,
     xavier,
 )
 from ._validation import (
     as_rows,
+    is_dask_array,
     check_out,
-    check_alignment_weight,
     check_dim,
     check_dtype,
-    check_frozen,
     check_name,
     check_seed,
 )
 
 if TYPE_CHECKING:
-    from ._config import ProjectionConfig
-    from ._index import GalleryIndex
-    from ._scoring import SearchResult
+    from ._training.config import ProjectionConfig
+    from ._search.exact_index import GalleryIndex
+    from ._search.scoring import SearchResult
     from ._typing import Data, FloatArray, Path, PathOrFile
     from .metrics import Evaluation
 
 __all__ = ["LatentSpace"]
-
-_INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
-
-
-def _offset(offset, shift):
-    """The new offset of a model: ``offset + shift`` (None: unchanged)."""
-    if shift is None:
-        return offset
-    return shift if offset is None else offset + shift
-
 
 class LatentSpace:
     """A shared latent space into which registered models project.
@@ -337,22 +317,8 @@ class LatentSpace:
         -------
         float
         """
-        w = check_alignment_weight(alignment_weight)
-        check_objective(objective)
-        models = self._snapshot.models
-        with training_data(
-            data, models, self._dtype, observed=observed,
-            min_models=1 if objective == "reference" else 2,
-        ) as source:
-            names = source.names
-            offsets = [models[n].offset for n in names]
-            Ps = [models[n].projection for n in names]
-            Rs = [models[n].reconstruction for n in names]
-            if objective == "whitened":
-                return whitened_loss(source.statistics(offsets), Ps, Rs, w,
-                                     check_regularization(regularization))
-            blocks, mask = source.samples(offsets)
-        return mean_loss(blocks, Ps, Rs, w, mask)
+        return evaluate_loss(self._snapshot.models, self._dtype, data,
+                             alignment_weight, observed, objective, regularization)
 
     def train_projections(
         self,
@@ -466,114 +432,31 @@ class LatentSpace:
                 config.regularization,
             )
         snapshot = self._snapshot
-        dim = snapshot.dim if config.latent_dim is None else config.latent_dim
-        # Re-dimensioning draws every model afresh, from a copy of the generator.
-        rng = copy.deepcopy(snapshot.rng) if dim != snapshot.dim else None
-        start = snapshot.models
-        with training_data(
-            data, start, self._dtype, observed=observed, unpaired=unpaired
-        ) as source:
-            names = source.names
-            frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
-            if source.streamed and not SOLVERS[config.solver].streams:
-                streaming = " or ".join(
-                    repr(name) for name, solver in SOLVERS.items() if solver.streams
-                )
-                raise InvalidParameterError(
-                    f"solver={config.solver!r} visits samples; a stream of chunks "
-                    f"trains with {streaming} (or pass a mapping of arrays; "
-                    "memory-mapped files work)"
-                )
-            if dim != snapshot.dim:  # every model afresh, after the checks
-                start = {
-                    name: xavier(rng, m.input_dim, dim, self._dtype)
-                    for name, m in start.items()
-                }
-            check_progress_available(config.progress)
-            try:
-                outcome = train(
-                    source,
-                    [start[n].offset for n in names],
-                    [start[n].projection for n in names],
-                    [start[n].reconstruction for n in names],
-                    config,
-                    {"started": started},
-                    [n in frozen for n in names],
-                )
-            except KeyboardInterrupt as exc:
-                exc.add_note(_INTERRUPTED)
-                raise
-            except TrainingDivergedError:
-                source.check_unchanged()  # data changed by another thread?
-                raise
-        trained = {
-            name: make_model(p, r, _offset(start[name].offset, shift))
-            for name, p, r, shift in zip(
-                names, outcome.projections, outcome.reconstructions, outcome.shifts
-            )
-            if name not in frozen
-        }
+        run = fit(
+            snapshot, self._dtype, data, config, observed=observed,
+            unpaired=unpaired, frozen=frozen, matching=matching, started=started,
+        )
         # Everything is ready before publishing, the last step: an interrupt
         # before it changes nothing, and after it only returns.
-        result = TrainingResult(
-            n_epochs=len(outcome.history),
-            initial_loss=outcome.initial_loss,
-            loss_history=tuple(outcome.history),
-            seconds=time.perf_counter() - started,
-            config=config,
-            solver=config.solver,
-            objective=outcome.objective,
-            converged=outcome.converged,
-            agreement=outcome.agreement,
-            regularization=outcome.regularization,
-            matching=matching,
-        )
         try:
             with self._lock:
-                self._publish(snapshot, dim, start, trained, names, rng, config,
-                              outcome.pair_maps)
-            return result
+                self._snapshot = published(
+                    self._snapshot, snapshot, run, config, self._dtype
+                )
+            return run.result
         except KeyboardInterrupt as exc:
-            published = self._snapshot.models
-            if any(published.get(name) is model for name, model in trained.items()):
+            models = self._snapshot.models
+            if any(models.get(name) is model for name, model in run.trained.items()):
                 exc.add_note(
                     "latentspace: interrupted after training finished; its "
                     "weights are published"
                 )
             else:
-                exc.add_note(_INTERRUPTED)
+                exc.add_note(INTERRUPTED)
             raise
 
-    def _publish(self, snapshot, dim, start, trained, used, rng, config, pair_maps):
-        """Install the ``trained`` models and the ``config`` that made them
-        (for `save`), in one assignment; the caller holds the lock.
-
-        Refused if a model the training used (``used``: trained or frozen)
-        was replaced meanwhile; ``rng`` is the generator of a re-dimensioned
-        space (None: the space's); ``pair_maps`` (``(a, b) -> (M_a, M_b)``)
-        those of the training, which replace any of its models'.
-        """
-        current = self._snapshot
-        if current is not snapshot:
-            moved = [n for n in used if current.models.get(n) is not start.get(n)]
-            if dim != snapshot.dim or current.dim != snapshot.dim or moved:
-                raise RuntimeError(
-                    "the space changed while training (models re-registered or "
-                    f"trained concurrently: {', '.join(map(repr, moved)) or 'all'}); "
-                    "the new weights were discarded"
-                )
-            start = current.models
-        models = {**start, **trained}
-        maps = kept_pair_maps(current.pair_maps if dim == current.dim else {}, models)
-        for (a, b), (Ma, Mb) in pair_maps.items():
-            maps[a, b] = (models[a], models[b], read_only(Ma.astype(self._dtype)),
-                          read_only(Mb.astype(self._dtype)))
-        self._snapshot = Snapshot(
-            dim, models, current.rng if rng is None else rng, config, maps
-        )
-
     # Persistence, pickling, search and evaluation: thin wrappers over the
-    # modules _io, _search and metrics.
+    # modules _files.space_file, _search and metrics.
 
     def save(
         self, path: PathOrFile, *,
@@ -611,9 +494,9 @@ class LatentSpace:
             detects accidental damage, not deliberate edits; see
             docs/reliability.md).
         """
-        from . import _io
+        from ._files import space_file
 
-        _io.save(self._snapshot, self._dtype, path, config=config, key=key)
+        space_file.save(self._snapshot, self._dtype, path, config=config, key=key)
 
     @classmethod
     def load(cls, path: Path, *, key: bytes | None = None) -> LatentSpace:
@@ -644,21 +527,21 @@ class LatentSpace:
         OSError
             If the file cannot be opened.
         """
-        from . import _io
+        from ._files import space_file
 
         space = cls.__new__(cls)
-        space._install(*_io.load(path, key=key))
+        space._install(*space_file.load(path, key=key))
         return space
 
     def __getstate__(self) -> dict[str, Any]:
-        from . import _io
+        from ._files import space_file
 
-        return _io.getstate(self._snapshot, self._dtype)
+        return space_file.getstate(self._snapshot, self._dtype)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from . import _io
+        from ._files import space_file
 
-        self._install(*_io.setstate(state))
+        self._install(*space_file.setstate(state))
 
     def search(
         self, source: str, queries: ArrayLike, target: str, gallery: ArrayLike, *,

@@ -2,6 +2,7 @@
 """Checks that turn user input into the arrays the kernels expect."""
 
 import contextlib
+import functools
 import math
 import numbers
 import operator
@@ -23,8 +24,9 @@ __all__ = [
     "check_dtype",
     "check_name",
     "check_out",
-    "check_scale",
     "check_seed",
+    "check_values",
+    "is_dask_array",
     "unknown_model",
 ]
 
@@ -56,6 +58,11 @@ def check_float(name, value, *, positive):
         allowed = "finite and > 0" if positive else "finite and >= 0"
         raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+def is_dask_array(value):
+    """Whether ``value`` is a Dask array (without importing Dask)."""
+    return type(value).__module__.startswith("dask.") and hasattr(value, "chunks")
 
 
 def check_dtype(dtype):
@@ -174,6 +181,9 @@ def as_kernel_array(array, dtype, what, rows=None, first_row=0):
     (beyond its range, or non-zero but rounded to zero), naming where (rows
     counted from ``first_row``)."""
     dtype = np.dtype(dtype)
+    if (type(array) is np.ndarray and array.dtype == dtype
+            and array.flags.c_contiguous and array.flags.aligned):
+        return array
     narrowing = array.dtype.kind == "f" and array.dtype.itemsize > dtype.itemsize
     with np.errstate(over="ignore") if narrowing else contextlib.nullcontext():
         # "E": a plain ndarray (the kernels' fast path takes no subclass).
@@ -206,22 +216,24 @@ def as_kernel_array(array, dtype, what, rows=None, first_row=0):
     return out
 
 
-def check_scale(array, what, dtype, rows=None, bound=0.0):
-    """Raise if the largest magnitude in ``array`` (in the rows where the bool
-    mask ``rows``, if given) is not zero but so small that products of its
-    values underflow ``dtype``: training would see zeros. ``bound``, a lower
-    bound of that magnitude known already, spares reading ``array`` if it is
-    large enough."""
-    info = np.finfo(dtype)
-    # Below this, squares lose precision (fall short of tiny / eps).
-    floor = math.sqrt(float(info.tiny) / float(info.eps))
+def check_values(array, what, dtype, rows=None, first_row=0, bound=0.0):
+    """Raise if the 2-D ``array`` (in the rows where the bool mask ``rows``,
+    if given) holds NaN or Inf, naming the first such row (counted from
+    ``first_row``), or if its largest magnitude is not zero but so small that
+    products of its values underflow ``dtype``: training would see zeros.
+
+    ``bound``, a lower bound of that magnitude known already (from finite
+    sums of the values, whose finiteness the caller checked), spares reading
+    ``array`` if it is large enough."""
+    floor = _underflow_floor(np.dtype(dtype))
     if bound >= floor or array.dtype.kind != "f":
         return
-    if rows is not None:
-        array = array[rows]
-    if not array.size:
+    values = array if rows is None else array[rows]
+    if not values.size:
         return
-    largest = max(float(array.max()), -float(array.min()))
+    largest = max(float(values.max()), -float(values.min()))
+    if not math.isfinite(largest):
+        check_finite(array, what, rows, first_row)
     if 0 < largest < floor:
         raise InvalidParameterError(
             f"{what} is at most {largest:.3g} in magnitude: too small for "
@@ -229,6 +241,14 @@ def check_scale(array, what, dtype, rows=None, bound=0.0):
             f"{floor:.2g} underflow (training would see zeros); scale the "
             "features up"
         )
+
+
+@functools.cache
+def _underflow_floor(dtype):
+    """The magnitude below which squares in ``dtype`` lose precision (fall
+    short of tiny / eps)."""
+    info = np.finfo(dtype)
+    return math.sqrt(float(info.tiny) / float(info.eps))
 
 
 def check_finite(array, what, mask=None, first_row=0):

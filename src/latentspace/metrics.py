@@ -30,10 +30,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._exceptions import InvalidParameterError
-from ._blocks import normalise, unit_latents
+from ._search.blocks import normalise, unit_latents
 from ._model import refusal
-from ._scoring import check_batch_size, check_method, score_blocks
-from ._data import training_data
+from ._search.scoring import check_batch_size, check_method, score_blocks
+from ._training.data import training_data
 from ._validation import check_int
 
 if TYPE_CHECKING:

@@ -82,9 +82,9 @@ except ImportError as exc:  # pragma: no cover - tested by monkeypatching
     ) from exc
 
 from . import _exceptions, metrics
-from ._config import ProjectionConfig
+from ._training.config import ProjectionConfig
 from ._exceptions import InvalidParameterError
-from ._scoring import check_method
+from ._search.scoring import check_method
 from ._space import LatentSpace
 from ._validation import check_dim
 

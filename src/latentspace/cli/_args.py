@@ -3,7 +3,7 @@
 
 import argparse
 
-from .._scoring import METHODS
+from .._search.scoring import METHODS
 
 
 def positive_int(text):
@@ -74,6 +74,29 @@ def key_value(text):
         except ValueError:
             pass
     raise argparse.ArgumentTypeError(f"expected KEY=INTEGER, got {text!r}")
+
+
+def key_file(path):
+    """The secret key in the file ``path`` (its bytes, as they are)."""
+    try:
+        with open(path, "rb") as file:
+            key = file.read(1 << 16)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read the key file: {exc}") from None
+    if not key:
+        raise argparse.ArgumentTypeError(f"the key file {path!r} is empty")
+    return key
+
+
+def add_key(parser, files="space"):
+    """The ``--key-file`` option of the commands that read or write signed
+    files."""
+    parser.add_argument(
+        "--key-file", type=key_file, dest="key", metavar="PATH",
+        help=f"a file holding the secret key (its bytes; 32 random bytes, say) that "
+        f"signs the {files} files this command reads and writes (HMAC-SHA256; "
+        "without it, files carry a plain checksum and signed files are refused)",
+    )
 
 
 def add_method(parser, default="csls"):

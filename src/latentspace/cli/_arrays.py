@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .._archive import write_atomically
+from .._files.archive import write_atomically
 from ._common import UsageError, check_writable
 
 

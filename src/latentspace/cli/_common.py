@@ -95,15 +95,15 @@ def check_plot(prefix):
     check_writable(f"{prefix}-map.png")
 
 
-def load_space(path):
-    """The `LatentSpace` saved at ``path``."""
+def load_space(path, key=None):
+    """The `LatentSpace` saved at ``path`` (signed under ``key``, if given)."""
     from .._space import LatentSpace
 
     if not os.path.exists(path):
         raise UsageError(f"no such space file {path!r}")
     if os.path.isdir(path):
         raise UsageError(f"{path!r} is a directory, not a saved space")
-    return LatentSpace.load(path)
+    return LatentSpace.load(path, key=key)
 
 
 def check_models(space, names):

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from .. import __version__
-from .._scoring import METHODS
+from .._search.scoring import METHODS
 from .._space import LatentSpace
 from ._args import positive_int
 from ._common import Command

@@ -6,7 +6,7 @@ import sys
 
 from .. import _demo
 from .._exceptions import TrainingDivergedError
-from .._solvers import SOLVERS
+from .._training.solvers import SOLVERS
 from ._args import fraction, non_negative_float, positive_float, positive_int
 from ._common import Command, UsageError, check_plot
 

@@ -4,7 +4,7 @@
 import json
 import sys
 
-from ._args import add_method, model_file, positive_int
+from ._args import add_key, add_method, model_file, positive_int
 from ._arrays import read_models
 from ._common import Command, UsageError, check_models, check_plot, check_rows
 from ._common import load_space
@@ -12,6 +12,7 @@ from ._common import load_space
 
 def add_arguments(parser):
     parser.add_argument("space", metavar="SPACE")
+    add_key(parser)
     parser.add_argument(
         "models",
         metavar="NAME=FILE",
@@ -37,7 +38,7 @@ def add_arguments(parser):
 
 
 def run(args, report):
-    space = load_space(args.space)
+    space = load_space(args.space, args.key)
     check_models(space, [name for name, _ in args.models])
     data = read_models(args.models)
     for name, array in data.items():

@@ -3,9 +3,9 @@
 
 import time
 
-from .._faiss import KINDS
+from .._search.faiss_index import KINDS
 from .._search import BACKENDS
-from ._args import key_value, model_file, positive_int
+from ._args import add_key, key_value, model_file, positive_int
 from ._arrays import read_matrix
 from ._common import Command, check_models, check_rows, check_writable, load_space
 from ._common import progress
@@ -13,6 +13,7 @@ from ._common import progress
 
 def add_arguments(parser):
     parser.add_argument("space", metavar="SPACE")
+    add_key(parser, "space and index")
     parser.add_argument(
         "corpus", metavar="NAME=CORPUS", type=model_file,
         help="the corpus's model and file (.npy, read memory-mapped)",
@@ -48,7 +49,7 @@ def add_arguments(parser):
 
 
 def run(args, report):
-    space = load_space(args.space)
+    space = load_space(args.space, args.key)
     target, corpus_file = args.corpus
     check_models(space, [target])
     check_writable(args.output)
@@ -73,7 +74,7 @@ def run(args, report):
         callback=progress(report, args.quiet, "items"),
     )
     seconds = time.perf_counter() - started
-    index.save(args.output)
+    index.save(args.output, key=args.key)
     print(
         f"indexed {len(index)} items of {target!r} in {seconds:.1f} s "
         f"({args.backend}, {kind}"

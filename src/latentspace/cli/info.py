@@ -4,20 +4,22 @@
 import json
 import os
 
-from .._io import read_header
-from .._solvers import SOLVERS
+from .._files.space_file import read_header
+from .._training.solvers import SOLVERS
+from ._args import add_key
 from ._common import Command, UsageError
 
 
 def add_arguments(parser):
     parser.add_argument("space", metavar="SPACE")
+    add_key(parser)
     parser.add_argument("--json", action="store_true", help="print the raw header")
 
 
 def run(args, report):
     if not os.path.exists(args.space):
         raise UsageError(f"no such space file {args.space!r}")
-    header = read_header(args.space)
+    header = read_header(args.space, key=args.key)
     if args.json:
         print(json.dumps(header, indent=2))
         return 0

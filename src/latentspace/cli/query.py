@@ -3,8 +3,8 @@
 
 import os
 
-from .._index import GalleryIndex
-from ._args import add_hits_output, add_method, model_file, positive_int
+from .._search.exact_index import GalleryIndex
+from ._args import add_hits_output, add_key, add_method, model_file, positive_int
 from ._arrays import read_matrix, show_hits
 from ._common import Command, UsageError, progress
 
@@ -14,6 +14,7 @@ _FAISS_OPTIONS = {"ef_search": "--ef-search", "nprobe": "--nprobe"}
 
 def add_arguments(parser):
     parser.add_argument("index", metavar="INDEX")
+    add_key(parser, "index")
     parser.add_argument(
         "queries", metavar="NAME=QUERIES", type=model_file,
         help="the queries' model and file",
@@ -31,7 +32,7 @@ def add_arguments(parser):
 def run(args, report):
     if not os.path.isfile(args.index):
         raise UsageError(f"no such index file {args.index!r}")
-    index = GalleryIndex.load(args.index)
+    index = GalleryIndex.load(args.index, key=args.key)
     source, queries_file = args.queries
     queries = read_matrix(queries_file, "queries")
     options = {

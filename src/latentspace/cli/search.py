@@ -1,13 +1,14 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """``search``: find the items of one model that match queries of another."""
 
-from ._args import add_hits_output, add_method, model_file, positive_int
+from ._args import add_hits_output, add_key, add_method, model_file, positive_int
 from ._arrays import read_matrix, show_hits
 from ._common import Command, check_models, check_rows, every, load_space
 
 
 def add_arguments(parser):
     parser.add_argument("space", metavar="SPACE")
+    add_key(parser)
     parser.add_argument(
         "queries",
         metavar="SOURCE=QUERIES",
@@ -40,7 +41,7 @@ def add_arguments(parser):
 
 
 def run(args, report):
-    space = load_space(args.space)
+    space = load_space(args.space, args.key)
     (source, queries_file), (target, gallery_file) = args.queries, args.gallery
     check_models(space, [source, target])
     queries = read_matrix(queries_file, "queries")

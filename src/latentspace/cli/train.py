@@ -4,10 +4,11 @@
 import dataclasses
 import time
 
-from .._config import INITS, OBJECTIVES, ProjectionConfig
-from .._solvers import SOLVERS
+from .._training.config import INITS, OBJECTIVES, ProjectionConfig
+from .._training.solvers import SOLVERS
 from .._space import LatentSpace
-from ._args import model_file, non_negative_float, positive_float, positive_int
+from ._args import add_key, model_file, non_negative_float, positive_float
+from ._args import positive_int
 from ._args import regularization
 from ._arrays import read_masks, read_models
 from ._common import Command, UsageError, check_plot, check_writable, load_space
@@ -15,6 +16,7 @@ from ._common import Command, UsageError, check_plot, check_writable, load_space
 
 def add_arguments(parser):
     parser.add_argument("space", metavar="SPACE", help="the .npz file to write")
+    add_key(parser)
     parser.add_argument(
         "models",
         metavar="NAME=FILE",
@@ -158,7 +160,7 @@ def run(args, report):
     if args.freeze and not args.resume:
         raise UsageError("--freeze keeps trained weights: use it with --continue SPACE")
     if args.resume:
-        space = load_space(args.resume)
+        space = load_space(args.resume, args.key)
         _check_resumed(space, args)
         for name in args.freeze:
             if name not in space.models:
@@ -200,7 +202,7 @@ def run(args, report):
     result = space.train_projections(
         data, observed=observed, frozen=args.freeze, **options
     )
-    space.save(args.space, config=result)
+    space.save(args.space, config=result, key=args.key)
     report(f"saved {args.space}")
     print(
         f"trained {space!r} in {result.seconds:.2f} s: {result.n_epochs} "

@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """``translate``: map embeddings of one model to another model's embeddings."""
 
+from ._args import add_key
 from ._arrays import read_matrix, write_output
 from ._common import Command, load_space
 
 
 def add_arguments(parser):
     parser.add_argument("space", metavar="SPACE")
+    add_key(parser)
     parser.add_argument("source", metavar="SOURCE")
     parser.add_argument("target", metavar="TARGET")
     parser.add_argument("input", metavar="INPUT")
@@ -14,7 +16,7 @@ def add_arguments(parser):
 
 
 def run(args, report):
-    space = load_space(args.space)
+    space = load_space(args.space, args.key)
     features = read_matrix(args.input, "input")
     out = space.translate(args.source, args.target, features)
     write_output(args.output, {"features": out})

@@ -25,23 +25,22 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ._exceptions import InvalidParameterError
-from ._solvers import SOLVERS
-from ._sources import (
+from .._exceptions import InvalidParameterError
+from .solvers import SOLVERS
+from .sources import (
     Arrays,
     Source,
     aligned_rows,
     check_counts,
     check_model_count,
     checked_sums,
-    is_dask_array,
     masks,
     model_names,
     shifted,
     unpaired_pools,
 )
-from ._statistics import merge_sums, statistics
-from ._validation import as_kernel_array, as_numeric, check_finite, check_scale
+from .statistics import merge_sums, statistics
+from .._validation import as_kernel_array, as_numeric, check_values, is_dask_array
 
 __all__ = ["training_data"]
 
@@ -238,8 +237,7 @@ class _DaskArrays(Source):
             what = f"data for model {name!r}"
             mask = None if observed is None else observed[:, m]
             block = as_kernel_array(array, self.dtype, what, mask)
-            check_finite(block, what, mask)
-            check_scale(array, what, self.dtype, mask)
+            check_values(block, what, self.dtype, mask)
             blocks.append(block)
         if observed is not None and observed.all():
             observed = None

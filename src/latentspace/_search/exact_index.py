@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """`GalleryIndex`: a gallery's unit latents, searched exactly (BLAS GEMM in
-blocks of queries; the methods are those of `latentspace._scoring`)."""
+blocks of queries; the methods are those of `latentspace._search.scoring`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._blocks import is_rows, normalise, unit_latent_blocks, unit_latents
-from ._exceptions import InvalidParameterError
-from ._model import lookup, make_model, read_only
-from ._scoring import (
+from .blocks import is_rows, normalise, unit_latent_blocks, unit_latents
+from .._exceptions import InvalidParameterError
+from .._model import lookup, make_model, read_only
+from .scoring import (
     SearchResult,
     check_batch_size,
     check_k,
@@ -22,11 +22,11 @@ from ._scoring import (
     neighbourhood,
     search_latents,
 )
-from ._validation import check_int
+from .._validation import check_int
 
 if TYPE_CHECKING:
-    from ._space import LatentSpace
-    from ._typing import Path
+    from .._space import LatentSpace
+    from .._typing import Path
 
 __all__ = ["GalleryIndex", "check_callback"]
 
@@ -188,36 +188,52 @@ class GalleryIndex:
 
     # ----------------------------------------------------------- save, load
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, *, key: bytes | None = None) -> None:
         """Write the index to one file at ``path``, atomically.
 
         The file holds the gallery's latents (or the FAISS index), the
         reference statistics of CSLS and the weights of the space the index
-        was built with, with a SHA-256 checksum over all of it: `load` needs
-        no space. Keep it next to the space it was built from.
+        was built with, with a SHA-256 checksum over all of it (an
+        HMAC-SHA256 signature with a ``key``, as `LatentSpace.save`): `load`
+        needs no space. Keep it next to the space it was built from.
 
         Parameters
         ----------
         path : str or os.PathLike
+        key : bytes, optional
+            Sign the file under this secret key (see docs/reliability.md).
         """
-        from . import _indexfile
+        from .._files import index_file
 
-        _indexfile.save(self, path)
+        index_file.save(self, path, key)
 
     @staticmethod
-    def load(path: Path) -> GalleryIndex:
+    def load(path: Path, *, key: bytes | None = None) -> GalleryIndex:
         """Read an index written by `save` (a `GalleryIndex` or a
         `latentspace.FaissIndex`, as saved).
+
+        The file is treated as untrusted (see docs/reliability.md): FAISS
+        parses its index only after the checksum matched, and a plain
+        checksum can be recomputed by whoever edits the file, so load a
+        FAISS index from a source you do not trust only if it is signed.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A regular file.
+        key : bytes, optional
+            The key the file was signed with; required for a signed file,
+            and a file without a signature is then refused.
 
         Raises
         ------
         SpaceFileError
-            A ``ValueError``: the file is truncated, corrupted, edited or
-            not a saved index.
+            A ``ValueError``: the file is truncated, corrupted, edited, not
+            a saved index, or its signature does not match ``key``.
         """
-        from . import _indexfile
+        from .._files import index_file
 
-        return _indexfile.load(path, GalleryIndex._backends)
+        return index_file.load(path, GalleryIndex._backends, key)
 
     # ---------------------------------------------------------------- search
 

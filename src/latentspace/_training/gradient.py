@@ -1,16 +1,16 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Gradient solvers of an `latentspace._losses.MomentObjective`: full-batch L-BFGS on
+"""Gradient solvers of an `latentspace._training.losses.MomentObjective`: full-batch L-BFGS on
 sufficient statistics, and mini-batch Adam on the samples."""
 
 import math
 
 import numpy as np
 
-from ._exceptions import TrainingDivergedError
-from ._monitor import Run
-from ._sgd import DECAY
-from ._statistics import Moments
-from ._threads import blas_single_threaded
+from .._exceptions import TrainingDivergedError
+from .._monitor import Run
+from .sgd import DECAY
+from .statistics import Moments
+from .._threads import blas_single_threaded
 
 __all__ = ["run_lbfgs", "run_minibatch", "train_lbfgs", "train_minibatch"]
 
@@ -185,7 +185,7 @@ def train_minibatch(
 
 def run_minibatch(problem, Ps, Rs, monitor):
     """The solver "minibatch": Adam on mini-batches of ``batch_size`` rows
-    (`train_minibatch`) of ``problem`` (a `latentspace._training.Problem`)."""
+    (`train_minibatch`) of ``problem`` (a `latentspace._training.fitting.Problem`)."""
     config = problem.config
     with blas_single_threaded(problem.entries):
         return train_minibatch(

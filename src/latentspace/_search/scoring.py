@@ -50,8 +50,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from ._exceptions import InvalidParameterError
-from ._validation import check_int
+from .._exceptions import InvalidParameterError
+from .._validation import check_int
 
 __all__ = [
     "CHUNK_BYTES",

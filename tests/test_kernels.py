@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The compiled kernels against the plain-NumPy oracle of docs/maths.md (`reference`)."""
+"""The compiled kernels (`latentspace._kernels`) against the plain-NumPy oracle of
+docs/maths.md (`reference`)."""
 
 import numpy as np
 import pytest

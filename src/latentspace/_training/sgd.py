@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 
-from ._kernels.sgd import sgd_epoch, sgd_prime
-from ._exceptions import TrainingDivergedError
-from ._losses import whitening
-from ._monitor import Run
-from ._objective import ReferenceLoss
-from ._statistics import ridge, slices
-from ._threads import blas_single_threaded
+from .._kernels.sgd import sgd_epoch, sgd_prime
+from .._exceptions import TrainingDivergedError
+from .losses import whitening
+from .._monitor import Run
+from .objective import ReferenceLoss
+from .statistics import ridge, slices
+from .._threads import blas_single_threaded
 
 __all__ = ["DECAY", "run", "train_sgd"]
 
@@ -22,12 +22,13 @@ _WORK_PER_SIGNAL_CHECK = 2**23
 DECAY = 0.999
 
 
-
 def _split(flat, widths, k, transpose):
     """Per-model matrices (views) of a flat concatenation of weights."""
-    bounds = np.cumsum([0, *widths]) * k
-    shapes = [(k, d) if transpose else (d, k) for d in widths]
-    return [flat[a:b].reshape(s) for a, b, s in zip(bounds, bounds[1:], shapes)]
+    widths = widths.tolist()
+    return [
+        flat[cols].reshape((k, d) if transpose else (d, k))
+        for cols, d in zip(slices([d * k for d in widths]), widths)
+    ]
 
 
 def _diverged(epoch, loss, learning_rate, blocks, names):
@@ -161,7 +162,7 @@ def train_sgd(blocks, projections, reconstructions, config, *, names, observed=N
 
 def run(problem, Ps, Rs, monitor):
     """The solver "sgd": the reference per-sample SGD (docs/maths.md §3) on
-    ``problem`` (a `latentspace._training.Problem`) from ``Ps``, ``Rs``; the
+    ``problem`` (a `latentspace._training.fitting.Problem`) from ``Ps``, ``Rs``; the
     whitened objective re-whitens every epoch.
 
     Re-whitening (``P <- P W g``, ``R <- W^-1 R / g``, ``g = sqrt(tau / k)``)

@@ -1,37 +1,60 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""The steps every training run shares.
+"""One training call, from its inputs to the models to publish.
 
-`train` prepares the problem (offsets, sufficient statistics, objective,
-starting weights) as the solver's entry of `latentspace._solvers.SOLVERS`
-asks, runs the solver and, for the whitened objective, puts the result in the
-agreement-ordered, weighted basis of the closed form.
+`fit` reads the data, checks what the call asks against it, runs `train` on
+copies of the weights and makes the new models. `train` prepares the problem
+(offsets, sufficient statistics, objective, starting weights) as the solver's
+entry of `latentspace._training.solvers.SOLVERS` asks, runs the solver and,
+for the whitened objective, puts the result in the agreement-ordered,
+weighted basis of the closed form. `evaluate_loss` is `LatentSpace.loss`.
 """
 
+import copy
 import math
+import time
 import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from ._cca import (
+from .cca import (
     canonicalise,
     fit_cca,
     fit_to_frozen,
     least_squares_inverse,
     pair_maps,
 )
-from ._exceptions import (
+from .._exceptions import (
     ConvergenceWarning,
     DimensionWarning,
     InvalidParameterError,
     TrainingDivergedError,
 )
-from ._losses import MomentObjective, sample_scale
-from ._monitor import Monitor
-from ._solvers import SOLVERS
-from ._threads import scipy_blas_single_threaded
+from .config import TrainingResult, check_objective, check_regularization
+from .data import training_data
+from .losses import MomentObjective, sample_scale, whitened_loss
+from .objective import mean_loss
+from .._model import make_model, xavier
+from .._monitor import Monitor, check_progress_available
+from .solvers import SOLVERS
+from .._threads import scipy_blas_single_threaded
+from .._validation import check_alignment_weight, check_frozen
 
-__all__ = ["Outcome", "Problem", "train"]
+__all__ = ["Fit", "Outcome", "Problem", "evaluate_loss", "fit", "train"]
+
+INTERRUPTED = "latentspace: training interrupted; the space is unchanged"
+
+
+class Fit(NamedTuple):
+    """The result of `fit`: what a space publishes (`latentspace._model.published`)."""
+
+    dim: int
+    start: dict  # name -> Model: the models training started from
+    trained: dict  # name -> Model: the new models (not the frozen ones)
+    used: list  # the models of the data, trained or frozen
+    rng: object  # the generator of a re-dimensioned space, or None
+    pair_maps: dict  # (name_a, name_b) -> (M_a, M_b), spaces of 3+ models
+    result: TrainingResult
 
 
 class Outcome(NamedTuple):
@@ -65,6 +88,114 @@ class Problem(NamedTuple):
     entries: int  # of the largest matrix multiplied (see `_threads`)
 
 
+def fit(snapshot, dtype, data, config, *, observed=None, unpaired=None,
+        frozen=(), matching=None, started=None):
+    """Train the models of ``data`` from ``snapshot``'s weights.
+
+    Parameters
+    ----------
+    snapshot : Snapshot
+        The space's weights at the start (not modified).
+    dtype : numpy dtype
+        The space's dtype.
+    data, observed, unpaired, frozen
+        As for `LatentSpace.train_projections`.
+    config : ProjectionConfig
+        Resolved.
+    matching : Matching, optional
+        What ``refine`` found, for the result.
+    started : float, optional
+        ``time.perf_counter()`` at the start of the call.
+
+    Returns
+    -------
+    Fit
+    """
+    if started is None:
+        started = time.perf_counter()
+    dim = snapshot.dim if config.latent_dim is None else config.latent_dim
+    # Re-dimensioning draws every model afresh, from a copy of the generator.
+    rng = copy.deepcopy(snapshot.rng) if dim != snapshot.dim else None
+    start = snapshot.models
+    with training_data(
+        data, start, dtype, observed=observed, unpaired=unpaired
+    ) as source:
+        names = source.names
+        frozen = check_frozen(frozen, names, config, dim != snapshot.dim)
+        if source.streamed and not SOLVERS[config.solver].streams:
+            streaming = " or ".join(
+                repr(name) for name, solver in SOLVERS.items() if solver.streams
+            )
+            raise InvalidParameterError(
+                f"solver={config.solver!r} visits samples; a stream of chunks "
+                f"trains with {streaming} (or pass a mapping of arrays; "
+                "memory-mapped files work)"
+            )
+        if dim != snapshot.dim:  # every model afresh, after the checks
+            start = {
+                name: xavier(rng, m.input_dim, dim, dtype)
+                for name, m in start.items()
+            }
+        check_progress_available(config.progress)
+        try:
+            outcome = train(
+                source,
+                [start[n].offset for n in names],
+                [start[n].projection for n in names],
+                [start[n].reconstruction for n in names],
+                config,
+                {"started": started},
+                [n in frozen for n in names],
+            )
+        except KeyboardInterrupt as exc:
+            exc.add_note(INTERRUPTED)
+            raise
+        except TrainingDivergedError:
+            source.check_unchanged()  # data changed by another thread?
+            raise
+    trained = {
+        name: make_model(p, r, _plus(start[name].offset, shift))
+        for name, p, r, shift in zip(
+            names, outcome.projections, outcome.reconstructions, outcome.shifts
+        )
+        if name not in frozen
+    }
+    result = TrainingResult(
+        n_epochs=len(outcome.history),
+        initial_loss=outcome.initial_loss,
+        loss_history=tuple(outcome.history),
+        seconds=time.perf_counter() - started,
+        config=config,
+        solver=config.solver,
+        objective=outcome.objective,
+        converged=outcome.converged,
+        agreement=outcome.agreement,
+        regularization=outcome.regularization,
+        matching=matching,
+    )
+    return Fit(dim, start, trained, names, rng, outcome.pair_maps, result)
+
+
+def evaluate_loss(models, dtype, data, alignment_weight, observed, objective,
+                  regularization):
+    """`LatentSpace.loss` of ``models`` (a snapshot's) of ``dtype``."""
+    w = check_alignment_weight(alignment_weight)
+    check_objective(objective)
+    with training_data(
+        data, models, dtype, observed=observed,
+        min_models=1 if objective == "reference" else 2,
+    ) as source:
+        names = source.names
+        offsets = [models[n].offset for n in names]
+        Ps = [models[n].projection for n in names]
+        Rs = [models[n].reconstruction for n in names]
+        if objective == "whitened":
+            return whitened_loss(source.statistics(offsets), Ps, Rs, w,
+                                 check_regularization(regularization))
+        blocks, mask = source.samples(offsets)
+    return mean_loss(blocks, Ps, Rs, w, mask)
+
+
 def _finite(arrays):
     return all(np.isfinite(a).all() for a in arrays)
 
@@ -76,7 +207,7 @@ def train(source, offsets, projections, reconstructions, config, monitor_args,
     Parameters
     ----------
     source : training data
-        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._data`).
+        ``statistics(offsets)`` and ``samples(offsets)`` (`latentspace._training.data`).
     offsets : list of (d_m,) ndarray or None
         The models' current offsets.
     projections, reconstructions : lists of ndarray
@@ -184,7 +315,7 @@ def _check_dimension(k, widths, paired):
         f"{supported} latent dimensions carry signal shared by two models and the "
         f"other {k - supported} are zero. Use latent_dim <= {supported}",
         DimensionWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
 
 
@@ -294,7 +425,7 @@ def _train(source, offsets, projections, reconstructions, config, monitor_args,
             f"(n_epochs) before the loss settled to tol={tol}; raise n_epochs "
             "or tol",
             ConvergenceWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     if kind == "reference" and not closed:
         agreement = None  # that of the start, if init="cca": no longer true

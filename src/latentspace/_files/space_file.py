@@ -33,7 +33,7 @@ anything that a crafted file could make expensive or unsafe:
 - the path is a regular file (not a FIFO, a device or a directory), opened
   without blocking;
 - the zip directory: every member stored uncompressed, unencrypted and once;
-- the header member, at most `latentspace._archive.MAX_HEADER_BYTES`, parsed as JSON with
+- the header member, at most `latentspace._files.archive.MAX_HEADER_BYTES`, parsed as JSON with
   integers of at most 40 digits and no NaN, then every field's type and
   range (dims and widths fit a BLAS ``int``); the generator state must be
   that of a supported bit generator with every integer in range and every
@@ -56,8 +56,6 @@ target, and an existing file there stays as it was unless the save succeeds.
 """
 
 import dataclasses
-import hashlib
-import hmac
 import io
 import json
 import math
@@ -67,8 +65,12 @@ import zipfile
 
 import numpy as np
 
-from ._archive import (
+from .archive import (
+    check_algorithm,
+    check_digest,
+    check_key,
     fail,
+    new_digest,
     npy_members,
     open_regular,
     parse_json,
@@ -76,11 +78,11 @@ from ._archive import (
     write_atomically,
     write_npz,
 )
-from ._exceptions import InvalidParameterError, SpaceFileError
-from ._model import Snapshot, make_model
-from ._rng_state import encode_rng_state, is_int, make_generator
-from ._validation import BLAS_INT_MAX, check_dtype
-from ._version import __version__
+from .._exceptions import InvalidParameterError, SpaceFileError
+from .._model import Snapshot, make_model
+from .rng_state import encode_rng_state, is_int, make_generator
+from .._validation import BLAS_INT_MAX, check_dtype
+from .._version import __version__
 
 __all__ = [
     "FORMAT_VERSION",
@@ -125,7 +127,7 @@ def config_record(config):
     a TrainingResult or a dict)."""
     if config is None:
         return None
-    from ._config import ProjectionConfig, TrainingResult
+    from .._training.config import ProjectionConfig, TrainingResult
 
     if isinstance(config, TrainingResult):
         config = config.config
@@ -201,10 +203,8 @@ def _checksum(header, arrays, names, key=None):
     """SHA-256 (HMAC-SHA256 with a ``key``) of the canonical header (without
     checksum) and the arrays."""
     content = {field: value for field, value in header.items() if field != "checksum"}
-    if key is None:
-        digest = hashlib.sha256(_canonical(content))
-    else:
-        digest = hmac.new(key, _canonical(content), hashlib.sha256)
+    digest = new_digest(key)[0]
+    digest.update(_canonical(content))
     for name in names:
         array = arrays[name]
         digest.update(
@@ -339,43 +339,12 @@ def _check_arrays(header, arrays, path, key):
     """Raise unless ``arrays`` (of the header's names, dtypes and shapes)
     match the checksum (or the signature under ``key``) and are finite."""
     names = list(_expected_arrays(header))
-    algorithm = header["checksum"]["algorithm"]
-    if key is None and algorithm == "hmac-sha256":
-        raise fail(path, "it is signed with a key (HMAC-SHA256): pass its key")
-    if key is not None and algorithm == "sha256":
-        raise fail(
-            path,
-            "it is not signed with a key (its checksum is a plain SHA-256), so "
-            "it cannot be authenticated",
-        )
-    digest = _checksum(header, arrays, names, key)
-    if not hmac.compare_digest(digest, header["checksum"]["digest"]):
-        raise fail(
-            path,
-            "checksum mismatch: the file was modified or corrupted after it was "
-            "written"
-            if key is None
-            else "signature mismatch: the file was modified after it was signed, "
-            "or the key is not the one it was signed with",
-        )
+    check_algorithm(header["checksum"]["algorithm"], key, path)
+    check_digest(_checksum(header, arrays, names, key), header["checksum"]["digest"],
+                 key, path)
     for name in names:
         if not np.isfinite(arrays[name]).all():
             raise fail(path, f"array {name!r} contains NaN or Inf")
-
-
-def _check_key(key):
-    """The key of a signature: None or non-empty bytes."""
-    if key is None:
-        return None
-    if not isinstance(key, (bytes, bytearray, memoryview)):
-        raise InvalidParameterError(
-            f"key must be bytes (a secret of 32 random bytes, say), got "
-            f"{type(key).__name__}"
-        )
-    key = bytes(key)
-    if not key:
-        raise InvalidParameterError("key must not be empty")
-    return key
 
 
 # ---------------------------------------------------------------- save, load
@@ -384,13 +353,13 @@ def _check_key(key):
 def save(snapshot, dtype, path, *, config=None, key=None):
     """Write a space's ``snapshot`` of ``dtype`` to ``path`` atomically, or
     into the binary file object ``path`` (see the module docstring)."""
-    key = _check_key(key)
+    key = check_key(key)
     header, arrays = snapshot_state(snapshot, dtype)
     if config is not None:
         header["config"] = config_record(config)
     names = list(_expected_arrays(header))
     header["checksum"] = {
-        "algorithm": "sha256" if key is None else "hmac-sha256",
+        "algorithm": new_digest(key)[1],
         "digest": _checksum(header, arrays, names, key),
     }
     members = {_HEADER: np.frombuffer(_canonical(header), dtype=np.uint8)}
@@ -463,7 +432,7 @@ def read_header(path, *, key=None):
     SpaceFileError
         If the file is not a valid saved space (arrays are checked too).
     """
-    key = _check_key(key)
+    key = check_key(key)
     header, arrays = _read(path)
     _check_arrays(header, arrays, path, key)
     return header
@@ -471,7 +440,7 @@ def read_header(path, *, key=None):
 
 def load(path, *, key=None):
     """``(dtype, snapshot)`` of the space saved at ``path``."""
-    key = _check_key(key)
+    key = check_key(key)
     header, arrays = _read(path)
     _check_arrays(header, arrays, path, key)
     return restore(header, arrays)

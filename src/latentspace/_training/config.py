@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._exceptions import InvalidParameterError
-from ._monitor import TrainingState
-from ._solvers import SOLVERS
-from ._validation import check_dim, check_float, check_int
+from .._exceptions import InvalidParameterError
+from .._monitor import TrainingState
+from .solvers import SOLVERS
+from .._validation import check_dim, check_float, check_int
 
 if TYPE_CHECKING:
-    from ._matching import Matching
+    from .matching import Matching
 
 OBJECTIVES = ("reference", "whitened")
 INITS = ("current", "cca")

@@ -9,7 +9,7 @@ solver is a module with its run function and an entry here (and its tests).
 from collections.abc import Callable
 from typing import NamedTuple
 
-from . import _cca, _gradient, _sgd
+from . import cca, gradient, sgd
 
 __all__ = ["SOLVERS", "Solver"]
 
@@ -40,7 +40,7 @@ class Solver(NamedTuple):
         `ProjectionConfig` fields that do not change its result.
     run : callable
         ``run(problem, Ps, Rs, monitor) -> Run`` (`latentspace._monitor.Run`)
-        on a `latentspace._training.Problem`, from copies of the starting
+        on a `latentspace._training.fitting.Problem`, from copies of the starting
         weights; raises `TrainingDivergedError` if it diverges.
     """
 
@@ -65,18 +65,18 @@ SOLVERS = {
     "cca": Solver(
         "statistics", True, False, True, "whitened", None, "cca",
         frozenset({"learning_rate", "n_epochs", "batch_size", "init", "tol"}),
-        _cca.run,
+        cca.run,
     ),
     "sgd": Solver(
         "samples", False, False, False, "reference", None, "current",
-        frozenset({"batch_size"}), _sgd.run,
+        frozenset({"batch_size"}), sgd.run,
     ),
     "minibatch": Solver(
         "samples", True, True, False, "whitened", None, "cca", frozenset(),
-        _gradient.run_minibatch,
+        gradient.run_minibatch,
     ),
     "lbfgs": Solver(
         "statistics", True, False, False, "whitened", 1e-8, "cca",
-        frozenset({"learning_rate", "batch_size"}), _gradient.run_lbfgs,
+        frozenset({"learning_rate", "batch_size"}), gradient.run_lbfgs,
     ),
 }

@@ -25,7 +25,7 @@ lowers the alignment without aligning the models: for two models (and no
 regularisation) its smallest value over rotations is ``(w tau / 2) (k -
 sum_j rho_j)``, ``rho_j`` the canonical correlations of their latent
 subspaces. ``r_m = regularization_m * trace(G_mm) / d_m`` is the ridge of the
-closed form (`latentspace._cca`); ``delta_m`` is a jitter of ``sqrt(eps) *
+closed form (`latentspace._training.cca`); ``delta_m`` is a jitter of ``sqrt(eps) *
 trace(S_m) / k`` that keeps ``W_m`` finite when a model's latents are rank
 deficient (``d_m < k``). A latent dimension on which the models disagree
 costs as much as a sample's whole squared norm, so with ``w`` of order one
@@ -35,7 +35,7 @@ that reconstruct well (a larger ``w`` pulls less).
 **Missing views.** If a sample is observed by only some models (the set
 ``S``), it counts for those models, about the mean (whitened) latent of those
 models, and every model is whitened over the samples it observed. The sums
-then need two second moments (`latentspace._statistics.Moments`): ``G`` with
+then need two second moments (`latentspace._training.statistics.Moments`): ``G`` with
 block ``(m, l)`` ``E[o_m o_l x_m x_l']`` (``o_m`` whether model ``m`` observed
 the sample, ``x`` zero where not), for the reconstructions and the within-model
 terms, and the consensus ``C`` with blocks ``E[o_m o_l x_m x_l' / |S|]`` for
@@ -48,7 +48,7 @@ number of samples.
 import numpy as np
 import scipy.linalg
 
-from ._statistics import ridge, slices
+from .statistics import ridge, slices
 
 __all__ = ["MomentObjective", "sample_scale", "whitened_loss", "whitening"]
 

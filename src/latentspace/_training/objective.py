@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from ._kernels.sgd import loss_sum
+from .._kernels.sgd import loss_sum
 
 __all__ = ["ReferenceLoss", "mean_loss"]
 

@@ -34,7 +34,7 @@ Kinds and their options
     recall, slower; also per call: ``search(..., ef_search=)``).
 ``"ivf"``
     ``IndexIVFFlat``, an inverted file of ``nlist`` k-means cells (default
-    ``4 sqrt(n)``, at most ``n / 39``): ``nprobe`` (32), the cells searched
+    ``4 sqrt(n)``, at most ``n / 39``): ``nprobe`` (64), the cells searched
     (also per call); ``train_size`` (``40 nlist``, at most ``n``), the
     gallery items, drawn at random (``seed``, 0), on which the cells are
     trained.
@@ -42,7 +42,9 @@ Kinds and their options
 CSLS top-1 on real embeddings against the exact index
 (benchmarks/bench_search.py: 12,000 docstrings, 12 ordered pairs of four
 models): the default ``ef_search`` lost at most 0.95 points, the default
-``nprobe`` at most 1.45 (``nprobe=64``: 0.85); see benchmarks/README.md.
+``nprobe`` at most 0.85 (``nprobe=32``: 1.45); one query against 10^6 items
+took 0.54 ms (cosine) and 0.85 ms (CSLS) at the median with it; see
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -55,14 +57,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ._exceptions import InvalidParameterError
-from ._blocks import is_rows, unit_latent_blocks, unit_latents
-from ._index import GalleryIndex, check_callback
-from ._scoring import METHODS, SearchResult, check_method, neighbourhood
-from ._validation import check_int
+from .._exceptions import InvalidParameterError
+from .blocks import is_rows, unit_latent_blocks, unit_latents
+from .exact_index import GalleryIndex, check_callback
+from .scoring import METHODS, SearchResult, check_method, neighbourhood
+from .._validation import check_int
 
 if TYPE_CHECKING:
-    from ._space import LatentSpace
+    from .._space import LatentSpace
 
 __all__ = ["KINDS", "FaissIndex"]
 
@@ -70,7 +72,7 @@ KINDS = ("flat", "hnsw", "ivf")
 _OPTIONS = {
     "flat": {},
     "hnsw": {"m": 32, "ef_construction": 80, "ef_search": 128},
-    "ivf": {"nlist": None, "nprobe": 32, "train_size": None, "seed": 0},
+    "ivf": {"nlist": None, "nprobe": 64, "train_size": None, "seed": 0},
 }
 # Searches of fewer queries, and indexes of fewer items, are built and
 # searched on one OpenMP thread. FAISS's threads help a batch of queries (run
@@ -193,6 +195,14 @@ class FaissIndex(GalleryIndex):
         return self.faiss_index.ntotal
 
     # ---------------------------------------------------------------- build
+
+    def _restore(self, kind, options, references, faiss_index):
+        """Complete a loaded index (after `_setup`) with what its file holds;
+        its kind and options are checked as when an index is built."""
+        self.options = check_options(kind, options, faiss_index.ntotal)
+        self.kind = kind
+        self._sources = tuple(references)
+        self.faiss_index = faiss_index
 
     def _build_faiss(self, faiss, gallery, options, references, callback):
         if is_rows(gallery):

@@ -16,6 +16,7 @@ With complete data there is one pattern and all of this is the mean and
 centred Gram matrix of the concatenated features.
 """
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -37,8 +38,8 @@ CHUNK_ENTRIES = 2**22
 
 def slices(widths):
     """The column slice of every model in the concatenation of the features."""
-    bounds = np.cumsum([0, *widths])
-    return [slice(int(a), int(b)) for a, b in zip(bounds, bounds[1:])]
+    bounds = [0, *itertools.accumulate(int(d) for d in widths)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def ridge(gram, regularization):

@@ -2,7 +2,7 @@
 """Cross-model search: queries embedded by one model, a gallery by another.
 
 `LatentSpace.search` and `LatentSpace.index` build an index of the gallery
-and search it; the methods and the scoring are in `latentspace._scoring`.
+and search it; the methods and the scoring are in `latentspace._search.scoring`.
 
 Backends
 --------
@@ -14,12 +14,12 @@ galleries of millions of items.
 
 from collections.abc import Mapping
 
-from ._exceptions import InvalidParameterError
-from ._faiss import FaissIndex
-from ._index import GalleryIndex, check_callback
-from ._monitor import bar_callback
-from ._scoring import check_method
-from ._validation import check_int
+from .._exceptions import InvalidParameterError
+from .faiss_index import FaissIndex
+from .exact_index import GalleryIndex, check_callback
+from .._monitor import bar_callback
+from .scoring import check_method
+from .._validation import check_int
 
 __all__ = ["BACKENDS", "make_index", "search"]
 

@@ -46,8 +46,8 @@ on the training data, ``R_m = argmin ||Z_m R - X_m||`` with ``Z_m = X_m P_m``
 import numpy as np
 import scipy.linalg
 
-from ._monitor import Run
-from ._statistics import ridge, slices
+from .._monitor import Run
+from .statistics import ridge, slices
 
 __all__ = [
     "canonicalise",
@@ -506,6 +506,6 @@ def pair_maps(stats, projections, regularization):
 
 def run(problem, Ps, Rs, monitor):
     """The solver "cca": the start (the closed form, computed by
-    `latentspace._training.train`) is the solution."""
+    `latentspace._training.fitting.train`) is the solution."""
     monitor.step(problem.objective(Ps, Rs, problem.moments, gradient=False))
     return Run(Ps, Rs, True)

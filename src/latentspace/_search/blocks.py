@@ -9,10 +9,9 @@ one block and the result only.
 
 import numpy as np
 
-from ._sources import is_dask_array
-from ._exceptions import InvalidParameterError
-from ._model import lookup
-from ._validation import as_kernel_array, as_numeric, as_rows, check_finite
+from .._exceptions import InvalidParameterError
+from .._model import lookup, refusal
+from .._validation import as_kernel_array, as_numeric, as_rows, is_dask_array
 
 __all__ = [
     "BLOCK_BYTES",
@@ -62,14 +61,15 @@ def row_blocks(values):
         yield start, values[start : start + step]
 
 
-def project_block(affine_map, block, dtype, what, first_row=0):
-    """``affine_map`` applied to a block of rows (or one vector); errors name
-    the row, counted from ``first_row``."""
-    x = as_kernel_array(as_numeric(block, what), dtype, what, first_row=first_row)
+def project_block(affine_map, block, dtype, what, name, first_row=0):
+    """``affine_map`` of model ``name`` applied to a block of rows (or one
+    vector) of ``what``; errors name the row, counted from ``first_row``."""
+    described = f"{what} for model {name!r}"
+    x = as_kernel_array(as_numeric(block, described), dtype, described,
+                        first_row=first_row)
     result = affine_map(x)
     if result is None:
-        check_finite(np.atleast_2d(x), what, first_row=first_row)
-        raise ValueError(f"{what}: the result overflowed")
+        raise refusal(x, what, name, dtype, first_row)
     return result
 
 
@@ -104,7 +104,7 @@ def unit_latent_blocks(models, dtype, name, features, what="features"):
     check_rows(features, model.input_dim, described)
     for start, block in row_blocks(features):
         yield start, normalise(
-            project_block(model.project, block, dtype, described, start)
+            project_block(model.project, block, dtype, what, name, start)
         )
 
 
@@ -126,7 +126,7 @@ def unit_latents(models, dtype, name, features, what="features"):
     if latent is None:
         described = f"{what} for model {name!r}"
         x = as_rows(features, model.input_dim, dtype, described)
-        latent = project_block(model.project, x, dtype, described)
+        latent = project_block(model.project, x, dtype, what, name)
     one = latent.ndim == 1
     # A new array: ours to scale.
     return normalise(latent.reshape(1, -1) if one else latent), one

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Saving, loading and pickling a space (`LatentSpace.save`/`load`, `_io`)."""
+"""Saving, loading and pickling a space (`LatentSpace.save`/`load`, `space_file`)."""
 
 import copy
 import io
@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from latentspace import LatentSpace, ProjectionConfig, SpaceFileError, _archive, _io
+import latentspace
+from latentspace import LatentSpace, ProjectionConfig, SpaceFileError
+from latentspace._files import archive as _archive, space_file
 from latentspace._model import make_model
 
 DTYPES = ["float64", "float32"]
@@ -124,34 +126,34 @@ def test_file_is_a_plain_npz_with_a_json_header(saved):
     with np.load(path, allow_pickle=False) as archive:
         header = json.loads(archive["header"].tobytes())
         assert header["format"] == "latentspace"
-        assert header["version"] == _io.FORMAT_VERSION
+        assert header["version"] == space_file.FORMAT_VERSION
         assert header["dim"] == space.dim and header["dtype"] == "float64"
         assert [m["name"] for m in header["models"]] == list(space.models)
         assert [m["offset"] for m in header["models"]] == [False, True, False]
         assert header["checksum"]["algorithm"] == "sha256"
         np.testing.assert_array_equal(archive["model1.offset"], space.offset("image"))
-    assert _io.read_header(path) == header
+    assert space_file.read_header(path) == header
 
 
 def test_config_is_recorded(tmp_path):
     space = _trained_space()
     config = ProjectionConfig(n_epochs=3, learning_rate=0.02)
     space.save(tmp_path / "s.npz", config=config)
-    header = _io.read_header(tmp_path / "s.npz")
+    header = space_file.read_header(tmp_path / "s.npz")
     assert header["config"]["n_epochs"] == 3
     assert header["config"]["learning_rate"] == 0.02
     # A loaded space keeps it on the next save, until its weights change.
     loaded = LatentSpace.load(tmp_path / "s.npz")
     loaded.save(tmp_path / "again.npz")
-    assert _io.read_header(tmp_path / "again.npz")["config"] == header["config"]
+    assert space_file.read_header(tmp_path / "again.npz")["config"] == header["config"]
     # Retraining replaces it with the new training's configuration.
     data = {n: np.ones((4, d)) * 0.1 for n, d in loaded.models.items()}
     loaded.train_projections(data, n_epochs=1, solver="sgd")
     loaded.save(tmp_path / "retrained.npz")
-    assert _io.read_header(tmp_path / "retrained.npz")["config"]["n_epochs"] == 1
+    assert space_file.read_header(tmp_path / "retrained.npz")["config"]["n_epochs"] == 1
     # An explicit config wins.
     loaded.save(tmp_path / "explicit.npz", config={"note": "by hand"})
-    assert _io.read_header(tmp_path / "explicit.npz")["config"] == {"note": "by hand"}
+    assert space_file.read_header(tmp_path / "explicit.npz")["config"] == {"note": "by hand"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -160,41 +162,41 @@ def test_plain_save_records_the_last_training(tmp_path, dtype):
     space.register("a", 4)
     space.register("b", 5)
     space.save(tmp_path / "untrained.npz")
-    assert _io.read_header(tmp_path / "untrained.npz")["config"] is None
+    assert space_file.read_header(tmp_path / "untrained.npz")["config"] is None
     rng = np.random.default_rng(1)
     data = {"a": rng.normal(size=(20, 4)), "b": rng.normal(size=(20, 5))}
     result = space.train_projections(
         data, n_epochs=2, learning_rate=0.005, callback=lambda state: False
     , solver="sgd")
     space.save(tmp_path / "trained.npz")
-    config = _io.read_header(tmp_path / "trained.npz")["config"]
-    assert config == _io.config_record(result.config)
+    config = space_file.read_header(tmp_path / "trained.npz")["config"]
+    assert config == space_file.config_record(result.config)
     assert config["n_epochs"] == 2 and config["learning_rate"] == 0.005
     assert config["solver"] == "sgd" and config["callback"] is None
     # The record travels through load, save and pickle unchanged.
     loaded = LatentSpace.load(tmp_path / "trained.npz")
     loaded.save(tmp_path / "again.npz")
-    assert _io.read_header(tmp_path / "again.npz")["config"] == config
+    assert space_file.read_header(tmp_path / "again.npz")["config"] == config
     pickle.loads(pickle.dumps(space)).save(tmp_path / "pickled.npz")
-    assert _io.read_header(tmp_path / "pickled.npz")["config"] == config
+    assert space_file.read_header(tmp_path / "pickled.npz")["config"] == config
     # A failed training keeps the record of the weights the space still has.
     with pytest.raises(ValueError):
         space.train_projections({"a": data["a"], "b": data["b"][:3]}, n_epochs=7, solver="sgd")
     space.save(tmp_path / "failed.npz")
-    assert _io.read_header(tmp_path / "failed.npz")["config"] == config
+    assert space_file.read_header(tmp_path / "failed.npz")["config"] == config
     # A newly registered model was not trained with it: no record.
     space.register("c", 2)
     space.save(tmp_path / "registered.npz")
-    assert _io.read_header(tmp_path / "registered.npz")["config"] is None
+    assert space_file.read_header(tmp_path / "registered.npz")["config"] is None
 
 
 def test_config_with_unserialisable_values():
-    record = _io.config_record({"callback": print, "tol": float("nan"), "n": 2})
+    record = space_file.config_record({"callback": print, "tol": float("nan"), "n": 2})
     json.dumps(record)
     assert record["n"] == 2 and record["tol"] == "nan"
     assert record["callback"] is None
     with pytest.raises(TypeError, match="config must be"):
-        _io.config_record(3)
+        space_file.config_record(3)
 
 
 def test_save_overwrites_and_keeps_mode(tmp_path):
@@ -227,8 +229,8 @@ def _members(path):
 def _rewrite(path, header, arrays, *, checksum=False):
     """Write a (tampered) file whose zip is valid; optionally re-sign it."""
     if checksum:
-        names = list(_io._expected_arrays(header))
-        header["checksum"]["digest"] = _io._checksum(header, arrays, names)
+        names = list(space_file._expected_arrays(header))
+        header["checksum"]["digest"] = space_file._checksum(header, arrays, names)
     raw = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     np.savez(path, header=raw, **arrays)
 
@@ -436,7 +438,7 @@ def test_plain_npy_is_refused(tmp_path):
     _refused(tmp_path / "array.npy", "not an .npz")
 
 
-@pytest.mark.parametrize("reader", [LatentSpace.load, _io.read_header])
+@pytest.mark.parametrize("reader", [LatentSpace.load, space_file.read_header])
 def test_file_descriptor_is_not_a_path(saved, reader):
     # Found by fuzzing: open() took an int for a descriptor, read it and
     # closed it (it closed pytest's capture descriptor).
@@ -475,7 +477,7 @@ def test_failure_mid_write_leaves_the_existing_file(saved, monkeypatch):
         file.write(b"PK\x03\x04 half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(_io, "write_npz", broken)
+    monkeypatch.setattr(space_file, "write_npz", broken)
     with pytest.raises(OSError, match="disk full"):
         _other_space().save(path)
     assert path.read_bytes() == before
@@ -490,7 +492,7 @@ def test_failure_at_commit_leaves_the_existing_file(saved, monkeypatch, step):
     def broken(*args):
         raise OSError(f"{step} failed")
 
-    monkeypatch.setattr(_io.os, step, broken)
+    monkeypatch.setattr(space_file.os, step, broken)
     with pytest.raises(OSError, match=f"{step} failed"):
         _other_space().save(path)
     monkeypatch.undo()
@@ -532,14 +534,14 @@ def test_failure_at_every_step_of_save(saved, monkeypatch, step, error):
     weights = [w.tobytes() for w in other.weights("other")]
     if step.startswith("write"):
         fail_at = int(step.split("-")[1])
-        original = _io.write_npz
+        original = space_file.write_npz
         monkeypatch.setattr(
-            _io,
+            space_file,
             "write_npz",
             lambda file, members: original(_FailingFile(file, fail_at, error), members),
         )
     else:
-        function = getattr(_io.os, step)
+        function = getattr(space_file.os, step)
         calls = []
 
         def failing(*args, **kwargs):
@@ -548,7 +550,7 @@ def test_failure_at_every_step_of_save(saved, monkeypatch, step, error):
                 raise error(f"{step} failed")
             return function(*args, **kwargs)
 
-        monkeypatch.setattr(_io.os, step, failing)
+        monkeypatch.setattr(space_file.os, step, failing)
     if step in ("stat", "chmod") and error is OSError:
         # Copying the mode is best effort: the save goes through.
         other.save(path)
@@ -572,7 +574,7 @@ def test_interrupt_mid_write_leaves_no_file(tmp_path, monkeypatch):
         file.write(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_io, "write_npz", interrupted)
+    monkeypatch.setattr(space_file, "write_npz", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _other_space().save(path)
     assert os.listdir(tmp_path) == []
@@ -799,7 +801,7 @@ def test_crafted_generator_states_are_refused(saved, tmp_path, state):
     crafted = _resigned(path, tmp_path, _set("rng", BAD_RNG_STATES[state]))
     _refused(crafted, "random generator state")
     with pytest.raises(SpaceFileError, match="random generator state"):
-        _io.read_header(crafted)  # what `info` shows: not valid either
+        space_file.read_header(crafted)  # what `info` shows: not valid either
 
 
 @pytest.mark.parametrize(
@@ -993,7 +995,7 @@ def test_a_huge_file_is_refused_from_its_first_bytes(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
-@pytest.mark.parametrize("reader", [LatentSpace.load, _io.read_header])
+@pytest.mark.parametrize("reader", [LatentSpace.load, space_file.read_header])
 def test_special_files_are_refused_without_reading(tmp_path, reader):
     fifo = tmp_path / "fifo.npz"
     os.mkfifo(fifo)
@@ -1024,7 +1026,7 @@ def test_a_signed_file_loads_only_with_its_key(saved, tmp_path):
     key = os.urandom(32)
     path = tmp_path / "signed.npz"
     space.save(path, key=key)
-    header = _io.read_header(path, key=key)
+    header = space_file.read_header(path, key=key)
     assert header["checksum"]["algorithm"] == "hmac-sha256"
     _assert_identical(space, LatentSpace.load(path, key=key))
     _refused(path, "signed with a key")
@@ -1038,8 +1040,8 @@ def test_a_signed_file_loads_only_with_its_key(saved, tmp_path):
     # An edit re-signed with another key.
     header, arrays = _members(path)
     header["dim"] += 0
-    names = list(_io._expected_arrays(header))
-    header["checksum"]["digest"] = _io._checksum(header, arrays, names, b"other")
+    names = list(space_file._expected_arrays(header))
+    header["checksum"]["digest"] = space_file._checksum(header, arrays, names, b"other")
     _rewrite(tmp_path / "other.npz", header, arrays)
     with pytest.raises(SpaceFileError, match="signature mismatch"):
         LatentSpace.load(tmp_path / "other.npz", key=key)
@@ -1074,7 +1076,7 @@ def test_save_and_load_bytes_paths(tmp_path):
     path = os.fsencode(tmp_path / "s.npz")
     space.save(path)
     _assert_identical(space, LatentSpace.load(path))
-    assert _io.read_header(path)["dim"] == space.dim
+    assert space_file.read_header(path)["dim"] == space.dim
 
 
 def test_save_into_a_missing_directory_names_the_directory(tmp_path):
@@ -1090,7 +1092,7 @@ def test_ctrl_c_at_any_line_of_save(tmp_path):
     """Whichever line of `save` (or of the zip and .npy writers it calls)
     Ctrl-C interrupts: the exception is the KeyboardInterrupt, the target is
     the old file or the complete new one, no temporary file and no file
-    descriptor are left behind. Every line of `_io` and of the modules it
+    descriptor are left behind. Every line of `space_file` and of the modules it
     writes with (`_archive`, `_rng_state`), every 10th of zipfile and numpy's
     .npy writer."""
     import gc
@@ -1103,13 +1105,13 @@ def test_ctrl_c_at_any_line_of_save(tmp_path):
     _other_space().save(path)
     old = path.read_bytes()
     interrupter = LineInterrupter(
-        os.path.dirname(_io.__file__), zipfile.__file__, np.lib.format.__file__
+        os.path.dirname(latentspace.__file__), zipfile.__file__, np.lib.format.__file__
     )
     files = interrupter.lines(lambda: space.save(path))
     descriptors = "/proc/self/fd"
     opened = len(os.listdir(descriptors)) if sys.platform == "linux" else None
     replaced = 0
-    for at in interrupter.chosen(files, ("_io.py", "_archive.py", "_rng_state.py"), 10):
+    for at in interrupter.chosen(files, ("space_file.py", "archive.py", "rng_state.py"), 10):
         path.write_bytes(old)
         exc = interrupter.run(lambda: space.save(path), at)
         assert isinstance(exc, KeyboardInterrupt) or exc is None, (at, exc)

@@ -10,6 +10,8 @@ fsynced and renamed over the target.
 """
 
 import errno
+import hashlib
+import hmac
 import json
 import math
 import os
@@ -19,11 +21,15 @@ import zipfile
 
 import numpy as np
 
-from ._exceptions import SpaceFileError
+from .._exceptions import InvalidParameterError, SpaceFileError
 
 __all__ = [
     "MAX_HEADER_BYTES",
+    "check_algorithm",
+    "check_digest",
+    "check_key",
     "fail",
+    "new_digest",
     "npy_members",
     "open_regular",
     "parse_json",
@@ -48,6 +54,57 @@ _TEMPORARY_NAME_BYTES = 64
 
 def fail(path, problem):
     return SpaceFileError(f"cannot load {os.fspath(path)!r}: {problem}")
+
+
+def check_key(key):
+    """The key of a signature: None or non-empty bytes."""
+    if key is None:
+        return None
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise InvalidParameterError(
+            f"key must be bytes (a secret of 32 random bytes, say), got "
+            f"{type(key).__name__}"
+        )
+    key = bytes(key)
+    if not key:
+        raise InvalidParameterError("key must not be empty")
+    return key
+
+
+def new_digest(key):
+    """A SHA-256 hash (an HMAC-SHA256 under ``key``) and its algorithm's name
+    in a file's header."""
+    if key is None:
+        return hashlib.sha256(), "sha256"
+    return hmac.new(key, digestmod=hashlib.sha256), "hmac-sha256"
+
+
+def check_algorithm(algorithm, key, path):
+    """Raise unless a file whose checksum is of ``algorithm`` can be checked
+    with ``key`` (a signed file needs its key; a key needs a signed file)."""
+    if algorithm not in ("sha256", "hmac-sha256"):
+        raise fail(path, f"unknown checksum algorithm {algorithm!r:.40}")
+    if key is None and algorithm == "hmac-sha256":
+        raise fail(path, "it is signed with a key (HMAC-SHA256): pass its key")
+    if key is not None and algorithm == "sha256":
+        raise fail(
+            path,
+            "it is not signed with a key (its checksum is a plain SHA-256), so "
+            "it cannot be authenticated",
+        )
+
+
+def check_digest(found, recorded, key, path):
+    """Raise unless the hex digest ``found`` is the ``recorded`` one."""
+    if not (isinstance(recorded, str) and hmac.compare_digest(found, recorded)):
+        raise fail(
+            path,
+            "checksum mismatch: the file was modified or corrupted after it was "
+            "written"
+            if key is None
+            else "signature mismatch: the file was modified after it was signed, "
+            "or the key is not the one it was signed with",
+        )
 
 
 def open_regular(path):

@@ -3,7 +3,7 @@
 
 Checks of model names, alignment, masks of observed samples and unpaired
 rows; `checked_sums`, the statistics of a chunk with its values checked;
-`Source`, the base of the sources of `latentspace._data.training_data`; and
+`Source`, the base of the sources of `latentspace._training.data.training_data`; and
 `Arrays`, the source of a mapping of array-likes (NumPy arrays,
 memory-mapped files), read a chunk of rows at a time.
 """
@@ -12,14 +12,15 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._exceptions import InvalidParameterError
-from ._statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, slices, statistics
-from ._validation import (
+from .._exceptions import InvalidParameterError
+from .statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, slices, statistics
+from .._validation import (
     BLAS_INT_MAX,
     as_kernel_array,
     as_numeric,
     check_finite,
-    check_scale,
+    check_values,
+    is_dask_array,
     unknown_model,
 )
 
@@ -30,7 +31,6 @@ __all__ = [
     "check_counts",
     "check_model_count",
     "checked_sums",
-    "is_dask_array",
     "magnitude_bounds",
     "masks",
     "model_names",
@@ -41,13 +41,8 @@ __all__ = [
 # Entries (rows x D) of the blocks of a mapping's rows summed at once (each
 # a chunk of CHUNK_ENTRIES at a time), then merged: it bounds the memory of
 # the row indices of the patterns of missing views and of the rows of a model
-# that `check_scale` reads.
+# that `check_values` reads.
 BLOCK_ENTRIES = 2**25
-
-
-def is_dask_array(value):
-    """Whether ``value`` is a Dask array (without importing Dask)."""
-    return type(value).__module__.startswith("dask.") and hasattr(value, "chunks")
 
 
 def check_model_count(data, min_models):
@@ -277,8 +272,7 @@ class Arrays(Source):
         what = f"data for model {self.names[m]!r}"
         mask = None if self.observed is None else self.observed[:, m]
         block = as_kernel_array(self.arrays[m], self.dtype, what, mask)
-        check_finite(block, what, mask)
-        check_scale(self.arrays[m], what, self.dtype, mask)
+        check_values(block, what, self.dtype, mask)
         return block
 
     def check_unchanged(self):
@@ -349,7 +343,7 @@ def checked_sums(names, blocks, observed, offsets, dtype, where, first_row):
             checked = as_kernel_array(block[rows], dtype, what, part, first_row + start)
             if not finite:
                 check_finite(checked, what, part, first_row + start)
-        check_scale(block, what, dtype, mask, bounds[name])
+        check_values(block, what, dtype, mask, first_row, bounds[name])
     index = {name: m for m, name in enumerate(names)}
     for key, value in sums.items():
         shifts = [offsets[index[name]] for name in key]

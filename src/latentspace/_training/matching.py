@@ -29,9 +29,9 @@ from typing import NamedTuple
 import numpy as np
 import scipy.linalg
 
-from ._cca import svd
-from ._exceptions import AlignmentNotFoundError, DimensionWarning, InvalidParameterError
-from ._validation import as_rows, check_finite, unknown_model
+from .cca import svd
+from .._exceptions import AlignmentNotFoundError, DimensionWarning, InvalidParameterError
+from .._validation import as_rows, check_finite, unknown_model
 
 __all__ = ["Matching", "matched_data", "refine_pairs", "zero_pair_dictionary"]
 
