@@ -1993,3 +1993,17 @@ def test_stream_and_mapping_give_the_same_reconstruction():
                                atol=1e-12)
     np.testing.assert_allclose(space.weights("m2")[1], other.weights("m2")[1],
                                atol=1e-10)
+
+
+def test_info_shows_a_recorded_config_whose_solver_is_not_a_name(tmp_path):
+    # Found by fuzzing: a space whose recorded config held a list as its solver
+    # loaded, but `info` failed looking the list up in the solver table.
+    space = LatentSpace(2)
+    space.register("a", 3)
+    path = str(tmp_path / "space.npz")
+    space.save(path, config={"solver": ["sgd"], "epochs": 3})
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["info", path])
+    assert code == 0, err.getvalue()
+    assert "trained with epochs=3, solver=['sgd']" in out.getvalue()
