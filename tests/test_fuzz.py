@@ -1765,7 +1765,7 @@ def _edit_members(draw, members):
     elif action == "retype" and array is not None:
         dtype = draw(st.sampled_from([">f8", "<f4", "<f2", "<i8", "|u1", "O", "<c16"]))
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a lossy cast (complex to real, ...) is the point
+            warnings.simplefilter("ignore")  # the lossy cast is the point
             members[name] = _npy_bytes(array.astype(dtype))
     elif action == "fortran" and array is not None and array.ndim == 2:
         members[name] = _npy_bytes(np.asfortranarray(array.T).T)
