@@ -46,7 +46,8 @@ def _unused_fields(config):
     """The fields of a recorded configuration that did not shape the weights
     (``info`` leaves them out; ``--json`` shows everything)."""
     unused = {"progress", "callback"}
-    solver = SOLVERS.get(config.get("solver"))
+    name = config.get("solver")
+    solver = SOLVERS.get(name) if isinstance(name, str) else None
     if solver is None:
         return unused
     unused |= solver.ignores
