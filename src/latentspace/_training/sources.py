@@ -8,6 +8,7 @@ rows; `checked_sums`, the statistics of a chunk with its values checked;
 memory-mapped files), read a chunk of rows at a time.
 """
 
+import mmap
 from collections.abc import Mapping
 
 import numpy as np
@@ -291,6 +292,8 @@ class Arrays(Source):
         step = self._block_rows()
         for start in range(0, self.n_samples, step):
             rows = slice(start, start + step)
+            for array in self.arrays:  # the next block's pages, while this one sums
+                prefetch(array, slice(start + step, start + 2 * step))
             blocks = [array[rows] for array in self.arrays]
             mask = None if self.observed is None else self.observed[rows]
             sums = merge_sums(sums, checked_sums(
@@ -303,6 +306,34 @@ class Arrays(Source):
         return self._with_pools(
             shifted(blocks, self.observed, offsets), self.observed, offsets
         )
+
+
+def file_mapping(array):
+    """The `mmap.mmap` of a file that ``array`` views, or None."""
+    while array is not None and not isinstance(array, mmap.mmap):
+        array = getattr(array, "base", None)  # a memmap's base is its mmap
+    return array
+
+
+def prefetch(array, rows):
+    """Ask the kernel to start reading ``array[rows]`` from its file if
+    ``array`` views a memory-mapped file (``np.memmap``, ``np.load(...,
+    mmap_mode=...)``; else nothing): reading it later then finds its pages
+    in memory instead of waiting on each."""
+    mapping = file_mapping(array)
+    if mapping is None or not hasattr(mapping, "madvise"):
+        return
+    part = array[rows]
+    if not part.size or not part.flags.c_contiguous:
+        return
+    try:
+        start = part.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
+        first = start - start % mmap.PAGESIZE
+        length = min(start + part.nbytes, len(mapping)) - first
+        if first >= 0 and length > 0:
+            mapping.madvise(mmap.MADV_WILLNEED, first, length)
+    except (ValueError, OSError):  # a closed mapping; advice the kernel refuses
+        pass
 
 
 def shifted(blocks, observed, offsets):
