@@ -310,9 +310,11 @@ class Arrays(Source):
 
 def file_mapping(array):
     """The `mmap.mmap` of a file that ``array`` views, or None."""
-    while array is not None and not isinstance(array, mmap.mmap):
+    for _ in range(64):  # a chain of views; never a loop, whatever a base is
+        if array is None or isinstance(array, mmap.mmap):
+            return array
         array = getattr(array, "base", None)  # a memmap's base is its mmap
-    return array
+    return None
 
 
 def prefetch(array, rows):
