@@ -99,10 +99,10 @@ def make_model(projection, reconstruction, offset=None):
             f"{reconstruction.dtype}, offset "
             f"{None if offset is None else (np.shape(offset), np.asarray(offset).dtype)}"
         )
-    projection, reconstruction, offset = _read_only_copies(
-        [projection, reconstruction, offset]
-    )
-    project_shift = None if offset is None else read_only(-(offset @ projection))
+    projection, reconstruction, offset, project_shift = _read_only_copies([
+        projection, reconstruction, offset,
+        None if offset is None else -(offset @ projection),
+    ])
     return Model(
         len(projection),
         offset,

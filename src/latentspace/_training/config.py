@@ -196,6 +196,8 @@ def resolve_config(config, overrides):
         raise InvalidParameterError(
             f"config must be a ProjectionConfig or None, got {type(config).__name__}"
         )
+    if not overrides:
+        return ProjectionConfig() if config is None else config
     fields = {f.name for f in dataclasses.fields(ProjectionConfig)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -205,7 +207,7 @@ def resolve_config(config, overrides):
         )
     if config is None:
         return ProjectionConfig(**overrides)
-    return dataclasses.replace(config, **overrides) if overrides else config
+    return dataclasses.replace(config, **overrides)
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ DECAY = 0.999
 
 def _split(flat, widths, k, transpose):
     """Per-model matrices (views) of a flat concatenation of weights."""
-    widths = widths.tolist()
-    return [
-        flat[cols].reshape((k, d) if transpose else (d, k))
-        for cols, d in zip(slices([d * k for d in widths]), widths)
-    ]
+    views, start = [], 0
+    for d in widths.tolist():
+        views.append(flat[start : start + d * k].reshape((k, d) if transpose else (d, k)))
+        start += d * k
+    return views
 
 
 def _diverged(epoch, loss, learning_rate, blocks, names):
