@@ -251,20 +251,25 @@ def bench_call(repeats, clock):
             t = _rounds({label: (fn, 200) for label, fn in fns.items()}, repeats, clock)
         med = {label: statistics.median(v) * 1e6 for label, v in t.items()}
         ratio = statistics.median(c / e for c, e in zip(t["call"], t["epoch"]))
-        rows.append((np.dtype(dtype).name, *(med[label] for label in fns), ratio))
+        work = statistics.median(
+            (e + 2 * v) / e for e, v in zip(t["epoch"], t["loss"])
+        )
+        rows.append((np.dtype(dtype).name, *(med[label] for label in fns), work,
+                     ratio))
     print(f"\nA 1-epoch train_projections(solver='sgd') at 3+5->4, n=200: "
           f"microseconds,\nmedians of {repeats} interleaved rounds of 200 calls")
     header = ("dtype", "call", "epoch", "loss", "validate", "solver", "models",
-              "call/epoch")
-    print("{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>11}".format(*header))
+              "work/epoch", "call/epoch")
+    print("{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>11} {:>11}".format(*header))
     for r in rows:
-        print("{:<8} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f} {:>8.1f} {:>8.1f} {:>10.2f}x"
-              .format(*r))
+        print("{:<8} {:>8.1f} {:>8.1f} {:>8.1f} {:>9.1f} {:>8.1f} {:>8.1f} {:>10.2f}x "
+              "{:>10.2f}x".format(*r))
     print("epoch: the compiled epoch alone; loss: one evaluation of the reference "
           "loss (a\ncall evaluates it before and after the epoch); validate: "
           "reading and checking\nthe data; solver: the SGD driver (copies, two "
           "losses, the epoch, checks);\nmodels: making the two trained models "
-          "(read-only copies, compiled maps).")
+          "(read-only copies, compiled maps);\nwork/epoch: the epoch and the two "
+          "losses, the compiled work of the call.")
 
 
 def interleaved_medians(fns, repeats, number):
