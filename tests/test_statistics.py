@@ -33,7 +33,7 @@ import latentspace._training.sources
 import latentspace._training.statistics
 from latentspace._training.data import training_data
 from latentspace._training.gradient import _batch_moments
-from latentspace._training.sources import file_mapping, magnitude_bounds, prefetch
+from latentspace._training.sources import file_mapping, magnitude_bounds, read_ahead
 from latentspace._training.statistics import chunk_sums
 
 
@@ -281,39 +281,4 @@ def test_every_source_gives_the_statistics_of_numpy(small_blocks, tmp_path, dtyp
     assert_array_equal(found["memmap"].mean, found["mapping"].mean)
 
 
-def test_memory_mapped_blocks_are_read_ahead(tmp_path, monkeypatch):
-    """Before a memory-mapped block is summed the next one is asked of the
-    kernel (`prefetch`, madvise WILLNEED): every block but the first is
-    prefetched, of every model, and the sums are those of the data."""
-    arrays = views(500)
-    for name, x in zip(NAMES, arrays):
-        np.save(tmp_path / f"{name}.npy", x)
-    maps = [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in NAMES]
-    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES", 8 * 64)
-    asked = []
-    monkeypatch.setattr(latentspace._training.sources, "prefetch",
-                        lambda array, rows: asked.append((array, rows))
-                        or prefetch(array, rows))
-    stats = _statistics(dict(zip(NAMES, maps)), np.float64)
-    step = 8 * 64 // sum(WIDTHS)
-    starts = sorted({rows.start for _, rows in asked})
-    assert starts == list(range(step, 500 + step, step))
-    assert len(asked) == len(NAMES) * len(starts)
-    # The source's arrays still view the files: the advice reaches them.
-    mappings = {id(file_mapping(array)) for array, _ in asked}
-    assert mappings == {id(m.base) for m in maps}
-    expected = _statistics(dict(zip(NAMES, arrays)), np.float64)
-    assert_array_equal(stats.gram, expected.gram)
-
-
-def test_prefetch_ignores_what_it_cannot_advise(tmp_path):
-
-    np.save(tmp_path / "x.npy", np.arange(30000.0).reshape(10000, 3))
-    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    for array, rows in [(mapped, slice(5000, 6000)), (mapped, slice(9990, 20000)),
-                        (mapped, slice(20000, 30000)), (mapped[100:], slice(3, 9)),
-                        (mapped[:, 1], slice(0, 10)), (np.ones((4, 3)), slice(0, 2))]:
-        prefetch(array, rows)  # advice only: nothing raised, nothing changed
-    np.testing.assert_array_equal(mapped[5000], [15000.0, 15001.0, 15002.0])
-    assert file_mapping(np.asarray(mapped)[100:]) is mapped.base
-    assert file_mapping(np.ones(3)) is None
+#READAHEAD_TESTS
