@@ -315,10 +315,12 @@ def reader_threads():
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 20 rows: 15 blocks of N rows."""
-    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES", 20 * sum(WIDTHS))
+    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES",
+                        20 * sum(WIDTHS))
 
 
-def test_interrupted_memmap_training_leaves_no_thread(memmaps, small_blocks, monkeypatch):
+def test_interrupted_memmap_training_leaves_no_thread(
+        memmaps, small_blocks, monkeypatch):
     """Ctrl-C while a block is summed (the next one being read): the
     training stops, the reading thread ends, the space is unchanged."""
     _, maps = memmaps
@@ -369,8 +371,8 @@ def test_truncated_file_is_named(tmp_path, small_blocks):
     os.truncate(tmp_path / "m1.npy", maps[1].offset + 250 * maps[1][0].nbytes)
     space = make()
     before = snapshot(space)
-    with pytest.raises(OSError, match="data for model 'm1': its file ends at byte "
-                       r"\d+, before row 259 \(truncated\?\)"):
+    message = r"data for model 'm1': its file ends at byte \d+, in row 250 \("
+    with pytest.raises(OSError, match=message):
         space.train_projections(dict(zip(NAMES, maps)), solver="cca")
     assert not reader_threads()
     assert_unchanged(space, before)

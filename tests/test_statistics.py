@@ -12,6 +12,7 @@ the source of the rows (mapping, stream, memory-mapped file, Dask array).
 """
 
 import errno
+import fcntl
 import os
 import threading
 import tracemalloc
@@ -302,7 +303,8 @@ def saved(tmp_path, arrays, **load):
 def blocks_of_37(monkeypatch):
     """Blocks of 37 rows, each summed 7 rows at a time: 500 rows are 14."""
     chunk_rows(monkeypatch, 7)
-    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES", 37 * sum(WIDTHS))
+    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES",
+                        37 * sum(WIDTHS))
 
 
 def summed_blocks(monkeypatch):
@@ -365,7 +367,8 @@ def test_memory_mapped_blocks_are_read_ahead_into_two_buffers(
         observed = {"a": random_observed(500, 1, seed=4)[:, 0],
                     "b": random_observed(500, 1, seed=5)[:, 0]}
     if case == "masked":
-        maps = [np.ma.masked_array(x, mask=~observed[name][:, None].repeat(x.shape[1], 1))
+        maps = [np.ma.masked_array(x, mask=np.broadcast_to(~observed[name][:, None],
+                                                           x.shape))
                 for name, x in zip(NAMES, maps)]
         arrays = [np.ma.masked_array(x.data.copy(), mask=x.mask) for x in maps]
         observed = None
@@ -381,13 +384,15 @@ def test_memory_mapped_blocks_are_read_ahead_into_two_buffers(
         assert buffers[0] is buffers[2] is not buffers[1]
 
 
-@pytest.mark.parametrize("how", ["cached", "direct", "through the cache", "mapping"])
+@pytest.mark.parametrize(
+    "how", ["cached", "direct", "direct refused", "through the cache", "mapping"])
 def test_every_way_of_reading_gives_the_same_statistics(
         blocks_of_37, tmp_path, monkeypatch, how):
     """What the page cache holds is read from it (``RWF_NOWAIT``), the rest
     directly from the disk (``O_DIRECT``), or through the cache where
-    there are no direct reads; without ``preadv`` the blocks are the
-    mapping's rows: every way, the statistics of the arrays in memory."""
+    there are no direct reads or they are refused (``EINVAL``); without
+    ``preadv`` the blocks are the mapping's rows: every way, the
+    statistics of the arrays in memory."""
     arrays = views(500, 1e3)
     maps = saved(tmp_path, arrays)
     expected = source_statistics(dict(zip(NAMES, arrays)), [None, None], np.float64)
@@ -397,11 +402,27 @@ def test_every_way_of_reading_gives_the_same_statistics(
         monkeypatch.delattr(os, "O_DIRECT", raising=False)
     if how == "mapping":
         monkeypatch.delattr(os, "preadv")
+    refused = []
+    if how == "direct refused":
+        try:
+            os.close(os.open(tmp_path / "a.npy", os.O_RDONLY | os.O_DIRECT))
+        except OSError:
+            pytest.skip("no direct reads on this file system")
+        real = os.preadv
+
+        def preadv(fd, buffers, at, *flags):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                refused.append(fd)
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return real(fd, buffers, at, *flags)
+
+        monkeypatch.setattr(os, "preadv", preadv)
     seen = summed_blocks(monkeypatch)
     got = source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
     assert_same_statistics(got, expected)
     from_files = [mapped_file(block) is not None for blocks in seen for block in blocks]
     assert all(from_files) if how == "mapping" else not any(from_files)
+    assert len(refused) == (len(NAMES) if how == "direct refused" else 0)
 
 
 def test_what_is_not_a_plain_view_of_a_file_is_not_read_ahead(tmp_path):
@@ -435,8 +456,8 @@ def test_nan_in_a_later_block_is_named_by_its_row(blocks_of_37, tmp_path):
     arrays = views(500)
     arrays[1][3 * 37 + 5, 2] = np.nan  # the fourth block
     maps = saved(tmp_path, arrays)
-    with pytest.raises(InvalidParameterError,
-                       match=r"data for model 'b' contains NaN or Inf \(first in row 116\)"):
+    message = r"data for model 'b' contains NaN or Inf \(first in row 116\)"
+    with pytest.raises(InvalidParameterError, match=message):
         source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
     assert not reader_threads()
 
@@ -455,7 +476,8 @@ def test_a_failed_read_names_the_model(blocks_of_37, tmp_path, monkeypatch):
         return real(fd, buffers, at, *flags)
 
     monkeypatch.setattr(os, "preadv", failing)
-    with pytest.raises(OSError, match="cannot read data for model '(a|b)': Input/output"):
+    message = "cannot read data for model '(a|b)': Input/output error"
+    with pytest.raises(OSError, match=message):
         source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
     assert not reader_threads()
 

@@ -12,6 +12,7 @@ costs the CPU next to nothing and keeps a pass over files larger than memory
 from evicting everything else that is cached.
 """
 
+import errno
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +21,8 @@ import numpy as np
 
 __all__ = ["blocks", "mapped_file"]
 
-# Alignment of the offsets, lengths and memory of direct reads (the
-# largest logical block size of the disks they read).
+# Alignment of the offsets, lengths and memory of direct reads: a page, at
+# least the logical block size of a disk.
 _ALIGN = mmap.PAGESIZE
 
 
@@ -63,10 +64,13 @@ class _File:
 
     @classmethod
     def open(cls, array, what):
-        """The `_File` of an array that `mapped_file` finds, or None if its
-        file cannot be opened or is not the size of the file mapped (not
-        the same file)."""
-        path, position, size = mapped_file(array)
+        """The `_File` of ``array``, or None if `mapped_file` finds no file,
+        or the file cannot be opened or is not the size of the file mapped
+        (not the same file)."""
+        found = mapped_file(array)
+        if found is None:
+            return None
+        path, position, size = found
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
@@ -104,20 +108,23 @@ class _File:
             if not got:
                 break
             at += got
-        fd = self.fd
         if self.direct is not None:
-            fd, at = self.direct, at - at % _ALIGN
+            at -= at % _ALIGN
         while at < end:
+            fd = self.fd if self.direct is None else self.direct
             try:
                 got = os.preadv(fd, [memory[at - base :]], at)
             except OSError as exc:
+                if fd == self.direct and exc.errno == errno.EINVAL:
+                    self.direct = None  # refused after all: read through the cache
+                    os.close(fd)
+                    continue
                 raise OSError(exc.errno, f"cannot read {self.what}: {exc.strerror}"
                               ) from exc
             if not got:
-                raise OSError(
-                    f"cannot read {self.what}: its file ends at byte {at}, "
-                    f"before row {start + rows - 1} (truncated?)"
-                )
+                row = (at - self.position) // self.row_bytes
+                raise OSError(f"cannot read {self.what}: its file ends at byte {at}, "
+                              f"in row {row} (was it cut short?)")
             at += got
         offset = skip + first - base
         rows_bytes = buffer[offset : offset + rows * self.row_bytes]
@@ -153,8 +160,7 @@ def blocks(arrays, n, step, names):
     try:
         if hasattr(os, "preadv"):
             for m, array in enumerate(arrays):
-                file = mapped_file(array) and _File.open(
-                    array, f"data for model {names[m]!r}")
+                file = _File.open(array, f"data for model {names[m]!r}")
                 if file is not None:
                     files[m] = file
         if not files:
@@ -170,13 +176,14 @@ def blocks(arrays, n, step, names):
                 block[m] = file.read(start, len(block[m]), into[m])
             return block
 
-        with ThreadPoolExecutor(1, thread_name_prefix="latentspace-read-ahead") as reader:
+        reader = ThreadPoolExecutor(1, thread_name_prefix="latentspace-read-ahead")
+        with reader:
             pending = reader.submit(read, 0, buffers[0])
             try:
                 for i, start in enumerate(starts):
                     block = pending.result()
                     if start + step < n:
-                        pending = reader.submit(read, start + step, buffers[(i + 1) % 2])
+                        pending = reader.submit(read, start + step, buffers[1 - i % 2])
                     yield start, block
             finally:
                 pending.cancel()
