@@ -42,8 +42,9 @@ __all__ = [
 
 # Entries (rows x D) of the blocks of a mapping's rows summed at once (each
 # a chunk of CHUNK_ENTRIES at a time), then merged: it bounds the memory of
-# the row indices of the patterns of missing views and of the rows of a model
-# that `check_values` reads.
+# the row indices of the patterns of missing views, of the rows of a model
+# that `check_values` reads and of the two blocks of memory-mapped files
+# read ahead (`reading.blocks`).
 BLOCK_ENTRIES = 2**25
 
 
