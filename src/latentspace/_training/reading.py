@@ -163,7 +163,7 @@ def blocks(arrays, n, step, names):
                 file = _File.open(array, f"data for model {names[m]!r}")
                 if file is not None:
                     files[m] = file
-        if not files:
+        if not files or not starts:
             for start in starts:
                 yield start, [array[start : start + step] for array in arrays]
             return
