@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """Helpers shared by the tests (not an oracle: see `reference`)."""
 
+import inspect
 import linecache
 import os
 import sys
@@ -115,9 +116,10 @@ class LineInterrupter:
     interrupt at the nearest possible point is simulated by the previous
     line anyway:
 
-    - a line already executed in the same function call (a ``with``
-      statement's exit is reported as its ``with`` line again, before
-      ``__exit__`` is called; loops are interrupted in their first pass);
+    - a line already executed in the same function call, or in the same
+      generator over its resumptions (a ``with`` statement's exit is
+      reported as its ``with`` line again, before ``__exit__`` is called;
+      loops are interrupted in their first pass);
     - a ``try:`` line (a no-op before the protected block starts);
     - the first line of a ``finally:`` block (reached after the try block's
       last call, with no call in between);
@@ -152,10 +154,15 @@ class LineInterrupter:
         return False
 
     def _trace(self, on_line):
+        generators = {}  # a generator's frame to its lines, over its resumptions
+
         def start(frame, event, arg):
             if not frame.f_code.co_filename.startswith(self.roots):
                 return None
-            seen = set()
+            if frame.f_code.co_flags & inspect.CO_GENERATOR:
+                seen = generators.setdefault(frame, set())
+            else:
+                seen = set()
 
             def local(frame, event, arg):
                 lineno = frame.f_lineno

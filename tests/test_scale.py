@@ -8,7 +8,9 @@ must name where the problem is and leave the space as it was. Dask runs on a
 local cluster of two worker processes, as in production.
 """
 
+import os
 import re
+import threading
 
 import dask.array as da
 import numpy as np
@@ -17,7 +19,10 @@ from distributed import Client, LocalCluster
 from numpy.testing import assert_allclose
 
 from latentspace import InvalidParameterError, LatentSpace, UnknownModelError
-from support import assert_unchanged, dtype_params, snapshot
+from support import LineInterrupter, assert_unchanged, dtype_params, snapshot
+
+import latentspace._training.reading
+import latentspace._training.sources
 
 WIDTHS = (6, 4, 5)
 NAMES = ("m0", "m1", "m2")
@@ -300,6 +305,77 @@ def test_stream_of_memmap_chunks_matches_memory(memmaps, solver):
     expected, _ = trained(dict(zip(NAMES, arrays)), solver)
     space, _ = trained(chunks(maps, BOUNDS["uneven"]), solver)
     assert_same_space(space, expected, TOL[np.dtype(np.float64)])
+
+
+def reader_threads():
+    return [t for t in threading.enumerate()
+            if t.name.startswith("latentspace-read-ahead")]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 20 rows: 15 blocks of N rows."""
+    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES",
+                        20 * sum(WIDTHS))
+
+
+def test_interrupted_memmap_training_leaves_no_thread(
+        memmaps, small_blocks, monkeypatch):
+    """Ctrl-C while a block is summed (the next one being read): the
+    training stops, the reading thread ends, the space is unchanged."""
+    _, maps = memmaps
+    space = make()
+    before = snapshot(space)
+    calls = []
+    real = latentspace._training.sources.checked_sums
+
+    def interrupted(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(latentspace._training.sources, "checked_sums", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        space.train_projections(dict(zip(NAMES, maps)), solver="cca")
+    assert not reader_threads()
+    assert_unchanged(space, before)
+
+
+def test_ctrl_c_at_any_line_of_the_read_ahead_leaves_no_thread(memmaps, small_blocks):
+    _, maps = memmaps
+    space = make()
+    before = snapshot(space)
+    interrupter = LineInterrupter(latentspace._training.reading.__file__)
+
+    def training():
+        space.train_projections(dict(zip(NAMES, maps)), solver="cca")
+
+    lines = interrupter.lines(training)
+    space = make()
+    assert len(lines) > 20
+    for at in range(1, len(lines) + 1):
+        assert interrupter.run(training, at) is not None, at
+        assert not reader_threads(), at
+        assert_unchanged(space, before)
+
+
+def test_truncated_file_is_named(tmp_path, small_blocks):
+    """A file cut short after it was mapped (its later rows no longer
+    exist): an OSError naming the model, the space unchanged."""
+    arrays = views()
+    maps = []
+    for name, x in zip(NAMES, arrays):
+        np.save(tmp_path / f"{name}.npy", x)
+        maps.append(np.load(tmp_path / f"{name}.npy", mmap_mode="r"))
+    os.truncate(tmp_path / "m1.npy", maps[1].offset + 250 * maps[1][0].nbytes)
+    space = make()
+    before = snapshot(space)
+    message = r"data for model 'm1': its file ends at byte \d+, in row 250 \("
+    with pytest.raises(OSError, match=message):
+        space.train_projections(dict(zip(NAMES, maps)), solver="cca")
+    assert not reader_threads()
+    assert_unchanged(space, before)
 
 
 # -- Dask --------------------------------------------------------------------

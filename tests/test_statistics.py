@@ -11,7 +11,12 @@ from zero (where ``E[xx'] - E[x]E[x]'`` would lose every digit), and whatever
 the source of the rows (mapping, stream, memory-mapped file, Dask array).
 """
 
+import errno
+import fcntl
+import os
+import threading
 import tracemalloc
+from contextlib import closing
 from types import SimpleNamespace
 
 import dask
@@ -31,9 +36,11 @@ from support import (
 import latentspace._training.data
 import latentspace._training.sources
 import latentspace._training.statistics
+from latentspace import InvalidParameterError
 from latentspace._training.data import training_data
 from latentspace._training.gradient import _batch_moments
-from latentspace._training.sources import file_mapping, magnitude_bounds, prefetch
+from latentspace._training.reading import blocks, mapped_file
+from latentspace._training.sources import magnitude_bounds
 from latentspace._training.statistics import chunk_sums
 
 
@@ -281,39 +288,207 @@ def test_every_source_gives_the_statistics_of_numpy(small_blocks, tmp_path, dtyp
     assert_array_equal(found["memmap"].mean, found["mapping"].mean)
 
 
-def test_memory_mapped_blocks_are_read_ahead(tmp_path, monkeypatch):
-    """Before a memory-mapped block is summed the next one is asked of the
-    kernel (`prefetch`, madvise WILLNEED): every block but the first is
-    prefetched, of every model, and the sums are those of the data."""
-    arrays = views(500)
+# -- memory-mapped files, read ahead ---------------------------------------------
+
+
+def saved(tmp_path, arrays):
+    """``arrays`` saved as .npy files and opened memory-mapped, read-only."""
     for name, x in zip(NAMES, arrays):
         np.save(tmp_path / f"{name}.npy", x)
-    maps = [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in NAMES]
-    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES", 8 * 64)
-    asked = []
-    monkeypatch.setattr(latentspace._training.sources, "prefetch",
-                        lambda array, rows: asked.append((array, rows))
-                        or prefetch(array, rows))
-    stats = _statistics(dict(zip(NAMES, maps)), np.float64)
-    step = 8 * 64 // sum(WIDTHS)
-    starts = sorted({rows.start for _, rows in asked})
-    assert starts == list(range(step, 500 + step, step))
-    assert len(asked) == len(NAMES) * len(starts)
-    # The source's arrays still view the files: the advice reaches them.
-    mappings = {id(file_mapping(array)) for array, _ in asked}
-    assert mappings == {id(m.base) for m in maps}
-    expected = _statistics(dict(zip(NAMES, arrays)), np.float64)
-    assert_array_equal(stats.gram, expected.gram)
+    return [np.load(tmp_path / f"{name}.npy", mmap_mode="r") for name in NAMES]
 
 
-def test_prefetch_ignores_what_it_cannot_advise(tmp_path):
+@pytest.fixture
+def blocks_of_37(monkeypatch):
+    """Blocks of 37 rows, each summed 7 rows at a time: 500 rows are 14."""
+    chunk_rows(monkeypatch, 7)
+    monkeypatch.setattr(latentspace._training.sources, "BLOCK_ENTRIES",
+                        37 * sum(WIDTHS))
 
-    np.save(tmp_path / "x.npy", np.arange(30000.0).reshape(10000, 3))
-    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
-    for array, rows in [(mapped, slice(5000, 6000)), (mapped, slice(9990, 20000)),
-                        (mapped, slice(20000, 30000)), (mapped[100:], slice(3, 9)),
-                        (mapped[:, 1], slice(0, 10)), (np.ones((4, 3)), slice(0, 2))]:
-        prefetch(array, rows)  # advice only: nothing raised, nothing changed
-    np.testing.assert_array_equal(mapped[5000], [15000.0, 15001.0, 15002.0])
-    assert file_mapping(np.asarray(mapped)[100:]) is mapped.base
-    assert file_mapping(np.ones(3)) is None
+
+def summed_blocks(monkeypatch):
+    """The blocks `Arrays.statistics` sums, as it sums them (recorded)."""
+    seen = []
+    real = latentspace._training.sources.checked_sums
+
+    def spy(names, blocks, *args):
+        seen.append(list(blocks))
+        return real(names, blocks, *args)
+
+    monkeypatch.setattr(latentspace._training.sources, "checked_sums", spy)
+    return seen
+
+
+def root(array):
+    """The array that owns the memory of ``array``."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def reader_threads():
+    return [t for t in threading.enumerate()
+            if t.name.startswith("latentspace-read-ahead")]
+
+
+def source_statistics(data, offsets, dtype, observed=None):
+    models = {name: SimpleNamespace(input_dim=d) for name, d in zip(NAMES, WIDTHS)}
+    with training_data(data, models, np.dtype(dtype), observed=observed) as source:
+        return source.statistics(offsets)
+
+
+def assert_same_statistics(got, expected):
+    assert got.n_samples == expected.n_samples
+    assert_array_equal(got.counts, expected.counts)
+    assert_array_equal(got.mean, expected.mean)
+    assert_array_equal(got.gram, expected.gram)
+    assert [m for m, _ in got.patterns] == [m for m, _ in expected.patterns]
+    for (_, a), (_, b) in zip(got.patterns, expected.patterns):
+        assert a.count == b.count
+        assert_array_equal(a.mean, b.mean)
+        assert_array_equal(a.scatter, b.scatter)
+
+
+@dtype_params
+@pytest.mark.parametrize("case", ["complete", "observed", "masked"])
+def test_memory_mapped_blocks_are_read_ahead_into_two_buffers(
+        blocks_of_37, tmp_path, monkeypatch, dtype, case):
+    """Every block of a memory-mapped file is summed from one of two buffers
+    that a thread filled from the file (never from the file's pages), and
+    the statistics are bit-identical to those of the same arrays in memory,
+    summed in the same blocks: with masks of observed rows, masked arrays
+    and offsets."""
+    arrays = [x.astype(dtype) for x in views(500, 1e3)]
+    maps = saved(tmp_path, arrays)
+    offsets = [np.linspace(900, 1100, WIDTHS[0]), None]
+    observed = None
+    if case != "complete":
+        observed = {"a": random_observed(500, 1, seed=4)[:, 0],
+                    "b": random_observed(500, 1, seed=5)[:, 0]}
+    if case == "masked":
+        maps = [np.ma.masked_array(x, mask=np.broadcast_to(~observed[name][:, None],
+                                                           x.shape))
+                for name, x in zip(NAMES, maps)]
+        arrays = [np.ma.masked_array(x.data.copy(), mask=x.mask) for x in maps]
+        observed = None
+    expected = source_statistics(dict(zip(NAMES, arrays)), offsets, dtype, observed)
+    seen = summed_blocks(monkeypatch)
+    got = source_statistics(dict(zip(NAMES, maps)), offsets, dtype, observed)
+    assert_same_statistics(got, expected)
+    assert len(seen) == 14 and not reader_threads()
+    for m in range(len(NAMES)):
+        assert all(mapped_file(blocks[m]) is None for blocks in seen)
+        buffers = [root(blocks[m]) for blocks in seen]
+        assert len({id(b) for b in buffers}) == 2  # used in turn
+        assert buffers[0] is buffers[2] is not buffers[1]
+
+
+@pytest.mark.parametrize(
+    "how", ["cached", "direct", "direct refused", "through the cache", "mapping"])
+def test_every_way_of_reading_gives_the_same_statistics(
+        blocks_of_37, tmp_path, monkeypatch, how):
+    """What the page cache holds is read from it (``RWF_NOWAIT``), the rest
+    directly from the disk (``O_DIRECT``), or through the cache where
+    there are no direct reads or they are refused (``EINVAL``); without
+    ``preadv`` the blocks are the mapping's rows: every way, the
+    statistics of the arrays in memory."""
+    arrays = views(500, 1e3)
+    maps = saved(tmp_path, arrays)
+    expected = source_statistics(dict(zip(NAMES, arrays)), [None, None], np.float64)
+    if how != "cached":
+        monkeypatch.delattr(os, "RWF_NOWAIT", raising=False)
+    if how == "through the cache":
+        monkeypatch.delattr(os, "O_DIRECT", raising=False)
+    if how == "mapping":
+        monkeypatch.delattr(os, "preadv")
+    refused = []
+    if how == "direct refused":
+        try:
+            os.close(os.open(tmp_path / "a.npy", os.O_RDONLY | os.O_DIRECT))
+        except OSError:
+            pytest.skip("no direct reads on this file system")
+        real = os.preadv
+
+        def preadv(fd, buffers, at, *flags):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+                refused.append(fd)
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            return real(fd, buffers, at, *flags)
+
+        monkeypatch.setattr(os, "preadv", preadv)
+    seen = summed_blocks(monkeypatch)
+    got = source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
+    assert_same_statistics(got, expected)
+    from_files = [mapped_file(block) is not None for blocks in seen for block in blocks]
+    assert all(from_files) if how == "mapping" else not any(from_files)
+    assert len(refused) == (len(NAMES) if how == "direct refused" else 0)
+
+
+def test_what_is_not_a_plain_view_of_a_file_is_not_read_ahead(tmp_path):
+    """Not C-contiguous (Fortran order, a column slice), copy-on-write,
+    in memory: no file to read the rows from (the blocks are slices)."""
+    x = views(50)[0]
+    fortran = tmp_path / "f.npy"
+    np.save(fortran, np.asfortranarray(x))
+    maps = saved(tmp_path, views(50))
+    np.save(tmp_path / "c.npy", x)
+    for array in [np.load(fortran, mmap_mode="r"), maps[0][:, 1:],
+                  np.load(tmp_path / "c.npy", mmap_mode="c"), x]:
+        assert mapped_file(array) is None
+        for start, (block,) in blocks([array], 50, 20, ["a"]):
+            assert block.base is not None and root(block) is root(array)
+    assert mapped_file(maps[0]) is not None
+
+
+def test_mapped_file_finds_the_position_of_a_view(tmp_path):
+    """The position of the first byte of a view, through any chain of views
+    and wherever the mapping starts in the file."""
+    path = tmp_path / "x.bin"
+    np.arange(40000.0).tofile(path)
+    mapped = np.memmap(path, np.float64, "r", offset=8 * 1000, shape=(3000, 4))
+    for view in [mapped, mapped[7:], np.asarray(mapped)[100:][3:], mapped[2999:]]:
+        name, position, size = mapped_file(view)
+        assert os.fspath(name) == str(path) and size == 320000
+        assert np.fromfile(path, np.float64, 4, offset=position)[0] == view[0, 0]
+
+
+def test_nan_in_a_later_block_is_named_by_its_row(blocks_of_37, tmp_path):
+    arrays = views(500)
+    arrays[1][3 * 37 + 5, 2] = np.nan  # the fourth block
+    maps = saved(tmp_path, arrays)
+    message = r"data for model 'b' contains NaN or Inf \(first in row 116\)"
+    with pytest.raises(InvalidParameterError, match=message):
+        source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
+    assert not reader_threads()
+
+
+def test_a_failed_read_names_the_model(blocks_of_37, tmp_path, monkeypatch):
+    """An I/O error in the reading thread is raised by the pass, with the
+    model's name; the thread ends."""
+    maps = saved(tmp_path, views(500))
+    calls = []
+    real = os.preadv
+
+    def failing(fd, buffers, at, *flags):
+        calls.append(at)
+        if len(calls) > 9:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, buffers, at, *flags)
+
+    monkeypatch.setattr(os, "preadv", failing)
+    message = "cannot read data for model '(a|b)': Input/output error"
+    with pytest.raises(OSError, match=message):
+        source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
+    assert not reader_threads()
+
+
+def test_a_pass_stopped_early_leaves_no_thread(tmp_path):
+    maps = saved(tmp_path, views(500))
+    rows = blocks(maps, 500, 10, NAMES)
+    with closing(rows):
+        for start, _ in rows:
+            if start == 30:
+                break
+    assert not reader_threads()
+
+

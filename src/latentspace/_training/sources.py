@@ -5,15 +5,16 @@ Checks of model names, alignment, masks of observed samples and unpaired
 rows; `checked_sums`, the statistics of a chunk with its values checked;
 `Source`, the base of the sources of `latentspace._training.data.training_data`; and
 `Arrays`, the source of a mapping of array-likes (NumPy arrays,
-memory-mapped files), read a chunk of rows at a time.
+memory-mapped files), read a block of rows at a time (`reading.blocks`).
 """
 
-import mmap
 from collections.abc import Mapping
+from contextlib import closing
 
 import numpy as np
 
 from .._exceptions import InvalidParameterError
+from .reading import blocks
 from .statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, slices, statistics
 from .._validation import (
     BLAS_INT_MAX,
@@ -41,8 +42,9 @@ __all__ = [
 
 # Entries (rows x D) of the blocks of a mapping's rows summed at once (each
 # a chunk of CHUNK_ENTRIES at a time), then merged: it bounds the memory of
-# the row indices of the patterns of missing views and of the rows of a model
-# that `check_values` reads.
+# the row indices of the patterns of missing views, of the rows of a model
+# that `check_values` reads and of the two blocks of memory-mapped files
+# read ahead (`reading.blocks`).
 BLOCK_ENTRIES = 2**25
 
 
@@ -290,15 +292,14 @@ class Arrays(Source):
     def statistics(self, offsets):
         sums = self._pool_sums(offsets)
         step = self._block_rows()
-        for start in range(0, self.n_samples, step):
-            rows = slice(start, start + step)
-            for array in self.arrays:  # the next block's pages, while this one sums
-                prefetch(array, slice(start + step, start + 2 * step))
-            blocks = [array[rows] for array in self.arrays]
-            mask = None if self.observed is None else self.observed[rows]
-            sums = merge_sums(sums, checked_sums(
-                self.names, blocks, mask, offsets, self.dtype, "", start
-            ))
+        rows = blocks(self.arrays, self.n_samples, step, self.names)
+        with closing(rows):
+            for start, block in rows:
+                mask = None if self.observed is None else self.observed[
+                    start : start + step]
+                sums = merge_sums(sums, checked_sums(
+                    self.names, block, mask, offsets, self.dtype, "", start
+                ))
         return statistics(self.names, self.widths, self.dtype, sums)
 
     def samples(self, offsets):
@@ -306,36 +307,6 @@ class Arrays(Source):
         return self._with_pools(
             shifted(blocks, self.observed, offsets), self.observed, offsets
         )
-
-
-def file_mapping(array):
-    """The `mmap.mmap` of a file that ``array`` views, or None."""
-    for _ in range(64):  # a chain of views; never a loop, whatever a base is
-        if array is None or isinstance(array, mmap.mmap):
-            return array
-        array = getattr(array, "base", None)  # a memmap's base is its mmap
-    return None
-
-
-def prefetch(array, rows):
-    """Ask the kernel to start reading ``array[rows]`` from its file if
-    ``array`` views a memory-mapped file (``np.memmap``, ``np.load(...,
-    mmap_mode=...)``; else nothing): reading it later then finds its pages
-    in memory instead of waiting on each."""
-    mapping = file_mapping(array)
-    if mapping is None or not hasattr(mapping, "madvise"):
-        return
-    part = array[rows]
-    if not part.size or not part.flags.c_contiguous:
-        return
-    try:
-        start = part.ctypes.data - np.frombuffer(mapping, np.uint8).ctypes.data
-        first = start - start % mmap.PAGESIZE
-        length = min(start + part.nbytes, len(mapping)) - first
-        if first >= 0 and length > 0:
-            mapping.madvise(mmap.MADV_WILLNEED, first, length)
-    except (ValueError, OSError):  # a closed mapping; advice the kernel refuses
-        pass
 
 
 def shifted(blocks, observed, offsets):
