@@ -447,9 +447,26 @@ def test_mapped_file_finds_the_position_of_a_view(tmp_path):
     np.arange(40000.0).tofile(path)
     mapped = np.memmap(path, np.float64, "r", offset=8 * 1000, shape=(3000, 4))
     for view in [mapped, mapped[7:], np.asarray(mapped)[100:][3:], mapped[2999:]]:
-        name, position, size = mapped_file(view)
-        assert os.fspath(name) == str(path) and size == 320000
+        name, position, identity = mapped_file(view)
+        assert os.fspath(name) == str(path)
+        assert identity == (os.stat(path).st_dev, os.stat(path).st_ino)
         assert np.fromfile(path, np.float64, 4, offset=position)[0] == view[0, 0]
+
+
+def test_a_file_replaced_since_it_was_mapped_is_read_through_the_mapping(
+        blocks_of_37, tmp_path):
+    """A file of the same size put at the mapped file's name (an atomic
+    rename, as a pipeline rewrites its embeddings) is not read: the
+    statistics are those of the mapped arrays."""
+    arrays = views(500, 1e3)
+    maps = saved(tmp_path, arrays)
+    expected = source_statistics(dict(zip(NAMES, arrays)), [None, None], np.float64)
+    for name, x in zip(NAMES, arrays):
+        np.save(tmp_path / "new.npy", x + 1.0)
+        os.replace(tmp_path / "new.npy", tmp_path / f"{name}.npy")
+    assert all(mapped_file(x) is not None for x in maps)
+    got = source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
+    assert_same_statistics(got, expected)
 
 
 def test_nan_in_a_later_block_is_named_by_its_row(blocks_of_37, tmp_path):

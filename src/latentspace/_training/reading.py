@@ -26,10 +26,27 @@ __all__ = ["blocks", "mapped_file"]
 _ALIGN = mmap.PAGESIZE
 
 
+def _mapped_identity(address):
+    """``(st_dev, st_ino)`` of the file mapped at ``address`` in this process
+    (``/proc/self/maps``), or None if it cannot be told."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                low, high = (int(a, 16) for a in fields[0].split("-"))
+                if low <= address < high:
+                    major, minor = (int(x, 16) for x in fields[3].split(":"))
+                    return os.makedev(major, minor), int(fields[4])
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
+    return None
+
+
 def mapped_file(array):
-    """``(path, position, size)`` if ``array`` is a C-contiguous view of a
-    file mapped by ``np.memmap`` (not copy-on-write): the file, the byte at
-    which ``array`` starts in it and the size of the file mapped; else None.
+    """``(path, position, identity)`` if ``array`` is a C-contiguous view of
+    a file mapped by ``np.memmap`` (not copy-on-write): the file's name, the
+    byte at which ``array`` starts in it and ``(st_dev, st_ino)`` of the file
+    mapped (which the file at that name may no longer be); else None.
     """
     owner = array
     for _ in range(64):  # a chain of views; never a loop, whatever a base is
@@ -46,11 +63,18 @@ def mapped_file(array):
         and array.flags.c_contiguous
     ):
         return None
-    try:
-        size = base.size()
-    except (ValueError, OSError):  # a closed mapping
+    if base.closed:
         return None
-    return owner.filename, owner.offset + array.ctypes.data - owner.ctypes.data, size
+    identity = _mapped_identity(array.ctypes.data)
+    if identity is None:
+        return None
+    return (owner.filename, owner.offset + array.ctypes.data - owner.ctypes.data,
+            identity)
+
+
+def _identity(fd):
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
 
 
 class _File:
@@ -65,17 +89,17 @@ class _File:
     @classmethod
     def open(cls, array, what):
         """The `_File` of ``array``, or None if `mapped_file` finds no file,
-        or the file cannot be opened or is not the size of the file mapped
-        (not the same file)."""
+        or the file at its name cannot be opened or is not the file mapped
+        (replaced since)."""
         found = mapped_file(array)
         if found is None:
             return None
-        path, position, size = found
+        path, position, identity = found
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
             return None
-        if os.fstat(fd).st_size != size:
+        if _identity(fd) != identity:
             os.close(fd)
             return None
         file = cls(array, fd, position, what)
@@ -83,6 +107,10 @@ class _File:
             file.direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
         except (AttributeError, OSError):
             pass
+        else:
+            if _identity(file.direct) != identity:
+                os.close(file.direct)
+                file.direct = None
         return file
 
     def buffer(self, rows):
