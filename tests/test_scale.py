@@ -342,14 +342,20 @@ def test_interrupted_memmap_training_leaves_no_thread(
     assert_unchanged(space, before)
 
 
-def test_ctrl_c_at_any_line_of_the_read_ahead_leaves_no_thread(memmaps, small_blocks):
+@pytest.mark.parametrize("kind", ["mapping", "stream"])
+def test_ctrl_c_at_any_line_of_the_read_ahead_leaves_no_thread(
+        memmaps, small_blocks, kind):
     _, maps = memmaps
     space = make()
     before = snapshot(space)
     interrupter = LineInterrupter(latentspace._training.reading.__file__)
 
     def training():
-        space.train_projections(dict(zip(NAMES, maps)), solver="cca")
+        data = dict(zip(NAMES, maps))
+        if kind == "stream":
+            data = ({name: x[a : a + 100] for name, x in zip(NAMES, maps)}
+                    for a in range(0, len(maps[0]), 100))
+        space.train_projections(data, solver="cca")
 
     lines = interrupter.lines(training)
     space = make()
@@ -360,9 +366,11 @@ def test_ctrl_c_at_any_line_of_the_read_ahead_leaves_no_thread(memmaps, small_bl
         assert_unchanged(space, before)
 
 
-def test_truncated_file_is_named(tmp_path, small_blocks):
+@pytest.mark.parametrize("solver", ["cca", "sgd"])
+def test_truncated_file_is_named(tmp_path, small_blocks, solver):
     """A file cut short after it was mapped (its later rows no longer
-    exist): an OSError naming the model, the space unchanged."""
+    exist), summed in blocks or loaded whole: an OSError naming the model,
+    the space unchanged."""
     arrays = views()
     maps = []
     for name, x in zip(NAMES, arrays):
@@ -373,7 +381,7 @@ def test_truncated_file_is_named(tmp_path, small_blocks):
     before = snapshot(space)
     message = r"data for model 'm1': its file ends at byte \d+, in row 250 \("
     with pytest.raises(OSError, match=message):
-        space.train_projections(dict(zip(NAMES, maps)), solver="cca")
+        space.train_projections(dict(zip(NAMES, maps)), solver=solver)
     assert not reader_threads()
     assert_unchanged(space, before)
 

@@ -13,6 +13,7 @@ the source of the rows (mapping, stream, memory-mapped file, Dask array).
 
 import errno
 import fcntl
+import functools
 import os
 import threading
 import tracemalloc
@@ -467,6 +468,92 @@ def test_a_file_replaced_since_it_was_mapped_is_read_through_the_mapping(
     assert all(mapped_file(x) is not None for x in maps)
     got = source_statistics(dict(zip(NAMES, maps)), [None, None], np.float64)
     assert_same_statistics(got, expected)
+
+
+def memory_mapped_chunks(arrays, bounds):
+    """A stream of chunks of ``arrays`` between ``bounds``; model "b" is
+    missing from the third."""
+    for number, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        chunk = {name: x[a:b] for name, x in zip(NAMES, arrays)}
+        if number == 2:
+            del chunk["b"]
+        yield chunk
+
+
+@dtype_params
+def test_a_stream_of_memory_mapped_chunks_is_read_ahead(
+        small_blocks, tmp_path, monkeypatch, dtype):
+    """Chunks sliced from memory-mapped files (any sizes, a model missing
+    from one) are summed from buffers a thread filled from the files, with
+    the statistics of the same chunks in memory, bit for bit."""
+    arrays = [x.astype(dtype) for x in views(500, 1e3)]
+    maps = saved(tmp_path, arrays)
+    bounds = [0, 1, 60, 61, 300, 500]
+    expected = source_statistics(memory_mapped_chunks(arrays, bounds), [None, None],
+                                 dtype)
+    seen = []
+    real = latentspace._training.data.checked_sums
+
+    def spy(names, blocks, *args):
+        seen.append(list(blocks))
+        return real(names, blocks, *args)
+
+    monkeypatch.setattr(latentspace._training.data, "checked_sums", spy)
+    got = source_statistics(memory_mapped_chunks(maps, bounds), [None, None], dtype)
+    assert_same_statistics(got, expected)
+    assert [len(blocks) for blocks in seen] == [2, 2, 1, 2, 2]
+    assert not any(mapped_file(b) is not None for blocks in seen for b in blocks)
+    assert not reader_threads()
+
+
+def test_a_stream_cut_short_names_the_chunk_and_the_row(tmp_path):
+    """A file cut short after it was mapped, read in a stream: an OSError
+    naming the model, the chunk and the row of the stream."""
+    maps = saved(tmp_path, views(500))
+    os.truncate(tmp_path / "b.npy", maps[1].offset + 250 * maps[1][0].nbytes)
+    message = (r"data for model 'b' in chunk 3 \(from row 61 of the stream\): its "
+               r"file ends at byte \d+, in row 250 ")
+    with pytest.raises(OSError, match=message):
+        source_statistics(memory_mapped_chunks(maps, [0, 1, 60, 61, 300, 500]),
+                          [None, None], np.float64)
+    assert not reader_threads()
+
+
+def _rows_of_file(path, block_info=None):
+    (start, stop), _ = block_info[None]["array-location"]
+    return np.load(path, mmap_mode="r")[start:stop]
+
+
+def test_dask_blocks_that_view_files_are_read_from_them(tmp_path, monkeypatch):
+    """A Dask task whose block views a memory-mapped file (a loader's
+    slice) sums it as read from the file, with the statistics of the same
+    blocks in memory, bit for bit."""
+    arrays = views(500, 1e3)
+    saved(tmp_path, arrays)
+    in_memory = {name: da.from_array(x, chunks=(64, -1))
+                 for name, x in zip(NAMES, arrays)}
+    from_files = {
+        name: da.map_blocks(
+            functools.partial(_rows_of_file, tmp_path / f"{name}.npy"),
+            chunks=(in_memory[name].chunks[0], (x.shape[1],)), dtype=x.dtype,
+            meta=np.empty((0, 0), x.dtype),
+        )
+        for name, x in zip(NAMES, arrays)
+    }
+    seen = []
+    real = latentspace._training.data.checked_sums
+
+    def spy(names, blocks, *args):
+        seen.append(list(blocks))
+        return real(names, blocks, *args)
+
+    with dask.config.set(scheduler="sync"):
+        expected = source_statistics(in_memory, [None, None], np.float64)
+        monkeypatch.setattr(latentspace._training.data, "checked_sums", spy)
+        got = source_statistics(from_files, [None, None], np.float64)
+    assert_same_statistics(got, expected)
+    assert len(seen) == 8
+    assert not any(mapped_file(b) is not None for blocks in seen for b in blocks)
 
 
 def test_nan_in_a_later_block_is_named_by_its_row(blocks_of_37, tmp_path):

@@ -22,10 +22,12 @@ import functools
 import inspect
 import itertools
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 
 import numpy as np
 
 from .._exceptions import InvalidParameterError
+from .reading import read_ahead, read_rows
 from .solvers import SOLVERS
 from .sources import (
     Arrays,
@@ -101,7 +103,25 @@ class _Stream(Source):
             raise InvalidParameterError("a stream of chunks can be read only once")
         chunks, self.chunks = self.chunks, None
         index = {name: m for m, name in enumerate(self.names)}
-        sums, start = {}, 0
+        sums, rows = {}, 0
+        with closing(read_ahead(self._checked(chunks))) as checked:
+            for (names, where, first), arrays in checked:
+                shift = [offsets[index[name]] for name in names]
+                sums = merge_sums(sums, checked_sums(
+                    names, arrays, None, shift, self.dtype, where, first
+                ))
+                rows = first + len(arrays[0])
+        if rows == 0:
+            raise InvalidParameterError("data holds zero samples")
+        stats = statistics(self.names, self.widths, self.dtype, sums)
+        check_counts(self.names, stats.counts, "in any chunk")
+        return stats
+
+    def _checked(self, chunks):
+        """The chunks that hold rows, checked but for their values, for
+        `read_ahead`: keyed by their models, where they are and their first
+        row."""
+        start = 0
         for number, chunk in enumerate(chunks):
             where = f" in chunk {number} (from row {start} of the stream)"
             if not isinstance(chunk, Mapping):
@@ -111,26 +131,17 @@ class _Stream(Source):
                 )
             names = model_names(chunk, self.models)
             for name in names:
-                if name not in index:
+                if name not in self.names:
                     raise InvalidParameterError(
                         f"model {name!r} is in chunk {number} but not in chunk 0, "
                         "which sets the models of a stream"
                     )
-            arrays = [as_numeric(chunk[name], f"data for model {name!r}{where}")
-                      for name in names]
+            whats = [f"data for model {name!r}{where}" for name in names]
+            arrays = [as_numeric(chunk[name], what) for name, what in zip(names, whats)]
             rows = aligned_rows(names, arrays, self.models, where) if names else 0
-            if not rows:
-                continue
-            shift = [offsets[index[name]] for name in names]
-            sums = merge_sums(sums, checked_sums(
-                names, arrays, None, shift, self.dtype, where, start
-            ))
-            start += rows
-        if start == 0:
-            raise InvalidParameterError("data holds zero samples")
-        stats = statistics(self.names, self.widths, self.dtype, sums)
-        check_counts(self.names, stats.counts, "in any chunk")
-        return stats
+            if rows:
+                yield (names, where, start), arrays, whats, start
+                start += rows
 
     def samples(self, offsets):
         streaming = " and ".join(
@@ -146,10 +157,13 @@ class _Stream(Source):
 def _dask_block_sums(names, offsets, dtype, *blocks, block_info=None):
     """`checked_sums` of one block of rows of Dask arrays (the mask of
     observed views last, if there is one more block than ``names``), in a
-    (1, 1) object array."""
+    (1, 1) object array; a block that views a memory-mapped file is read
+    from the file (`read_rows`)."""
     first_row = block_info[0]["array-location"][0][0]
     blocks = [np.asarray(block) for block in blocks]
     observed = blocks[len(names)] if len(blocks) > len(names) else None
+    blocks = read_rows(blocks[: len(names)],
+                       [f"data for model {name!r}" for name in names], first_row)
     out = np.empty((1, 1), dtype=object)
     out[0, 0] = checked_sums(
         names, blocks[: len(names)], observed, offsets, dtype, "", first_row

@@ -1,25 +1,28 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""Blocks of rows of aligned arrays, those of memory-mapped files read ahead.
+"""Rows of memory-mapped files, read from the files rather than through
+their pages.
 
 A pass over memory-mapped arrays that touches their pages as it computes
 waits for the disk a page at a time, and the pages it brings in cost the
-CPU that the computation needs. `blocks` reads the next block of every
-array that views a file (``np.memmap``, ``np.load(..., mmap_mode="r")``)
-from the file, in one background thread, while the caller computes on the
-current block: from the page cache if the block is there, else directly
-from the disk into the buffer, around the page cache (``O_DIRECT``), which
-costs the CPU next to nothing and keeps a pass over files larger than memory
-from evicting everything else that is cached.
+CPU that the computation needs. Here the rows of an array that views a
+file (``np.memmap``, ``np.load(..., mmap_mode="r")``) are read from the
+file into a buffer: from the page cache if it holds them, else directly
+from the disk, around the page cache (``O_DIRECT``), which costs the CPU
+next to nothing and keeps a pass over files larger than memory from
+evicting everything else that is cached. `read_ahead` does it in one
+background thread, a chunk ahead of the caller, `blocks` for blocks of
+aligned arrays; `read_rows` does it at once (a Dask task's block).
 """
 
 import errno
+import itertools
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ["blocks", "mapped_file"]
+__all__ = ["blocks", "mapped_file", "read_ahead", "read_rows"]
 
 # Alignment of the offsets, lengths and memory of direct reads: a page, at
 # least the logical block size of a disk.
@@ -42,34 +45,47 @@ def _mapped_identity(address):
     return None
 
 
-def mapped_file(array):
-    """``(path, position, identity)`` if ``array`` is a C-contiguous view of
-    a file mapped by ``np.memmap`` (not copy-on-write): the file's name, the
-    byte at which ``array`` starts in it and ``(st_dev, st_ino)`` of the file
-    mapped (which the file at that name may no longer be); else None.
-    """
+def _owner(array):
+    """``(mapping, owner)``: the `mmap.mmap` and the `np.memmap` that owns it,
+    if ``array`` is a 2-D C-contiguous view of a file mapped by
+    ``np.memmap`` (not copy-on-write, not closed); else None."""
     owner = array
     for _ in range(64):  # a chain of views; never a loop, whatever a base is
         base = getattr(owner, "base", None)
         if base is None or isinstance(base, mmap.mmap):
             break
         owner = base
-    if not (
+    if (
         isinstance(base, mmap.mmap)
+        and not base.closed
         and isinstance(owner, np.memmap)
         and owner.filename
         and owner.mode != "c"
         and array.ndim == 2
         and array.flags.c_contiguous
     ):
-        return None
-    if base.closed:
+        return base, owner
+    return None
+
+
+def _position(array, owner):
+    """The byte of the file at which ``array``, a view of ``owner``, starts."""
+    return owner.offset + array.ctypes.data - owner.ctypes.data
+
+
+def mapped_file(array):
+    """``(path, position, identity)`` if ``array`` is a C-contiguous view of
+    a file mapped by ``np.memmap`` (not copy-on-write): the file's name, the
+    byte at which ``array`` starts in it and ``(st_dev, st_ino)`` of the file
+    mapped (which the file at that name may no longer be); else None.
+    """
+    found = _owner(array)
+    if found is None:
         return None
     identity = _mapped_identity(array.ctypes.data)
     if identity is None:
         return None
-    return (owner.filename, owner.offset + array.ctypes.data - owner.ctypes.data,
-            identity)
+    return found[1].filename, _position(array, found[1]), identity
 
 
 def _identity(fd):
@@ -78,23 +94,21 @@ def _identity(fd):
 
 
 class _File:
-    """The rows of an array that views a file, read from the file."""
+    """A mapped file, opened to be read."""
 
-    def __init__(self, array, fd, position, what):
-        self.fd, self.position, self.what = fd, position, what
-        self.dtype, self.width = array.dtype, array.shape[1]
-        self.row_bytes = array.shape[1] * array.itemsize
-        self.direct = None  # a descriptor of direct reads, if the file system has them
+    def __init__(self, fd, direct):
+        self.fd = fd
+        self.direct = direct  # a descriptor of direct reads, or None
 
     @classmethod
-    def open(cls, array, what):
-        """The `_File` of ``array``, or None if `mapped_file` finds no file,
-        or the file at its name cannot be opened or is not the file mapped
-        (replaced since)."""
+    def open(cls, array):
+        """The `_File` of the file ``array`` views, or None if `mapped_file`
+        finds none, or the file at its name cannot be opened or is not the
+        file mapped (replaced since)."""
         found = mapped_file(array)
         if found is None:
             return None
-        path, position, identity = found
+        path, _, identity = found
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError:
@@ -102,27 +116,22 @@ class _File:
         if _identity(fd) != identity:
             os.close(fd)
             return None
-        file = cls(array, fd, position, what)
         try:
-            file.direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
         except (AttributeError, OSError):
-            pass
-        else:
-            if _identity(file.direct) != identity:
-                os.close(file.direct)
-                file.direct = None
-        return file
+            direct = None
+        if direct is not None and _identity(direct) != identity:
+            os.close(direct)
+            direct = None
+        return cls(fd, direct)
 
-    def buffer(self, rows):
-        """Memory for `read` of up to ``rows`` rows."""
-        return np.empty(rows * self.row_bytes + 3 * _ALIGN, np.uint8)
-
-    def read(self, start, rows, buffer):
-        """Rows ``start`` to ``start + rows`` of the array, read into
-        ``buffer``: what the page cache holds of them, then the rest
-        directly from the disk (through the cache if it cannot be)."""
-        first = self.position + start * self.row_bytes
-        end = first + rows * self.row_bytes
+    def read(self, first, size, buffer, what, row_bytes, first_row):
+        """Bytes ``first`` to ``first + size`` of the file, read into
+        ``buffer`` (`_buffer`): what the page cache holds of them, then the
+        rest directly from the disk (through the cache if it cannot be).
+        Errors name ``what``, and the row (of ``row_bytes`` bytes from
+        ``first``, counted from ``first_row``) where a file cut short ends."""
+        end = first + size
         base = first - first % _ALIGN
         skip = -buffer.ctypes.data % _ALIGN
         memory = memoryview(buffer)[skip : skip + end - base + -end % _ALIGN]
@@ -147,16 +156,15 @@ class _File:
                     self.direct = None  # refused after all: read through the cache
                     os.close(fd)
                     continue
-                raise OSError(exc.errno, f"cannot read {self.what}: {exc.strerror}"
+                raise OSError(exc.errno, f"cannot read {what}: {exc.strerror}"
                               ) from exc
             if not got:
-                row = (at - self.position) // self.row_bytes
-                raise OSError(f"cannot read {self.what}: its file ends at byte {at}, "
+                row = first_row + (at - first) // row_bytes
+                raise OSError(f"cannot read {what}: its file ends at byte {at}, "
                               f"in row {row} (was it cut short?)")
             at += got
         offset = skip + first - base
-        rows_bytes = buffer[offset : offset + rows * self.row_bytes]
-        return rows_bytes.view(self.dtype).reshape(rows, self.width)
+        return buffer[offset : offset + size]
 
     def close(self):
         for fd in (self.fd, self.direct):
@@ -164,57 +172,121 @@ class _File:
                 os.close(fd)
 
 
-def blocks(arrays, n, step, names):
-    """The blocks of ``step`` rows of aligned 2-D ``arrays`` of ``n`` rows,
-    in order: ``(start, [array[start:start + step] for array in arrays])``.
+def _buffer(pool, slot, size):
+    """``pool[slot]``, memory for `_File.read` of ``size`` bytes, made anew
+    if it is smaller."""
+    buffer = pool.get(slot)
+    if buffer is None or len(buffer) < size + 3 * _ALIGN:
+        buffer = pool[slot] = np.empty(size + 3 * _ALIGN, np.uint8)
+    return buffer
 
-    The rows of an array that is a C-contiguous view of a memory-mapped file
-    (`mapped_file`) are read from the file by one thread, a block ahead of
-    the caller, into two buffers used in turn: ``2 * (step * d * itemsize
-    + 3 pages)`` bytes for an ``(n, d)`` array, whatever ``n``. Such a block
-    is valid until the next one is taken. Other arrays are sliced. Close the
-    generator (`contextlib.closing`) to stop the thread when not every
-    block is taken: it then ends once the block it reads is read.
 
-    Parameters
-    ----------
-    arrays : sequence of (n, d_m) array-likes
-    n, step : int
-    names : sequence of str
-        The models of the arrays, named by the errors of a read (`OSError`).
-    """
-    starts = range(0, n, step)
-    files = {}
+class _Reader:
+    """The files of the mappings it meets, each opened once."""
+
+    def __init__(self):
+        self.files = {}  # id(mapping) -> (mapping, _File or None)
+
+    def source(self, array):
+        """``(file, position)`` to read ``array`` from, or None."""
+        found = _owner(array) if hasattr(os, "preadv") else None
+        if found is None:
+            return None
+        mapping, owner = found
+        entry = self.files.get(id(mapping))
+        if entry is None:  # the mapping is kept: its id is not reused
+            entry = self.files[id(mapping)] = (mapping, _File.open(array))
+        return None if entry[1] is None else (entry[1], _position(array, owner))
+
+    def read(self, arrays, whats, first_row, pool):
+        """``arrays``, those that view files read from them into the buffers
+        of ``pool`` (by index), the others as they are."""
+        out = list(arrays)
+        for m, array in enumerate(arrays):
+            found = self.source(array) if array.size else None
+            if found is not None:
+                file, first = found
+                row_bytes = array.shape[1] * array.itemsize
+                raw = file.read(first, array.nbytes, _buffer(pool, m, array.nbytes),
+                                whats[m], row_bytes, first_row)
+                out[m] = raw.view(array.dtype).reshape(array.shape)
+        return out
+
+    def close(self):
+        for _, file in self.files.values():
+            if file is not None:
+                file.close()
+        self.files.clear()
+
+
+def read_rows(arrays, whats, first_row=0):
+    """``arrays`` (2-D), those that view files (`mapped_file`) read from the
+    files into new memory; ``whats`` name them in errors (`OSError`), rows
+    counted from ``first_row``."""
+    reader = _Reader()
     try:
-        if hasattr(os, "preadv"):
-            for m, array in enumerate(arrays):
-                file = _File.open(array, f"data for model {names[m]!r}")
-                if file is not None:
-                    files[m] = file
-        if not files or not starts:
-            for start in starts:
-                yield start, [array[start : start + step] for array in arrays]
+        return reader.read(arrays, whats, first_row, {})
+    finally:
+        reader.close()
+
+
+def read_ahead(chunks):
+    """The chunks of an iterable of ``(key, arrays, whats, first_row)``, as
+    ``(key, arrays)``, taken from it in this thread, one ahead of the
+    caller.
+
+    If the arrays of the first chunk include views of files
+    (`mapped_file`), one thread reads those of every chunk from the files
+    (errors, `OSError`, name ``whats``, rows counted from ``first_row``),
+    a chunk ahead, into two sets of buffers used in turn: as large as the
+    two largest chunks' such arrays (``nbytes`` plus 3 pages each). A chunk
+    is valid until the next is taken. Else the chunks are passed on as
+    they are. Close the generator (`contextlib.closing`) to stop the thread
+    when not every chunk is taken: it ends once the chunk it reads is read.
+    """
+    items = iter(chunks)
+    reader = _Reader()
+    try:
+        item = next(items, None)
+        if item is None:
             return
-        buffers = [{m: file.buffer(min(step, n)) for m, file in files.items()}
-                   for _ in range(min(2, len(starts)))]
+        if not any(reader.source(a) for a in item[1] if a.size):
+            while item is not None:
+                yield item[:2]
+                item = next(items, None)
+            return
+        pools = ({}, {})
 
-        def read(start, into):
-            block = [array[start : start + step] for array in arrays]
-            for m, file in files.items():
-                block[m] = file.read(start, len(block[m]), into[m])
-            return block
+        def read(item, pool):
+            key, arrays, whats, first_row = item
+            return key, reader.read(arrays, whats, first_row, pool)
 
-        reader = ThreadPoolExecutor(1, thread_name_prefix="latentspace-read-ahead")
-        with reader:
-            pending = reader.submit(read, 0, buffers[0])
+        name = "latentspace-read-ahead"
+        with ThreadPoolExecutor(1, thread_name_prefix=name) as thread:
+            pending = thread.submit(read, item, pools[0])
             try:
-                for i, start in enumerate(starts):
-                    block = pending.result()
-                    if start + step < n:
-                        pending = reader.submit(read, start + step, buffers[1 - i % 2])
-                    yield start, block
+                for i in itertools.count(1):
+                    chunk = pending.result()
+                    item = next(items, None)
+                    if item is not None:
+                        pending = thread.submit(read, item, pools[i % 2])
+                    yield chunk
+                    if item is None:
+                        return
             finally:
                 pending.cancel()
     finally:
-        for file in files.values():
-            file.close()
+        reader.close()
+
+
+def blocks(arrays, n, step, names):
+    """The blocks of ``step`` rows of aligned 2-D ``arrays`` of ``n`` rows,
+    in order: ``(start, [array[start:start + step] for array in arrays])``,
+    those of files read ahead (`read_ahead`: two buffers of ``step * d *
+    itemsize`` bytes and 3 pages for an ``(n, d)`` array that views a file,
+    whatever ``n``); ``names`` are the arrays' models, for errors."""
+    whats = [f"data for model {name!r}" for name in names]
+    return read_ahead(
+        (start, [array[start : start + step] for array in arrays], whats, start)
+        for start in range(0, n, step)
+    )

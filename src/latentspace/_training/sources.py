@@ -14,7 +14,7 @@ from contextlib import closing
 import numpy as np
 
 from .._exceptions import InvalidParameterError
-from .reading import blocks
+from .reading import blocks, read_rows
 from .statistics import CHUNK_ENTRIES, chunk_sums, merge_sums, slices, statistics
 from .._validation import (
     BLAS_INT_MAX,
@@ -271,10 +271,12 @@ class Arrays(Source):
             self.observed = None if counts.min() == n else matrix
 
     def _block(self, m):
-        """Model ``m``'s samples as a kernel array, checked."""
+        """Model ``m``'s samples as a kernel array, checked (read from its
+        file if it views one: `reading.read_rows`)."""
         what = f"data for model {self.names[m]!r}"
         mask = None if self.observed is None else self.observed[:, m]
-        block = as_kernel_array(self.arrays[m], self.dtype, what, mask)
+        (rows,) = read_rows([self.arrays[m]], [what])
+        block = as_kernel_array(rows, self.dtype, what, mask)
         check_values(block, what, self.dtype, mask)
         return block
 
