@@ -533,8 +533,8 @@ def _rows_of_file(path, block_info=None):
 
 def test_dask_blocks_that_view_files_are_read_from_them(tmp_path, monkeypatch):
     """A Dask task whose block views a memory-mapped file (a loader's
-    slice) sums it as read from the file, with the statistics of the same
-    blocks in memory, bit for bit."""
+    slice) sums it as read from the file (a part ahead), with the
+    statistics of the same blocks in memory, bit for bit."""
     arrays = views(500, 1e3)
     saved(tmp_path, arrays)
     in_memory = {name: da.from_array(x, chunks=(64, -1))
@@ -547,16 +547,9 @@ def test_dask_blocks_that_view_files_are_read_from_them(tmp_path, monkeypatch):
         )
         for name, x in zip(NAMES, arrays)
     }
-    seen = []
-    real = latentspace._training.data.checked_sums
-
-    def spy(names, blocks, *args):
-        seen.append(list(blocks))
-        return real(names, blocks, *args)
-
     with dask.config.set(scheduler="sync"):
         expected = source_statistics(in_memory, [None, None], np.float64)
-        monkeypatch.setattr(latentspace._training.data, "checked_sums", spy)
+        seen = summed_blocks(monkeypatch)
         got = source_statistics(from_files, [None, None], np.float64)
     assert_same_statistics(got, expected)
     assert len(seen) == 8

@@ -27,12 +27,13 @@ from contextlib import closing
 import numpy as np
 
 from .._exceptions import InvalidParameterError
-from .reading import read_ahead, read_rows
+from .reading import read_ahead
 from .solvers import SOLVERS
 from .sources import (
     Arrays,
     Source,
     aligned_rows,
+    block_sums,
     check_counts,
     check_model_count,
     checked_sums,
@@ -157,17 +158,14 @@ class _Stream(Source):
 def _dask_block_sums(names, offsets, dtype, *blocks, block_info=None):
     """`checked_sums` of one block of rows of Dask arrays (the mask of
     observed views last, if there is one more block than ``names``), in a
-    (1, 1) object array; a block that views a memory-mapped file is read
-    from the file (`read_rows`)."""
+    (1, 1) object array (`block_sums`: a block that views a memory-mapped
+    file is read from the file, a part ahead)."""
     first_row = block_info[0]["array-location"][0][0]
     blocks = [np.asarray(block) for block in blocks]
     observed = blocks[len(names)] if len(blocks) > len(names) else None
-    blocks = read_rows(blocks[: len(names)],
-                       [f"data for model {name!r}" for name in names], first_row)
     out = np.empty((1, 1), dtype=object)
-    out[0, 0] = checked_sums(
-        names, blocks[: len(names)], observed, offsets, dtype, "", first_row
-    )
+    out[0, 0] = block_sums(names, blocks[: len(names)], observed, offsets, dtype,
+                           first_row)
     return out
 
 

@@ -11,7 +11,7 @@ else directly from the disk, around the page cache (``O_DIRECT``), which
 costs the CPU next to nothing and keeps a pass over files larger than
 memory from evicting everything else that is cached. `read_ahead` does it in one
 background thread, a chunk ahead of the caller, `blocks` for blocks of
-aligned arrays; `read_rows` does it at once (a Dask task's block).
+aligned arrays; `read_rows` does it at once (samples loaded whole).
 """
 
 import ctypes

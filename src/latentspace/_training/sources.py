@@ -30,6 +30,7 @@ __all__ = [
     "Arrays",
     "Source",
     "aligned_rows",
+    "block_sums",
     "check_counts",
     "check_model_count",
     "checked_sums",
@@ -292,16 +293,9 @@ class Arrays(Source):
                 ) from None
 
     def statistics(self, offsets):
-        sums = self._pool_sums(offsets)
-        step = self._block_rows()
-        rows = blocks(self.arrays, self.n_samples, step, self.names)
-        with closing(rows):
-            for start, block in rows:
-                mask = None if self.observed is None else self.observed[
-                    start : start + step]
-                sums = merge_sums(sums, checked_sums(
-                    self.names, block, mask, offsets, self.dtype, "", start
-                ))
+        sums = merge_sums(self._pool_sums(offsets), block_sums(
+            self.names, self.arrays, self.observed, offsets, self.dtype
+        ))
         return statistics(self.names, self.widths, self.dtype, sums)
 
     def samples(self, offsets):
@@ -309,6 +303,22 @@ class Arrays(Source):
         return self._with_pools(
             shifted(blocks, self.observed, offsets), self.observed, offsets
         )
+
+
+def block_sums(names, arrays, observed, offsets, dtype, first_row=0):
+    """`checked_sums` of aligned 2-D ``arrays`` (rows counted from
+    ``first_row``), merged over blocks of `BLOCK_ENTRIES` entries, those of
+    memory-mapped files read a block ahead (`reading.blocks`)."""
+    sums = {}
+    step = max(1, BLOCK_ENTRIES // sum(array.shape[1] for array in arrays))
+    rows = blocks(arrays, len(arrays[0]), step, names)
+    with closing(rows):
+        for start, block in rows:
+            mask = None if observed is None else observed[start : start + step]
+            sums = merge_sums(sums, checked_sums(
+                names, block, mask, offsets, dtype, "", first_row + start
+            ))
+    return sums
 
 
 def shifted(blocks, observed, offsets):
