@@ -307,16 +307,18 @@ def blocks_of_37(monkeypatch):
                         37 * sum(WIDTHS))
 
 
-def summed_blocks(monkeypatch):
-    """The blocks `Arrays.statistics` sums, as it sums them (recorded)."""
+def summed_blocks(monkeypatch, module=latentspace._training.sources):
+    """The blocks ``module``'s `checked_sums` sums, as it sums them (recorded):
+    those of a mapping's and of Dask's (`block_sums`) by default, a stream's
+    with `latentspace._training.data`."""
     seen = []
-    real = latentspace._training.sources.checked_sums
+    real = module.checked_sums
 
     def spy(names, blocks, *args):
         seen.append(list(blocks))
         return real(names, blocks, *args)
 
-    monkeypatch.setattr(latentspace._training.sources, "checked_sums", spy)
+    monkeypatch.setattr(module, "checked_sums", spy)
     return seen
 
 
@@ -498,14 +500,7 @@ def test_a_stream_of_memory_mapped_chunks_is_read_ahead(
     bounds = [0, 1, 60, 61, 300, 500]
     expected = source_statistics(memory_mapped_chunks(arrays, bounds), [None, None],
                                  dtype)
-    seen = []
-    real = latentspace._training.data.checked_sums
-
-    def spy(names, blocks, *args):
-        seen.append(list(blocks))
-        return real(names, blocks, *args)
-
-    monkeypatch.setattr(latentspace._training.data, "checked_sums", spy)
+    seen = summed_blocks(monkeypatch, latentspace._training.data)
     got = source_statistics(memory_mapped_chunks(maps, bounds), [None, None], dtype)
     assert_same_statistics(got, expected)
     assert [len(blocks) for blocks in seen] == [2, 2, 1, 2, 2]
