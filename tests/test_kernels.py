@@ -51,11 +51,22 @@ def _train_both(dtype, widths, k, n, epochs, lr, w, seed=0):
     Xs = [X.astype(dtype) for X in random_data(widths, n, seed=seed)]
     P0, R0 = float64_weights(space, names)
     result = space.train_projections(
-        dict(zip(names, Xs)), learning_rate=lr, n_epochs=epochs, alignment_weight=w
-    , solver="sgd")
+        dict(zip(names, Xs)), learning_rate=lr, n_epochs=epochs, alignment_weight=w,
+        solver="sgd",
+    )
     Xs64 = [X.astype(np.float64) for X in Xs]
     Ps, Rs = reference_sgd(Xs64, P0, R0, lr, epochs, w)
     return space, names, result, Xs64, Ps, Rs
+
+
+def assert_trained_as_reference(space, names, Xs, P0, R0, dtype):
+    """``space``'s weights of ``names`` are the oracle's after 3 epochs (the
+    defaults' rate and weight) on ``Xs`` from ``P0``, ``R0``."""
+    Ps, Rs = reference_sgd([X.astype(dtype).astype(float) for X in Xs],
+                           P0, R0, 0.01, 3, 1.0)
+    for name, P, R in zip(names, Ps, Rs):
+        assert_allclose(space.weights(name)[0], P, **WEIGHT_TOL[dtype])
+        assert_allclose(space.weights(name)[1], R, **WEIGHT_TOL[dtype])
 
 
 @pytest.fixture(params=[True, False], ids=["avx", "baseline"])
@@ -101,13 +112,7 @@ def test_training_leaves_models_outside_the_data_alone(dtype):
     space.train_projections({"m2": X2, "m0": X0}, n_epochs=3, solver="sgd")
     P1, R1 = space.weights("m1")
     assert P1.tobytes() == before[0].tobytes() and R1.tobytes() == before[1].tobytes()
-    Ps, Rs = reference_sgd(
-        [X0.astype(dtype).astype(float), X2.astype(dtype).astype(float)],
-        P0, R0, 0.01, 3, 1.0,
-    )
-    for name, P, R in zip(["m0", "m2"], Ps, Rs):
-        assert_allclose(space.weights(name)[0], P, **WEIGHT_TOL[dtype])
-        assert_allclose(space.weights(name)[1], R, **WEIGHT_TOL[dtype])
+    assert_trained_as_reference(space, ["m0", "m2"], [X0, X2], P0, R0, dtype)
 
 
 @dtype_params
@@ -137,13 +142,7 @@ def test_registration_order_matches_reference(dtype):
     for space in (forward, backward):
         P0, R0 = float64_weights(space, ["a", "b"])
         space.train_projections({"a": Xa, "b": Xb}, n_epochs=3, solver="sgd")
-        Ps, Rs = reference_sgd(
-            [Xa.astype(dtype).astype(float), Xb.astype(dtype).astype(float)],
-            P0, R0, 0.01, 3, 1.0,
-        )
-        for name, P, R in zip(["a", "b"], Ps, Rs):
-            assert_allclose(space.weights(name)[0], P, **WEIGHT_TOL[dtype])
-            assert_allclose(space.weights(name)[1], R, **WEIGHT_TOL[dtype])
+        assert_trained_as_reference(space, ["a", "b"], [Xa, Xb], P0, R0, dtype)
 
 
 # ---------------------------------------------------------------- TrainingResult
